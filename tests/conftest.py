@@ -1,0 +1,72 @@
+"""Shared fixtures: the tiny random Llama (fast, built in code) and SmolLM2 (real, offline)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+# Nothing in the test suite may reach the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+import workbench as wb  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny() -> wb.Model:
+    return wb.load_model("tiny-random")
+
+
+@pytest.fixture
+def tiny_ids(tiny):
+    return tiny.encode("the cat sat on the mat in the city of paris")
+
+
+def all_hook_handles(model: wb.Model) -> int:
+    """How many hooks (TransformerLens or raw torch) are attached anywhere in the model."""
+    n = 0
+    for mod in model.bridge.modules():
+        n += len(mod._forward_hooks) + len(mod._forward_pre_hooks) + len(getattr(mod, "_backward_hooks", {}))
+    return n
+
+
+class _NoNetwork:
+    def __enter__(self):
+        self._orig = socket.socket.connect
+
+        def refuse(sock, *a, **k):
+            raise OSError("network access attempted during an offline test")
+
+        socket.socket.connect = refuse
+        return self
+
+    def __exit__(self, *exc):
+        socket.socket.connect = self._orig
+
+
+@pytest.fixture(scope="session")
+def smol_cache(tmp_path_factory):
+    """A fresh, empty weight cache, so the first load really dequantizes the GGUF."""
+    return tmp_path_factory.mktemp("workbench-cache")
+
+
+@pytest.fixture(scope="session")
+def smol(smol_cache) -> wb.Model:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WORKBENCH_CACHE", str(smol_cache))
+    try:
+        with _NoNetwork():
+            model = wb.load_model("smollm2-135m", device="cpu", progress=False)
+    finally:
+        mp.undo()
+    return model
+
+
+@pytest.fixture
+def no_network():
+    with _NoNetwork():
+        yield
