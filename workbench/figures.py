@@ -1,0 +1,40 @@
+"""Plotly figures. Each function takes a result DataFrame and returns a ``go.Figure``."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+
+def layer_effect_figure(effects: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Bar chart of :func:`workbench.heads.layer_mask_effects`: drop in log-likelihood per layer."""
+    fig = go.Figure(
+        go.Bar(
+            name="personalized output",
+            x=effects["layer"],
+            y=effects["drop"],
+            marker_color="#c0392b",
+            customdata=effects[["logp", "logp_masked"]].to_numpy(),
+            hovertemplate="layer %{x}<br>drop %{y:.3f} nats/token<br>"
+            "log p intact %{customdata[0]:.3f}<br>log p masked %{customdata[1]:.3f}<extra></extra>",
+        )
+    )
+    if "drop_generic" in effects:
+        fig.add_bar(
+            name="generic output (article only)",
+            x=effects["layer"],
+            y=effects["drop_generic"],
+            marker_color="#9e9e9e",
+            hovertemplate="layer %{x}<br>drop %{y:.3f} nats/token (generic)<extra></extra>",
+        )
+    fig.update_layout(
+        title=title or "Masking all heads of one layer: drop in log-likelihood of the personalized output",
+        xaxis_title="layer (all its heads masked)",
+        yaxis_title="drop in mean log p per token (nats)",
+        template="plotly_white",
+        height=420,
+        barmode="group",
+        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+        margin=dict(l=60, r=20, t=60, b=50),
+    )
+    return fig
