@@ -151,3 +151,26 @@ def test_failed_build_leaves_no_entry(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         _cache.cached_dir("m", {"v": 1}, broken)
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_bf16_models_mask_and_steer():
+    model = wb.load_model("tiny-random", dtype="bf16")
+    assert model.dtype == torch.bfloat16
+    ids = model.encode("the cat sat on the mat")
+    with torch.no_grad():
+        base = model.bridge(ids)
+        with wb.mask_heads(model, {(0, 1): 0.5}, how="uniform"):
+            masked = model.bridge(ids)
+        with wb.steer(model, torch.ones(model.d_model), layer=0):  # an fp32 vector is cast
+            steered = model.bridge(ids)
+    assert base.dtype == torch.bfloat16
+    assert not torch.equal(masked, base) and not torch.equal(steered, base)
+    assert model.generate("the cat", max_new_tokens=4)
+
+
+def test_unknown_dtype_and_missing_gpu_are_clear_errors():
+    with pytest.raises(ValueError, match="bf16"):
+        wb.load_model("tiny-random", dtype="int3")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            wb.load_model("tiny-random", device="cuda")
