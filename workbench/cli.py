@@ -43,6 +43,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.bench import format_summary, run_bench
+    from workbench.data import default_data_dir, load_lamp
+    from workbench.methods import GenerationSettings
+
+    data_dir = args.data or default_data_dir()
+    dataset = load_lamp(data_dir, split=args.split)
+    if args.task and dataset.task != args.task:
+        raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"{model}\n{dataset!r}")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
+    result = run_bench(model, dataset, [m.strip() for m in args.methods.split(",") if m.strip()],
+                       args.out, n=args.n, settings=settings)
+    print()
+    print(format_summary(result.summary))
+    print(f"\noutputs: {args.out}/outputs.jsonl   table: {args.out}/results.csv   chart: {args.out}/results.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default=None, help="float32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
     d.add_argument("--force", action="store_true", help="replace an existing report instead of keeping it under previous/")
     d.set_defaults(func=_cmd_demo)
+    b = sub.add_parser("bench", help="run personalization methods on LaMP-format data and compare them")
+    b.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
+    b.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: $WORKBENCH_LAMP4_DIR "
+                   "or ../shared/data/lamp4-news)")
+    b.add_argument("--split", default="dev")
+    b.add_argument("--model", default="smollm2-135m")
+    b.add_argument("--n", default=None, type=int, help="first N examples (default: all)")
+    b.add_argument("--methods", default="generic,rag", help="comma-separated method names")
+    b.add_argument("--k", default=5, type=int, help="profile items in the prompt (default 5)")
+    b.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
+    b.add_argument("--max-new-tokens", default=32, type=int)
+    b.add_argument("--out", default="bench-results", type=Path)
+    b.add_argument("--device", default=None)
+    b.add_argument("--dtype", default=None)
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -38,3 +38,31 @@ def layer_effect_figure(effects: pd.DataFrame, title: str | None = None) -> go.F
         margin=dict(l=60, r=20, t=60, b=50),
     )
     return fig
+
+
+def results_figure(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Grouped bars of a benchmark summary: one group per metric, one bar per method, 95% intervals."""
+    metrics = [m for m in ("rouge1", "rougeL", "meteor") if m in summary and summary[m].notna().any()]
+    fig = go.Figure()
+    for row in summary.itertuples(index=False):
+        r = row._asdict()
+        fig.add_bar(
+            name=r["method"],
+            x=metrics,
+            y=[r[m] for m in metrics],
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=[r[f"{m}_hi"] - r[m] for m in metrics],
+                arrayminus=[r[m] - r[f"{m}_lo"] for m in metrics],
+            ),
+            hovertemplate="%{x}: %{y:.4f}<extra>" + r["method"] + f" (n={r['n']})</extra>",
+        )
+    fig.update_layout(
+        title=title or "Method comparison (mean, 95% bootstrap interval)",
+        barmode="group",
+        yaxis_title="score",
+        template="plotly_white",
+        height=420,
+    )
+    return fig

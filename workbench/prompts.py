@@ -41,3 +41,89 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+# ---- per-task prompts for LaMP-style examples ---------------------------------------------
+
+# Instruction prefixes of the LaMP inputs; the text after them is what the task is about.
+_LAMP_PREFIXES = {
+    "lamp4": "Generate a headline for the following article: ",
+    "lamp5": "Generate a title for the following abstract of a paper: ",
+    "lamp7": "Paraphrase the following tweet without any explanation before or after it: ",
+}
+_TASKS = {
+    # task: (instruction for one item, history field shown to the model as the "input", field as the "output")
+    "lamp4": ("Write a headline for this article:\n{text}", "text", "title"),
+    "lamp5": ("Write a title for this paper abstract:\n{text}", "abstract", "title"),
+}
+
+
+def task_text(example: Any) -> str:
+    """The input with LaMP's instruction prefix removed (the article, abstract or tweet)."""
+    prefix = _LAMP_PREFIXES.get(example.task, "")
+    text = example.input
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def _chat_or_text(model: Any, turns: list[tuple[str, str]], final: str) -> Any:
+    if getattr(model, "has_chat_template", False):
+        msgs: list[dict] = []
+        for user, assistant in turns:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        return msgs + [{"role": "user", "content": final}]
+    shots = "".join(f"{u}\nAnswer: {a}\n\n" for u, a in turns)
+    return f"{shots}{final}\nAnswer:"
+
+
+def _render(model: Any, example: Any, text: str, items: list[dict]) -> Any:
+    task = example.task
+    if task in _TASKS:
+        instruction, src, out = _TASKS[task]
+        turns = [(instruction.format(text=it.get(src, "")), it.get(out, "")) for it in items]
+        return _chat_or_text(model, turns, instruction.format(text=text))
+    if task == "lamp7":
+        request = f"Paraphrase this tweet in my own style, without any explanation:\n{text}"
+        if items:
+            mine = "\n".join(f"- {it.get('text', '')}" for it in items)
+            request = f"Here are tweets I wrote before:\n{mine}\n\n{request}"
+        return _chat_or_text(model, [], request)
+    raise ValueError(
+        f"no prompt format for task {task!r} yet (generation tasks lamp4, lamp5, lamp7 are supported); "
+        "write one with headline_prompt as a model, or pass your own prompt to model.generate"
+    )
+
+
+def build_prompt(model: Any, example: Any, k: int = 5, by: str = "bm25", reserve: int = 32) -> tuple[Any, dict]:
+    """The prompt for ``example`` with its user's top-``k`` profile items, fitted to the context.
+
+    Items are ranked by ``by`` (``"bm25"`` against the input, or ``"recency"``) and shown as
+    earlier turns, best-ranked last (closest to the question). If the prompt plus ``reserve``
+    tokens for the answer does not fit the model's context, the lowest-ranked items are
+    dropped one at a time, then the input text itself is cut; what was dropped is reported
+    in the returned info dict (``k_used``, ``items_dropped``, ``input_truncated``), never silent.
+    """
+    from workbench.data import rank_profile
+
+    items = rank_profile(example, k=k, by=by) if k > 0 else []
+    text = task_text(example)
+    limit = model.n_ctx - reserve
+    info = {"k_used": len(items), "items_dropped": 0, "input_truncated": False,
+            "profile_ids": [str(it.get("id", "")) for it in items]}
+    while True:
+        prompt = _render(model, example, text, list(reversed(items)))
+        n = model.encode(prompt).shape[-1]
+        if n <= limit:
+            info["prompt_tokens"] = n
+            info["k_used"] = len(items)
+            info["profile_ids"] = [str(it.get("id", "")) for it in items]
+            return prompt, info
+        if items:
+            items = items[:-1]
+            info["items_dropped"] += 1
+            continue
+        ids = model.tokenizer(text, add_special_tokens=False).input_ids
+        over = n - limit
+        if over >= len(ids):
+            model.check_fits(n, reserve, what="prompt without its input text")
+        text = model.tokenizer.decode(ids[: len(ids) - over - 1])
+        info["input_truncated"] = True
