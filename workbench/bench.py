@@ -51,16 +51,22 @@ class BenchResult:
 
 
 def _read_done(path: Path) -> dict[tuple[str, str], dict]:
+    """Finished records of an earlier run; a line cut short by an interruption is dropped
+    from the file (so new lines don't get glued to it) and its example is recomputed."""
     done: dict[tuple[str, str], dict] = {}
     if not path.exists():
         return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interruption: recompute that example
-            done[(rec["method"], rec["id"])] = rec
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    for line in complete.decode("utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[(rec["method"], rec["id"])] = rec
     return done
 
 

@@ -131,7 +131,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _norm_task(task: Any) -> str:
-    m = re.fullmatch(r"(?i)(long)?\s*lamp[_-]?(\d)", str(task).strip())
+    m = re.fullmatch(r"(?i)(long)?\s*lamp[_-]?([1-7])", str(task).strip())
     if not m:
         raise DataError(f"unknown task {task!r}; expected LaMP_1 .. LaMP_7 (or lamp1 .. lamp7)")
     return f"{'longlamp' if m.group(1) else 'lamp'}{m.group(2)}"
@@ -190,7 +190,10 @@ def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> 
         file_task = outputs.get("task")
         if file_task is None and task is None:
             raise DataError(f"{ofile}: missing field 'task' (e.g. \"LaMP_4\")")
-        task = _norm_task(task or file_task)
+        try:
+            task = _norm_task(task or file_task)
+        except DataError as e:
+            raise DataError(f"{ofile}, field 'task': {e}") from None
         golds = {}
         for i, g in enumerate(outputs["golds"]):
             if not isinstance(g, dict) or "id" not in g or "output" not in g:
