@@ -5,37 +5,59 @@ earlier items, task-specific dicts) and the gold output. A :class:`Dataset` is a
 examples that also shows itself as a pandas DataFrame.
 
 Files are validated completely before anything is returned: a malformed file raises
-:class:`DataError` naming the file, the record and the field, never a half-loaded dataset.
+:class:`DataError` naming the file, the record and the field, and saying how to fix it,
+never a half-loaded dataset.
+
+Example::
+
+    from workbench.data import load_lamp4_news, rank_profile
+    ds = load_lamp4_news()            # 207 queries of 69 news authors
+    ex = ds[0]
+    ex.profile_frame().head()         # the author's earlier articles
+    rank_profile(ex, k=3)             # the 3 profile items most similar to the query (BM25)
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
 LAMP_URL = "https://lamp-benchmark.github.io/download"
+LONGLAMP_URL = "https://longlamp-benchmark.github.io"
 DATA_ENV = "WORKBENCH_LAMP4_DIR"
 
-# Required profile fields per task; alternatives in a tuple (any one of them).
+# Required profile fields per task; a tuple inside means "any one of these" (LaMP-2's
+# movie descriptions are "text" in some releases and "description" in others).
 PROFILE_FIELDS: dict[str, tuple] = {
     "lamp1": ("id", "title", "abstract"),
     "lamp2": ("id", ("text", "description"), "tag"),
     "lamp3": ("id", "text", "score"),
     "lamp4": ("id", "text", "title"),
     "lamp5": ("id", "title", "abstract"),
-    "lamp6": ("id",),
+    "lamp6": ("id",),  # LaMP-6 (email subjects) is private data; only the id is checked
     "lamp7": ("id", "text"),
 }
+# Profile fields that must be strings when present (LaMP-3's "score" is a string or a number).
+_STRING_FIELDS = ("text", "title", "abstract", "description", "tag")
+_ID_TYPES = (str, int)  # JSON ids are strings in LaMP, numbers in some re-exports; both are kept as str
 
 
 class DataError(ValueError):
     """A data file is missing or malformed; the message names the file, record and field."""
+
+
+def _err(file: Path | str, problem: str, fix: str, record: str = "", field: str = "") -> DataError:
+    # One message shape for every problem: where (file, record, field), what, and how to fix it.
+    where = str(file) + (f", {record}" if record else "") + (f", field {field!r}" if field else "")
+    return DataError(f"{where}: {problem}. Fix: {fix}")
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -45,13 +67,22 @@ def _short(text: str, n: int = 60) -> str:
 
 @dataclass(frozen=True)
 class Example:
-    """One query of one user: ``input`` + ``profile`` -> ``gold``."""
+    """One query of one user: ``input`` + ``profile`` -> ``gold``.
+
+    Attributes:
+        id: the query id (unique within a split).
+        user_id: whose query it is (official LaMP has one user per query, so it's the id there).
+        task: ``"lamp1"`` .. ``"lamp7"`` or ``"longlamp"``.
+        input: the task input, including LaMP's instruction prefix.
+        profile: the user's earlier items, as dicts (task fields plus any extra fields of the file).
+        gold: the reference output, or None for splits without outputs.
+    """
 
     id: str
     user_id: str
     task: str
     input: str
-    profile: tuple
+    profile: tuple[dict, ...]
     gold: str | None
 
     def __repr__(self) -> str:
@@ -60,27 +91,34 @@ class Example:
                 f"input={_short(self.input)!r}, profile=[{len(self.profile)} items], gold={gold})")
 
     def profile_frame(self) -> pd.DataFrame:
-        """The user's profile items as a DataFrame (one row per item)."""
+        """The user's profile items as a DataFrame (one row per item, one column per field)."""
         return pd.DataFrame(list(self.profile))
 
     def require_profile(self) -> None:
-        """Raise a clear error if this example has no profile (personalized methods need one)."""
+        """Raise a clear ValueError if this example has no profile (personalized methods need one)."""
         if not self.profile:
             raise ValueError(
                 f"example {self.id} of user {self.user_id} has an empty profile; personalized methods "
-                "need at least one profile item — drop such examples first, e.g. "
-                "[ex for ex in dataset if ex.profile]"
+                "need at least one profile item — filter with dataset.with_profile() "
+                "(or [ex for ex in dataset if ex.profile])"
             )
 
 
 class Dataset:
-    """A list of :class:`Example` with a DataFrame view. Build with :func:`load_lamp` & co."""
+    """A list of :class:`Example` with a DataFrame view. Build one with :func:`load_lamp` & co.
 
-    def __init__(self, examples: list[Example], task: str, split: str = "", path: str | Path = ""):
+    Behaves like a list (``len(ds)``, ``for ex in ds``, ``ds[0]``, ``ds[:10]``) and adds
+    ``users()``, ``by_user(uid)``, ``with_profile()`` and ``to_frame()``.
+    """
+
+    def __init__(self, examples: Iterable[Example], task: str, split: str = "", path: str | Path = ""):
         self.examples = list(examples)
         self.task = task
         self.split = split
         self.path = str(path)
+
+    def _subset(self, examples: Iterable[Example]) -> Dataset:
+        return Dataset(examples, self.task, self.split, self.path)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -90,20 +128,30 @@ class Dataset:
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return Dataset(self.examples[i], self.task, self.split, self.path)
+            return self._subset(self.examples[i])
         return self.examples[i]
 
     def users(self) -> list[str]:
         """User ids in order of first appearance."""
         return list(dict.fromkeys(ex.user_id for ex in self.examples))
 
-    def by_user(self, user_id: str) -> list[Example]:
-        found = [ex for ex in self.examples if ex.user_id == user_id]
+    def by_user(self, user_id: str) -> Dataset:
+        """The examples of one user, in file order (KeyError if there are none)."""
+        found = [ex for ex in self.examples if ex.user_id == str(user_id)]
         if not found:
             raise KeyError(f"no user {user_id!r} in this dataset ({len(self.users())} users, e.g. {self.users()[:3]})")
-        return found
+        return self._subset(found)
+
+    def with_profile(self) -> Dataset:
+        """Only the examples whose profile has at least one item."""
+        return self._subset(ex for ex in self.examples if ex.profile)
+
+    def filter(self, keep: Callable[[Example], bool]) -> Dataset:
+        """The examples for which ``keep(example)`` is true."""
+        return self._subset(ex for ex in self.examples if keep(ex))
 
     def to_frame(self) -> pd.DataFrame:
+        """One row per example: id, user_id, task, input, gold, n_profile."""
         return pd.DataFrame(
             [{"id": ex.id, "user_id": ex.user_id, "task": ex.task, "input": ex.input, "gold": ex.gold,
               "n_profile": len(ex.profile)} for ex in self.examples],
@@ -115,19 +163,23 @@ class Dataset:
                 f"{len(self.users())} users, path={self.path!r})")
 
     def _repr_html_(self) -> str:
-        head = f"<p><b>{self.task}</b> · split {self.split or '-'} · {len(self)} examples · {len(self.users())} users · {self.path}</p>"
+        head = (f"<p><b>{html.escape(self.task)}</b> · split {html.escape(self.split or '-')} · "
+                f"{len(self)} examples · {len(self.users())} users · {html.escape(self.path)}</p>")
         return head + self.to_frame().head(10).to_html(index=False)
 
 
-# ---- LaMP ---------------------------------------------------------------------------------
+# ---- validation helpers --------------------------------------------------------------------
 
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                        "fix or re-download the file") from None
+        raise _err(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
+                   "repair the file there, or download it again") from None
+    except UnicodeDecodeError as e:
+        raise _err(path, f"not UTF-8 text ({e.reason} at byte {e.start})",
+                   "this should be a JSON file; download it again") from None
 
 
 def _norm_task(task: Any) -> str:
@@ -137,27 +189,56 @@ def _norm_task(task: Any) -> str:
     return f"{'longlamp' if m.group(1) else 'lamp'}{m.group(2)}"
 
 
-def _check_profile(items: Any, task: str, where: str) -> tuple:
+def _type(x: Any) -> str:
+    return type(x).__name__
+
+
+def _check_id(value: Any, file: Path, record: str, field: str = "id") -> str:
+    if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
+        raise _err(file, f"must be a string (or integer), got {_type(value)} {_short(repr(value), 30)}",
+                   "give every record a plain string id", record, field)
+    return str(value)
+
+
+def _check_profile(items: Any, task: str, file: Path, record: str) -> tuple[dict, ...]:
+    if hasattr(items, "tolist") and not isinstance(items, (list, str)):
+        items = items.tolist()  # parquet gives numpy arrays
     if not isinstance(items, list):
-        raise DataError(f"{where}: field 'profile' must be a list of items, got {type(items).__name__}")
-    required = PROFILE_FIELDS.get(task, ("id",))
+        raise _err(file, f"must be a list of items, got {_type(items)}",
+                   "use [] for a user without history", record, "profile")
+    required = PROFILE_FIELDS.get(task, ())
     for j, item in enumerate(items):
+        here = f"{record}, profile item {j}"
         if not isinstance(item, dict):
-            raise DataError(f"{where}, profile item {j}: must be an object, got {type(item).__name__}")
+            raise _err(file, f"must be an object, got {_type(item)}",
+                       "each profile item is a JSON object like {\"id\": ..., \"text\": ...}", here)
+        here = f"{record}, profile item {j} (id {item.get('id')!r})"
         for req in required:
             names = req if isinstance(req, tuple) else (req,)
             if not any(n in item for n in names):
-                raise DataError(f"{where}, profile item {j} (id {item.get('id')!r}): missing field "
-                                f"{' or '.join(repr(n) for n in names)} required for {task}")
-        for key in ("text", "title", "abstract"):
+                raise _err(file, f"missing (required for {task}: {_fields_text(required)})",
+                           f"add {' or '.join(repr(n) for n in names)} to every profile item",
+                           here, " or ".join(names))
+        for key in _STRING_FIELDS:
             if key in item and not isinstance(item[key], str):
-                raise DataError(f"{where}, profile item {j}: field {key!r} must be a string, "
-                                f"got {type(item[key]).__name__}")
+                raise _err(file, f"must be a string, got {_type(item[key])}", "store the text as a JSON string",
+                           here, key)
+        if "score" in item and (isinstance(item["score"], bool) or not isinstance(item["score"], (str, int, float))):
+            raise _err(file, f"must be a number or a string like \"4\", got {_type(item['score'])}",
+                       "store the rating as a number", here, "score")
     return tuple(items)
 
 
+def _fields_text(required: tuple) -> str:
+    return ", ".join("/".join(r) if isinstance(r, tuple) else r for r in required)
+
+
+# ---- LaMP ----------------------------------------------------------------------------------
+
 def default_data_dir() -> Path:
-    """``$WORKBENCH_LAMP4_DIR``, else ``../shared/data/lamp4-news`` beside the repository."""
+    """Where the real LaMP-4-format news data is: ``$WORKBENCH_LAMP4_DIR`` if set, else
+    ``../shared/data/lamp4-news`` next to the repository (the repository is the parent of the
+    ``workbench/`` package folder)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
@@ -167,66 +248,106 @@ def default_data_dir() -> Path:
 def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> Dataset:
     """Load a LaMP-format directory: ``{split}_questions.json`` (+ ``{split}_outputs.json``).
 
-    Questions are ``{"id", "input", "profile": [...]}`` (``user_id`` optional: official LaMP
-    has one user per question, so the question id is used). Outputs are
-    ``{"task": "LaMP_4", "golds": [{"id", "output"}]}``; without an outputs file (test
-    splits) ``gold`` is None and ``task`` must be given.
+    Args:
+        path: the directory holding the files.
+        split: ``"train"``, ``"dev"`` or ``"test"`` (the file name prefix).
+        task: ``"LaMP_4"``/``"lamp4"`` etc. Needed only when there is no outputs file; when both
+            are there they must agree.
+
+    Returns:
+        A :class:`Dataset`. Questions are ``{"id", "input", "profile": [...]}`` (``user_id``
+        optional: official LaMP has one user per question, so the question id is used; extra
+        fields such as ``date`` are kept in the profile dicts). Outputs are
+        ``{"task": "LaMP_4", "golds": [{"id", "output"}]}``; without an outputs file (test
+        splits) every ``gold`` is None.
+
+    Raises:
+        DataError: a file is missing or malformed (the message names file, record and field).
+
+    Example:
+        >>> ds = load_lamp("LaMP_4/", split="dev")      # doctest: +SKIP
     """
     path = Path(path).expanduser()
     qfile, ofile = path / f"{split}_questions.json", path / f"{split}_outputs.json"
+    where_to_get = (f"get LaMP from {LAMP_URL} (or set ${DATA_ENV} / pass --data to a LaMP-format directory)")
     if not path.is_dir():
-        raise DataError(f"data directory {path} does not exist. Get LaMP from {LAMP_URL} (or point "
-                        f"--data / ${DATA_ENV} at a LaMP-format directory)")
+        raise DataError(f"data directory {path} does not exist (looking for {qfile.name}). Fix: {where_to_get}")
     if not qfile.exists():
         present = sorted(p.name for p in path.glob("*_questions.json"))
         raise DataError(f"{qfile} is missing (split {split!r}); found {present or 'no *_questions.json'} in {path}. "
-                        f"Pass another --split, or get LaMP from {LAMP_URL}")
-    questions = _read_json(qfile)
+                        f"Fix: pass another split, or {where_to_get}")
+
     golds: dict[str, str] | None = None
     if ofile.exists():
-        outputs = _read_json(ofile)
-        if not isinstance(outputs, dict) or "golds" not in outputs:
-            raise DataError(f"{ofile}: expected an object with 'task' and 'golds' fields")
-        file_task = outputs.get("task")
-        if file_task is None and task is None:
-            raise DataError(f"{ofile}: missing field 'task' (e.g. \"LaMP_4\")")
-        try:
-            task = _norm_task(task or file_task)
-        except DataError as e:
-            raise DataError(f"{ofile}, field 'task': {e}") from None
-        golds = {}
-        for i, g in enumerate(outputs["golds"]):
-            if not isinstance(g, dict) or "id" not in g or "output" not in g:
-                raise DataError(f"{ofile}, gold record {i}: needs fields 'id' and 'output'")
-            if not isinstance(g["output"], str):
-                raise DataError(f"{ofile}, gold record {i} (id {g['id']!r}): field 'output' must be a string")
-            golds[str(g["id"])] = g["output"]
+        task, golds = _read_outputs(ofile, task)
     elif task is None:
-        raise DataError(f"{ofile} is missing, so the task is unknown; pass task='lamp4' (etc.)")
+        raise DataError(f"{ofile} is missing, so the task is unknown. Fix: pass task='LaMP_4' (etc.) "
+                        "when loading a split without outputs")
     else:
         task = _norm_task(task)
+
+    questions = _read_json(qfile)
     if not isinstance(questions, list):
-        raise DataError(f"{qfile}: expected a list of question records, got {type(questions).__name__}")
+        raise _err(qfile, f"expected a list of question records, got {_type(questions)}",
+                   "the file must be a JSON list [{\"id\": ..., \"input\": ..., \"profile\": [...]}, ...]")
     examples, seen = [], set()
     for i, q in enumerate(questions):
         if not isinstance(q, dict):
-            raise DataError(f"{qfile}, record {i}: must be an object, got {type(q).__name__}")
-        where = f"{qfile}, record {i} (id {q.get('id')!r})"
+            raise _err(qfile, f"must be an object, got {_type(q)}", "each question is a JSON object", f"record {i}")
+        record = f"record {i} (id {q.get('id')!r})"
         for field in ("id", "input", "profile"):
             if field not in q:
-                raise DataError(f"{where}: missing field {field!r}")
+                raise _err(qfile, "missing", "every question needs 'id', 'input' and 'profile'", record, field)
+        qid = _check_id(q["id"], qfile, record)
         if not isinstance(q["input"], str):
-            raise DataError(f"{where}: field 'input' must be a string, got {type(q['input']).__name__}")
-        qid = str(q["id"])
+            raise _err(qfile, f"must be a string, got {_type(q['input'])}", "store the input text as a JSON string",
+                       record, "input")
+        user = _check_id(q["user_id"], qfile, record, "user_id") if "user_id" in q else qid
         if qid in seen:
-            raise DataError(f"{where}: duplicate id {qid!r}; ids must be unique within a split")
+            raise _err(qfile, f"duplicate id {qid!r}", "ids must be unique within a split", record, "id")
         seen.add(qid)
         if golds is not None and qid not in golds:
-            raise DataError(f"{where}: no gold output with this id in {ofile.name} (field 'golds')")
-        profile = _check_profile(q["profile"], task, where)
-        examples.append(Example(qid, str(q.get("user_id", qid)), task, q["input"], profile,
-                                None if golds is None else golds[qid]))
+            raise _err(qfile, f"no gold output with this id in {ofile.name}",
+                       f"add {{\"id\": {qid!r}, \"output\": ...}} to 'golds' there, or load the matching files",
+                       record, "id")
+        profile = _check_profile(q["profile"], task, qfile, record)
+        examples.append(Example(qid, user, task, q["input"], profile, None if golds is None else golds[qid]))
     return Dataset(examples, task, split, path)
+
+
+def _read_outputs(ofile: Path, task: str | None) -> tuple[str, dict[str, str]]:
+    outputs = _read_json(ofile)
+    shape = "the file must be {\"task\": \"LaMP_4\", \"golds\": [{\"id\": ..., \"output\": ...}]}"
+    if not isinstance(outputs, dict):
+        raise _err(ofile, f"expected an object with 'task' and 'golds', got {_type(outputs)}", shape)
+    file_task = outputs.get("task")
+    if file_task is None and task is None:
+        raise _err(ofile, "missing", f"{shape}, or pass task='LaMP_4'", field="task")
+    try:
+        norm = _norm_task(task if task is not None else file_task)
+        if task is not None and file_task is not None and _norm_task(file_task) != norm:
+            raise DataError(f"task={task!r} was asked for but the file is {file_task!r}")
+    except DataError as e:
+        raise _err(ofile, str(e), "pass the task this file holds (or none)", field="task") from None
+    if not isinstance(outputs.get("golds"), list):
+        raise _err(ofile, f"must be a list, got {_type(outputs.get('golds'))}", shape, field="golds")
+    golds: dict[str, str] = {}
+    for i, g in enumerate(outputs["golds"]):
+        record = f"gold record {i}"
+        if not isinstance(g, dict):
+            raise _err(ofile, f"must be an object, got {_type(g)}", shape, record)
+        record = f"gold record {i} (id {g.get('id')!r})"
+        for field in ("id", "output"):
+            if field not in g:
+                raise _err(ofile, "missing", "every gold record needs 'id' and 'output'", record, field)
+        gid = _check_id(g["id"], ofile, record)
+        if not isinstance(g["output"], str):
+            raise _err(ofile, f"must be a string, got {_type(g['output'])}", "store the output as a JSON string",
+                       record, "output")
+        if gid in golds:
+            raise _err(ofile, f"duplicate id {gid!r}", "keep one gold output per question id", record, "id")
+        golds[gid] = g["output"]
+    return norm, golds
 
 
 def load_lamp4_news(split: str = "dev") -> Dataset:
@@ -234,20 +355,60 @@ def load_lamp4_news(split: str = "dev") -> Dataset:
     return load_lamp(default_data_dir(), split=split)
 
 
-# ---- LongLaMP -----------------------------------------------------------------------------
+# ---- LongLaMP ------------------------------------------------------------------------------
 
 def load_longlamp(path: str | Path, task: str = "longlamp") -> Dataset:
-    """Load LongLaMP records (``input``, ``output``, ``profile``; optional ``id``, ``user_id``)
-    from a JSON list, a JSONL file, or a parquet file (parquet needs pyarrow)."""
+    """Load LongLaMP records from a JSON list, a JSONL file, or a parquet file.
+
+    Each record has ``input``, ``output`` (strings) and ``profile`` (a list of dicts), and
+    optionally ``id`` (default: the record's position) and ``user_id`` (default: the id).
+    Parquet needs ``pyarrow``; nulls that parquet adds to profile items (fields other items
+    have) are dropped so the dicts look like the JSON ones.
+
+    Example:
+        >>> ds = load_longlamp("product_review_dev.jsonl")   # doctest: +SKIP
+    """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path} does not exist. LongLaMP is at https://longlamp-benchmark.github.io")
+    if not path.is_file():
+        raise DataError(f"{path} does not exist. Fix: get LongLaMP from {LONGLAMP_URL} "
+                        "(a JSON list, JSONL or parquet file of {input, output, profile} records)")
+    records = _read_records(path)
+    examples, seen = [], set()
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise _err(path, f"must be an object, got {_type(r)}", "each record is a JSON object", f"record {i}")
+        record = f"record {i} (id {r.get('id')!r})"
+        for field in ("input", "output", "profile"):
+            if field not in r:
+                raise _err(path, "missing", "every record needs 'input', 'output' and 'profile'", record, field)
+            if field != "profile" and not isinstance(r[field], str):
+                raise _err(path, f"must be a string, got {_type(r[field])}", "store the text as a string",
+                           record, field)
+        rid = _check_id(r["id"], path, record) if r.get("id") is not None else str(i)
+        user = _check_id(r["user_id"], path, record, "user_id") if r.get("user_id") is not None else rid
+        if rid in seen:
+            raise _err(path, f"duplicate id {rid!r}", "ids must be unique within a file", record, "id")
+        seen.add(rid)
+        profile = r["profile"]
+        if path.suffix == ".parquet" and hasattr(profile, "tolist"):
+            profile = [{k: v for k, v in it.items() if v is not None} if isinstance(it, dict) else it
+                       for it in profile.tolist()]
+        examples.append(Example(rid, user, task, r["input"], _check_profile(profile, task, path, record), r["output"]))
+    return Dataset(examples, task, "", path)
+
+
+def _read_records(path: Path) -> list:
     if path.suffix == ".parquet":
         try:
-            records = pd.read_parquet(path).to_dict("records")
-        except ImportError as e:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
-    elif path.suffix == ".jsonl":
+            import pyarrow  # noqa: F401  (pandas' parquet engine)
+        except ImportError:
+            raise DataError(f"{path}: reading parquet needs pyarrow. Fix: pip install pyarrow "
+                            "(or convert the file to JSON lines)") from None
+        # A column that only some records have comes back as None/NaN in the others: drop those
+        # so a parquet record looks like the JSON one (e.g. no "id" -> the position is used).
+        return [{k: v for k, v in rec.items() if not (v is None or (isinstance(v, float) and v != v))}
+                for rec in pd.read_parquet(path).to_dict("records")]
+    if path.suffix == ".jsonl":
         records = []
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -255,35 +416,22 @@ def load_longlamp(path: str | Path, task: str = "longlamp") -> Dataset:
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-    else:
-        records = _read_json(path)
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a list of records")
-    examples, seen = [], set()
-    for i, r in enumerate(records):
-        where = f"{path}, record {i} (id {r.get('id') if isinstance(r, dict) else None!r})"
-        if not isinstance(r, dict):
-            raise DataError(f"{path}, record {i}: must be an object")
-        for field in ("input", "output", "profile"):
-            if field not in r:
-                raise DataError(f"{where}: missing field {field!r}")
-        profile = r["profile"]
-        if hasattr(profile, "tolist"):  # parquet gives numpy arrays
-            profile = profile.tolist()
-        profile = _check_profile(list(profile) if not isinstance(profile, list) else profile, "longlamp", where)
-        rid = str(r.get("id", i))
-        if rid in seen:
-            raise DataError(f"{where}: duplicate id {rid!r}")
-        seen.add(rid)
-        examples.append(Example(rid, str(r.get("user_id", rid)), task, str(r["input"]), profile, str(r["output"])))
-    return Dataset(examples, task, "", path)
+                        raise _err(path, f"not valid JSON ({e.msg})", "one JSON object per line",
+                                   f"line {lineno}") from None
+        return records
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise _err(path, f"expected a list of records, got {_type(records)}",
+                   "use a JSON list, or JSON lines with a .jsonl suffix")
+    return records
 
 
 # ---- ranking a user's profile --------------------------------------------------------------
 
-_DOC_FIELDS = {"lamp4": ("text", "title"), "lamp5": ("title", "abstract"), "lamp1": ("title", "abstract"),
-               "lamp7": ("text",), "lamp2": ("text", "description"), "lamp3": ("text",)}
+# Which fields of a profile item are its text, per task (LaMP's retrieval uses these).
+_DOC_FIELDS = {"lamp1": ("title", "abstract"), "lamp2": ("text", "description"), "lamp3": ("text",),
+               "lamp4": ("text", "title"), "lamp5": ("title", "abstract"), "lamp7": ("text",)}
+_NOT_TEXT = {"id", "date", "user_id", "score", "tag", "category"}
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -291,33 +439,75 @@ def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def query_text(example: Example) -> str:
+    """What retrieval searches with: the input without LaMP's instruction around it.
+
+    LaMP-4/5/7: the text after the instruction prefix (see ``workbench.prompts.task_text``);
+    LaMP-1: the quoted titles; LaMP-2: after ``description:``; LaMP-3: after ``review:``.
+    Other inputs are used whole.
+    """
+    text = example.input
+    if example.task == "lamp1":
+        quoted = re.findall(r'"([^"]*)"', text)
+        return " ".join(quoted) if quoted else text
+    for task, marker in (("lamp2", "description:"), ("lamp3", "review:")):
+        if example.task == task and marker in text:
+            return text.split(marker, 1)[1].strip()
+    from workbench.prompts import task_text  # the prefixes live with the prompts that use them
+
+    return task_text(example)
+
+
+def _doc(item: dict, task: str) -> str:
+    fields = _DOC_FIELDS.get(task)
+    if fields is None:  # unknown layout (LongLaMP, custom data): every string field but ids/dates
+        return " ".join(str(v) for k, v in item.items() if k not in _NOT_TEXT and isinstance(v, str))
+    return " ".join(str(item.get(f, "")) for f in fields)
+
+
+def _recency_order(items: list[dict]) -> list[int]:
+    n = len(items)
+    if not all(item.get("date") not in (None, "") for item in items):
+        return list(range(n - 1, -1, -1))  # no dates: LaMP lists history oldest first, so the last is newest
+    try:
+        stamps = [pd.Timestamp(str(item["date"])) for item in items]
+        # Among equal dates the later list position counts as newer, matching the no-date rule.
+        return sorted(range(n), key=lambda j: (stamps[j], j), reverse=True)
+    except (ValueError, TypeError) as e:
+        warnings.warn(f"profile dates could not be compared ({e}); using list order (last = newest)", stacklevel=3)
+        return list(range(n - 1, -1, -1))
+
+
 def rank_profile(example: Example, k: int = 5, by: str = "bm25", query: str | None = None) -> list[dict]:
     """The user's ``k`` most relevant profile items, best first.
 
-    ``by="bm25"``: Okapi BM25 (the ``rank-bm25`` package) of each item's text fields against
-    the query (default: the example's input without its instruction prefix).
-    ``by="recency"``: newest first by the items' ``date`` field (list order when absent).
-    Ties keep profile order, so the ranking is deterministic.
+    Args:
+        example: the query whose profile is ranked.
+        k: how many items to return (fewer if the profile is shorter; 0 gives []).
+        by: ``"bm25"`` — Okapi BM25 (the ``rank-bm25`` package) of each item's text fields
+            (LaMP-4: text + title) against the query; or ``"recency"`` — newest first by the
+            items' ``date`` field, or by list position (last = newest) when an item has no date.
+        query: what BM25 searches with; default :func:`query_text` of the example.
+
+    Returns:
+        Profile dicts, best first. Ties keep profile order (BM25) or put the later item first
+        (recency), so the ranking is deterministic.
+
+    Example:
+        >>> [it["title"] for it in rank_profile(ds[0], k=3)]   # doctest: +SKIP
     """
+    if by not in ("bm25", "recency"):
+        raise ValueError(f"by={by!r}: use 'bm25' or 'recency'")
     items = list(example.profile)
     if k <= 0 or not items:
         return []
     if by == "recency":
-        order = list(range(len(items)))
-        if all("date" in it for it in items):
-            order.sort(key=lambda j: (str(items[j]["date"]), j), reverse=True)
-        else:
-            order.reverse()
-        return [items[j] for j in order[:k]]
-    if by != "bm25":
-        raise ValueError(f"by={by!r}: use 'bm25' or 'recency'")
+        return [items[j] for j in _recency_order(items)[:k]]
     from rank_bm25 import BM25Okapi
 
-    from workbench.prompts import task_text
-
-    fields = _DOC_FIELDS.get(example.task, ("text", "title"))
-    docs = [_tokens(" ".join(str(it.get(f, "")) for f in fields)) for it in items]
+    docs = [_tokens(_doc(it, example.task)) for it in items]
     docs = [d or ["<empty>"] for d in docs]  # BM25Okapi divides by document length
-    scores = BM25Okapi(docs).get_scores(_tokens(query if query is not None else task_text(example)))
+    q = _tokens(query if query is not None else query_text(example))
+    scores = BM25Okapi(docs).get_scores(q) if q else [0.0] * len(items)
     order = sorted(range(len(items)), key=lambda j: (-scores[j], j))
     return [items[j] for j in order[:k]]
