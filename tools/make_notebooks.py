@@ -308,6 +308,22 @@ the project's closing notes are the ones to trust, not 6 examples.)*
 NOTEBOOKS = {"00_start_here.ipynb": START_HERE, "01_quickstart.ipynb": QUICKSTART}
 
 
+def _more_notebooks() -> None:
+    # Each later notebook lives in its own tools/nb_*.py (NAME and CELLS, built with md/code from
+    # here), so the method notebooks can be written side by side without editing this file.
+    import importlib.util
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    for f in sorted(Path(__file__).parent.glob("nb_*.py")):
+        spec = importlib.util.spec_from_file_location(f.stem, f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        NOTEBOOKS[mod.NAME] = mod.CELLS
+
+
+_more_notebooks()
+
+
 def build(name: str, cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -88,7 +88,29 @@ class Rag(Method):
         return None
 
 
+# Modules that register more methods when imported (each method issue adds its own module).
+_PLUGIN_MODULES = ("workbench.dps", "workbench.steerx", "workbench.fints")
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for mod in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plug-in exists but something it needs is missing: say so
+                raise
+
+
+def available_methods() -> list[str]:
+    """Names of every registered method (built-in and plug-in)."""
+    _load_plugins()
+    return sorted(METHODS)
+
+
 def make_methods(names: list[str], settings: GenerationSettings) -> list[Method]:
+    _load_plugins()
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
