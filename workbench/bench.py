@@ -88,8 +88,16 @@ def _check_run_file(out: Path, run_info: dict) -> None:
                 f"{out} holds a run with different {', '.join(diff)}; resuming would mix results. "
                 "Use another --out directory (or delete that one)."
             )
+        old_ms, new_ms = old.get("method_settings", {}), run_info.get("method_settings", {})
+        changed = [m for m in new_ms if m in old_ms and old_ms[m] != new_ms[m]]
+        if changed:
+            raise ValueError(
+                f"{out} holds results of {changed} with other method settings "
+                f"(before: {[old_ms[m] for m in changed]}); use another --out directory."
+            )
         # methods may be added to an existing run; keep the union
         run_info["methods"] = sorted(set(old.get("methods", [])) | set(run_info["methods"]))
+        run_info["method_settings"] = {**old_ms, **new_ms}
     run_file.write_text(json.dumps(run_info, indent=2))
 
 
@@ -136,6 +144,7 @@ def run_bench(
         "n": len(examples),
         "example_ids": [ex.id for ex in examples],
         "methods": [m.name for m in ms],
+        "method_settings": {m.name: m.describe() for m in ms},
         "settings": {"max_new_tokens": settings.max_new_tokens, "k": settings.k, "retrieval": settings.retrieval,
                      "decoding": "greedy"},
         "workbench": workbench.__version__,
@@ -151,6 +160,8 @@ def run_bench(
     todo = sum(1 for m in ms for ex in examples if (m.name, ex.id) not in done)
     bar = tqdm(total=todo, desc="bench", disable=not progress or todo == 0)
     for m in ms:
+        if any((m.name, ex.id) not in done for ex in examples):
+            m.prepare_run(model, examples, dataset)
         for user_id, user_examples in by_user.items():
             pending = [ex for ex in user_examples if (m.name, ex.id) not in done]
             if not pending:

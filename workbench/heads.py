@@ -126,7 +126,15 @@ class HeadMask:
                 w[h] = weight
         return w
 
-    def _build_hooks(self) -> list[tuple[str, Any]]:
+    def row_hooks(self, rows: Any) -> list[tuple[str, Any]]:
+        """The same hooks, applied only to batch rows ``rows`` (an index, list or slice).
+
+        Contrastive decoding runs the intact and the masked model as two rows of one batch:
+        one forward per step instead of two, with the shared prompt cached once.
+        """
+        return self._build_hooks(rows)
+
+    def _build_hooks(self, rows: Any = None) -> list[tuple[str, Any]]:
         hooks = []
         dev, dt = self.model.device, self.model.dtype
         for layer in self.layers:
@@ -139,12 +147,12 @@ class HeadMask:
                 name = f"blocks.{layer}.attn.hook_rot_q"
                 if name not in self.model.bridge.hook_dict:
                     name = f"blocks.{layer}.attn.hook_q"
-                hooks.append((name, _make_scale_hook(keep)))
+                hooks.append((name, _on_rows(_make_scale_hook(keep), rows)))
             elif self.how == "zero":
-                hooks.append((f"blocks.{layer}.attn.hook_z", _make_scale_hook(keep)))
+                hooks.append((f"blocks.{layer}.attn.hook_z", _on_rows(_make_scale_hook(keep), rows)))
             else:
                 mean = self.means[layer].to(dev, dt)[None, None]
-                hooks.append((f"blocks.{layer}.attn.hook_z", _make_mean_hook(keep, w * mean)))
+                hooks.append((f"blocks.{layer}.attn.hook_z", _on_rows(_make_mean_hook(keep, w * mean), rows)))
         return hooks
 
     def __enter__(self) -> "HeadMask":
@@ -155,6 +163,18 @@ class HeadMask:
 
     def __exit__(self, *exc: Any) -> None:
         self._stacks.pop().close()
+
+
+def _on_rows(fn, rows: Any):
+    if rows is None:
+        return fn
+
+    def on_rows(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.clone()
+        x[rows] = fn(x[rows], hook)
+        return x
+
+    return on_rows
 
 
 def _make_scale_hook(keep: torch.Tensor):

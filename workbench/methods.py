@@ -47,6 +47,9 @@ class Method:
     name = "method"
     uses_profile = False
 
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        """Once per run, before any user: state shared by all users (e.g. preference heads)."""
+
     def prepare_user(self, model: Model, user_id: str, examples: list) -> Any:
         return None
 

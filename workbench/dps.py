@@ -1,0 +1,249 @@
+"""Differential Preference Steering: contrast the model with and without its preference heads.
+
+At every decoding step (method notes §1.3; the authors' code)::
+
+    score = (1 + alpha) * log p_full - alpha * log p_masked
+
+where ``p_masked`` is the same model with the preference heads masked (``uniform`` by
+default: their queries zeroed). Tokens the preference heads push up get pushed further.
+``alpha`` is a number, or ``"entropy"`` (the authors' default): the entropy of ``p_full``
+in nats, so the contrast is strong where the model is unsure and weak where it is certain.
+
+Both streams run as the two rows of one batch — one forward per step — each with its own
+KV cache rows. By default (``mask_prompt=False``, the authors' variant) the prompt is
+prefilled once by the intact model and shared by both rows; the mask then acts from the
+last prompt token on, so even the first output token is contrasted. ``mask_prompt=True``
+masks the prompt's computation too (the formula read literally).
+
+``alpha=0`` gives plain greedy decoding, token for token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from workbench.heads import HeadMask, mask_heads
+from workbench.methods import Method, register_method
+from workbench.model import Model
+
+
+@dataclass
+class DpsOutput:
+    """The text DPS wrote and, per step, what the contrast did."""
+
+    text: str
+    tokens: list[int]
+    steps: pd.DataFrame = field(repr=False)
+
+    def __repr__(self) -> str:
+        changed = int(self.steps["changed"].sum()) if len(self.steps) else 0
+        return f"DpsOutput({self.text!r}, {len(self.tokens)} tokens, {changed} changed by the contrast)"
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>DPS:</b> {self.text}</p>" + self.steps.to_html(index=False, float_format="{:.3f}".format)
+
+
+def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
+    if isinstance(heads, HeadMask):
+        return heads
+    if hasattr(heads, "top") and hasattr(heads, "frame"):
+        raise ValueError("pass heads as a list, e.g. scores.top(11) or scores.weights(11), not the scores object")
+    mask = mask_heads(model, heads, how=how)
+    if not mask.heads:
+        raise ValueError("heads is empty; DPS needs at least one preference head to mask "
+                         "(e.g. preference_scores(...).top_percent(4))")
+    return mask
+
+
+def _filter(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    if top_k:
+        kth = scores.topk(min(top_k, scores.shape[-1])).values[..., -1, None]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        probs, order = scores.softmax(-1).sort(descending=True)
+        cut = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
+        scores = scores.masked_fill(cut.scatter(-1, order, cut), float("-inf"))
+    return scores
+
+
+@torch.no_grad()
+def dps_generate(
+    model: Model,
+    prompt: Any,
+    heads: "list | Mapping | HeadMask",
+    alpha: "float | str" = "entropy",
+    *,
+    how: str = "uniform",
+    max_new_tokens: int = 64,
+    mask_prompt: bool = False,
+    alpha_cap: float | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    chat: bool | None = None,
+    details: bool = False,
+) -> "str | DpsOutput":
+    """Generate with Differential Preference Steering.
+
+    Args:
+        model: a :class:`workbench.Model`.
+        prompt: text, chat messages or token ids (as for ``model.generate``).
+        heads: the preference heads: ``(layer, head)`` pairs, a ``{(layer, head): weight}``
+            mapping for weighted (partial) masking, or a :class:`HeadMask`.
+        alpha: contrast strength ``>= 0``, or ``"entropy"`` (per step, the entropy of the
+            intact model's next-token distribution; capped at ``alpha_cap`` if given).
+        how: masking of the heads (``"uniform"``: the authors' query zeroing).
+        mask_prompt: also mask the prompt's computation (default: prompt shared, unmasked).
+        do_sample, temperature, top_p, top_k, seed: sampling from ``softmax(score / T)``;
+            greedy by default.
+        details: return a :class:`DpsOutput` with per-step alpha and what changed.
+
+    Example:
+        >>> heads = scores.top_percent(4)                                   # doctest: +SKIP
+        >>> dps_generate(model, prompt, heads, alpha="entropy", max_new_tokens=32)  # doctest: +SKIP
+    """
+    if isinstance(alpha, str):
+        if alpha != "entropy":
+            raise ValueError(f"alpha={alpha!r}: give a number >= 0 or 'entropy'")
+    elif alpha < 0:
+        raise ValueError(f"alpha={alpha} must be >= 0 (0 = plain decoding)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0 when sampling")
+    mask = _as_mask(model, heads, how)
+    row_mask = mask.row_hooks(slice(1, 2))
+    bridge = model.bridge
+    ids = model.encode(prompt, chat=chat)
+    model.check_fits(ids.shape[-1], max_new_tokens)
+    gen = None
+    if do_sample:
+        gen = torch.Generator(device=ids.device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+
+    # Only the last position's logits are needed from a prefill: skip the unembedding elsewhere.
+    last_only = [(f"blocks.{model.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])]
+    if mask_prompt or ids.shape[-1] == 1:
+        with bridge.hooks(fwd_hooks=row_mask + last_only):
+            logits, cache = bridge(ids.expand(2, -1), return_type="logits_and_cache")
+    else:
+        # Everything before the last prompt token is computed once, intact, and shared.
+        with bridge.hooks(fwd_hooks=last_only):
+            _, cache = bridge(ids[:, :-1], return_type="logits_and_cache")
+        cache.batch_repeat_interleave(2)
+        with bridge.hooks(fwd_hooks=row_mask):
+            logits, cache = bridge(ids[:, -1:].expand(2, -1), return_type="logits_and_cache", past_key_values=cache)
+
+    stops = set(model.stop_token_ids)
+    out: list[int] = []
+    rows = []
+    for step in range(max_new_tokens):
+        lp = logits[:, -1].float().log_softmax(-1)
+        full, masked = lp[0], lp[1]
+        if alpha == "entropy":
+            a = float(-(full.exp() * full).sum())
+            if alpha_cap is not None:
+                a = min(a, alpha_cap)
+        else:
+            a = float(alpha)
+        score = full + a * (full - masked)
+        if do_sample:
+            filtered = _filter(score / temperature, top_k, top_p)
+            tok = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
+        else:
+            tok = int(score.argmax())
+        plain = int(full.argmax())
+        rows.append({"step": step, "token": model.tokenizer.decode([tok]), "alpha": a,
+                     "changed": tok != plain, "plain_token": model.tokenizer.decode([plain]),
+                     "logp_full": float(full[tok]), "logp_masked": float(masked[tok])})
+        if tok in stops:
+            break
+        out.append(tok)
+        if step == max_new_tokens - 1:
+            break
+        nxt = torch.tensor([[tok], [tok]], device=ids.device)
+        with bridge.hooks(fwd_hooks=row_mask):
+            logits, cache = bridge(nxt, return_type="logits_and_cache", past_key_values=cache)
+    text = model.tokenizer.decode(out, skip_special_tokens=True).strip()
+    if details:
+        return DpsOutput(text, out, pd.DataFrame(rows))
+    return text
+
+
+# ---- the runner method ---------------------------------------------------------------------
+
+@register_method
+@dataclass
+class Dps(Method):
+    """The ``rag`` prompt decoded with DPS, heads found once per run from users' histories.
+
+    Preference heads: PCS (uniform masking, output scope, exact) over ``pcs_examples``
+    leave-one-out examples built from the run's users' profile items (never the queries'
+    gold outputs); the top ``top_percent`` % are masked. Scores are cached on disk per
+    model, data and settings, and copied next to the run's results.
+    """
+
+    name = "dps"
+    uses_profile = True
+    top_percent: float = 4.0
+    alpha: Any = "entropy"
+    pcs_examples: int = 40
+    heads_file: str | None = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "top_percent": self.top_percent, "alpha": self.alpha,
+                "pcs_examples": self.pcs_examples, "heads_file": self.heads_file, "how": "uniform",
+                "scope": "output"}
+
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        from workbench.pcs import PreferenceScores
+
+        if self.heads_file:
+            scores = PreferenceScores.load(self.heads_file, model=model)
+        else:
+            scores = cached_profile_scores(model, examples, n=self.pcs_examples, k=self.settings.k,
+                                           retrieval=self.settings.retrieval)
+        self.scores = scores
+        self.heads = scores.top_percent(self.top_percent)
+
+    def prepare_user(self, model: Model, user_id: str, examples: list) -> Any:
+        for ex in examples:
+            ex.require_profile()
+        return None
+
+    def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
+        from workbench.prompts import first_line
+
+        prompt, info = self.prompt(model, example)
+        text = dps_generate(model, prompt, self.heads, alpha=self.alpha, max_new_tokens=self.settings.max_new_tokens)
+        return first_line(text), {**info, "heads": ";".join(f"L{l}H{h}" for l, h in self.heads)}
+
+
+def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
+                          progress: bool = True) -> Any:
+    """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
+    import hashlib
+    import json
+
+    from workbench._cache import cache_root
+    from workbench.pcs import PreferenceScores, preference_scores, profile_examples
+
+    items = profile_examples(examples, n=n, k=k, by=retrieval)
+    key = hashlib.sha256(json.dumps([model.name, str(model.dtype), k, retrieval,
+                                     [(ex.id, ex.gold, len(ex.profile)) for ex in items]]).encode()).hexdigest()[:16]
+    path = cache_root() / "pcs" / f"{model.name.replace('/', '_')}-{key}.json"
+    if path.exists():
+        try:
+            return PreferenceScores.load(path, model=model)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            path.unlink()  # damaged: recompute rather than trust it
+    scores = preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k,
+                               retrieval=retrieval, progress=progress, data="profile leave-one-out")
+    scores.save(path, overwrite=True)
+    return scores

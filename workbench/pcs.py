@@ -1,0 +1,547 @@
+"""Preference heads: which attention heads carry a user's preferences.
+
+The Preference Contribution Score of a head (Differential Preference Steering, §1 of the
+method notes) is how much the user-aligned output depends on it::
+
+    PCS(layer, head) = mean over examples [ NLL(gold | prompt; head masked) - NLL(gold | prompt) ]
+
+with NLL averaged over the gold output's tokens. Positive = masking the head makes the
+personalized output less likely.
+
+:func:`preference_scores` computes it for every head, three ways:
+
+- ``mode="exact"``: every head masked in turn, reusing what the mask cannot change — the
+  residual stream below the masked layer (each masked pass starts at that layer), and in
+  ``scope="output"`` the prompt's KV cache;
+- ``mode="fast"``: attribution patching — one forward and one backward give the first-order
+  estimate ``grad(NLL) . (z_masked - z)`` for all heads at once;
+- ``mode="naive"``: one full forward per head, nothing reused (the reference the
+  benchmarks compare against; same numbers as ``exact``).
+
+``scope`` says where the mask acts: ``"all"`` positions, or only the ``"output"`` positions
+(the last prompt token and the gold tokens) with the prompt's computation shared — the
+regime DPS decoding uses (see :mod:`workbench.dps`).
+
+Examples come from :func:`profile_examples` by default: each of a user's earlier items
+becomes a query (its article -> the user's own headline) with the user's *other* items as
+the profile, so no gold output of the evaluation queries is ever looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.heads import HOW, head_means, mask_heads
+from workbench.model import Model
+
+SCOPES = ("all", "output")
+MODES = ("exact", "fast", "naive")
+_FORMAT = "workbench.preference_scores/1"
+
+
+# ---- examples -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScoringExample:
+    """A prompt and the output whose likelihood is scored, with where it came from."""
+
+    id: str
+    user_id: str
+    prompt: Any
+    target: str
+
+
+def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = "bm25", seed: int = 0,
+                     model: Model | None = None) -> list[Any]:
+    """Leave-one-out examples built from users' profiles (no evaluation gold is used).
+
+    Each profile item becomes an :class:`~workbench.data.Example`: its text is the input, its
+    title (the user's own headline) the gold, and the user's other items the profile. ``n``
+    examples are taken round-robin over users (at most one item per user per round, items
+    in a seeded random order) so that many users are represented.
+    """
+    from workbench.data import Example
+
+    rng = np.random.default_rng(seed)
+    per_user: dict[str, list[Any]] = {}
+    seen_items: dict[str, set] = {}
+    for ex in dataset:
+        items = per_user.setdefault(ex.user_id, [])
+        seen = seen_items.setdefault(ex.user_id, set())
+        for it in ex.profile:
+            key = str(it.get("id", len(seen)))
+            if key not in seen and it.get("title") and it.get("text"):
+                seen.add(key)
+                items.append(it)
+    queues = {}
+    for uid, items in per_user.items():
+        if len(items) < 2:
+            continue  # leave-one-out needs at least one other item as the profile
+        order = rng.permutation(len(items))
+        queues[uid] = [(items[j], [items[i] for i in range(len(items)) if i != j]) for j in order]
+    if not queues:
+        raise ValueError("no user has two or more profile items with 'text' and 'title'; "
+                         "profile_examples needs LaMP-4-style profiles (pass examples with gold outputs instead)")
+    out: list[Any] = []
+    while len(out) < n and any(queues.values()):
+        for uid in list(queues):
+            if queues[uid] and len(out) < n:
+                item, rest = queues[uid].pop(0)
+                out.append(Example(id=f"{uid}/profile-{item.get('id')}", user_id=uid, task="lamp4",
+                                   input=item["text"], profile=tuple(rest), gold=item["title"]))
+    return out
+
+
+def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str) -> list[ScoringExample]:
+    from workbench.prompts import build_prompt
+
+    out = []
+    for i, ex in enumerate(examples):
+        if isinstance(ex, ScoringExample):
+            out.append(ex)
+        elif isinstance(ex, tuple) and len(ex) == 2:
+            out.append(ScoringExample(str(i), "", ex[0], ex[1]))
+        else:
+            if ex.gold is None:
+                raise ValueError(f"example {ex.id} has no gold output; PCS scores the likelihood of a gold output")
+            if k > 0:
+                ex.require_profile()
+            prompt, _ = build_prompt(model, ex, k=k, by=by, reserve=0)
+            out.append(ScoringExample(ex.id, ex.user_id, prompt, ex.gold))
+    if not out:
+        raise ValueError("no examples to score; pass a Dataset, Examples, or (prompt, target) pairs")
+    return out
+
+
+# ---- scoring one example with reuse -------------------------------------------------------
+
+def _truncate_cache(cache: Any, length: int) -> None:
+    # A masked pass appends its positions to the shared prompt cache; cut them off again.
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+class _Scorer:
+    """NLL of one example's target under any head mask, reusing what the mask can't change."""
+
+    def __init__(self, model: Model, ex: ScoringExample, scope: str, reuse: bool = True):
+        self.model, self.scope, self.reuse = model, scope, reuse
+        self.ids, self.start = model.prompt_and_target(ex.prompt, ex.target)
+        bridge = model.bridge
+        n_layers = model.n_layers
+        self.targets = self.ids[0, self.start:]
+        self.resid: dict[int, torch.Tensor] = {}
+        store = [(f"blocks.{L}.hook_resid_pre", self._store(L)) for L in range(n_layers)] if reuse else []
+        if scope == "all":
+            # Only the positions that predict the target need the unembedding (a 49k-row matmul).
+            logits = bridge.run_with_hooks(self.ids, fwd_hooks=store + [self._slice_hook()])
+        else:
+            # Shared prompt prefix: every position before the last prompt token, unmasked.
+            self.prefix_len = self.start - 1
+            self.suffix = self.ids[:, self.prefix_len:]
+            self.cache = self._prefix_cache()
+            logits = bridge.run_with_hooks(self.suffix, fwd_hooks=store, past_key_values=self.cache)
+            _truncate_cache(self.cache, self.prefix_len)
+        self.base = self._nll(logits)
+
+    def _store(self, layer: int):
+        def store(x: torch.Tensor, hook: Any) -> None:
+            self.resid[layer] = x.detach()
+
+        return store
+
+    def _slice_hook(self):
+        last = f"blocks.{self.model.n_layers - 1}.hook_resid_post"
+        first = self.start - 1
+
+        def keep_target_positions(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            return x[:, first:-1]
+
+        return (last, keep_target_positions)
+
+    def _prefix_cache(self) -> Any:
+        if self.prefix_len == 0:
+            from transformers import DynamicCache
+
+            return DynamicCache()
+        _, cache = self.model.bridge(self.ids[:, : self.prefix_len], return_type="logits_and_cache")
+        return cache
+
+    def _nll(self, logits: torch.Tensor) -> float:
+        n = self.targets.shape[0]
+        lp = logits[0, :n].float().log_softmax(-1)
+        return float(-lp.gather(-1, self.targets[:, None]).mean())
+
+    def masked(self, mask: Any) -> float:
+        """NLL with ``mask`` (a HeadMask) active at the scope's positions."""
+        bridge = self.model.bridge
+        low = min(mask.layers) if mask.layers else 0
+        if self.scope == "all":
+            with mask:
+                if self.reuse:
+                    logits = bridge.run_with_hooks(self.resid[low], start_at_layer=low, fwd_hooks=[self._slice_hook()])
+                else:
+                    logits = bridge(self.ids)[:, self.start - 1:]
+            return self._nll(logits)
+        if self.reuse:
+            with mask:
+                logits = bridge(self.resid[low], start_at_layer=low, past_key_values=self.cache)
+            _truncate_cache(self.cache, self.prefix_len)
+        else:  # from scratch: the prompt prefix unmasked, then the output positions masked
+            cache = self._prefix_cache()
+            with mask:
+                logits = bridge(self.suffix, past_key_values=cache)
+        return self._nll(logits)
+
+
+# ---- fast mode: attribution patching --------------------------------------------------------
+
+def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: torch.Tensor | None) -> np.ndarray:
+    """First-order estimate of NLL(masked) - NLL for every head: grad(NLL) . (z_masked - z)."""
+    bridge = model.bridge
+    ids, start = model.prompt_and_target(ex.prompt, ex.target)
+    zs: dict[int, torch.Tensor] = {}
+    vs: dict[int, torch.Tensor] = {}
+
+    def leaf(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        # Parameters don't need gradients here; make the embedding the leaf the graph grows from.
+        return x.detach().requires_grad_(True)
+
+    def keep_z(layer: int):
+        def fn(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            z.retain_grad()
+            zs[layer] = z
+            return z
+
+        return fn
+
+    def keep_v(layer: int):
+        def fn(v: torch.Tensor, hook: Any) -> None:
+            vs[layer] = v.detach()
+
+        return fn
+
+    hooks = [("hook_embed", leaf)] + [(f"blocks.{L}.attn.hook_z", keep_z(L)) for L in range(model.n_layers)]
+    if how == "uniform":
+        hooks += [(f"blocks.{L}.attn.hook_v", keep_v(L)) for L in range(model.n_layers)]
+    params = [p for p in bridge.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            logits = bridge.run_with_hooks(ids, fwd_hooks=hooks)
+            lp = logits[0, start - 1:-1].float().log_softmax(-1)
+            nll = -lp.gather(-1, ids[0, start:, None]).mean()
+            nll.backward()
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    lo = 0 if scope == "all" else start - 1
+    hi = ids.shape[1] - 1  # the last position predicts nothing that is scored
+    out = np.zeros((model.n_layers, model.n_heads))
+    group = model.n_heads // model.n_kv_heads
+    for L in range(model.n_layers):
+        z = zs[L].detach()[0, lo:hi].float()
+        g = zs[L].grad[0, lo:hi].float()
+        if how == "zero":
+            alt = torch.zeros_like(z)
+        elif how == "mean":
+            alt = means[L].float().to(z.device)[None].expand_as(z)
+        else:
+            # A zero query attends uniformly over the visible context: z becomes the running
+            # mean of the values of the head's key/value group.
+            v = vs[L][0].float()
+            counts = torch.arange(1, v.shape[0] + 1, device=v.device, dtype=v.dtype)[:, None, None]
+            running = (v.cumsum(0) / counts)[lo:hi]
+            alt = running.repeat_interleave(group, dim=1)
+        out[L] = ((alt - z) * g).sum(dim=(0, 2)).cpu().numpy()
+    return out
+
+
+# ---- the result -------------------------------------------------------------------------------
+
+class PreferenceScores:
+    """PCS of every head, with the settings and data it came from.
+
+    ``.frame``: one row per head — ``layer``, ``head``, ``pcs`` (mean over examples),
+    ``std`` (over examples) and ``n``. ``.per_example``: ``[n_examples, n_layers, n_heads]``.
+    """
+
+    def __init__(self, per_example: np.ndarray, meta: dict):
+        self.per_example = np.asarray(per_example, dtype=float)
+        self.meta = dict(meta)
+        n, L, H = self.per_example.shape
+        layers, heads = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
+        self.frame = pd.DataFrame({
+            "layer": layers.ravel(), "head": heads.ravel(),
+            "pcs": self.per_example.mean(0).ravel(),
+            "std": (self.per_example.std(0, ddof=1) if n > 1 else np.zeros((L, H))).ravel(),
+            "n": n,
+        })
+
+    # facts
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Mean PCS as ``[n_layers, n_heads]``."""
+        return self.per_example.mean(0)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __repr__(self) -> str:
+        m = self.meta
+        top = ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in self._top_values(3))
+        return (f"PreferenceScores({m['model']}: {m['how']} masking, scope={m['scope']}, mode={m['mode']}, "
+                f"{self.per_example.shape[0]} examples; top: {top})")
+
+    def _repr_html_(self) -> str:
+        m = self.meta
+        head = (f"<p><b>Preference heads</b> · {m['model']} · {m['how']} masking · scope {m['scope']} · "
+                f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
+        return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(index=False, float_format="{:.4f}".format)
+
+    # selection
+    def _top_values(self, k: int) -> list[tuple[tuple[int, int], float]]:
+        df = self.frame.sort_values(["pcs", "layer", "head"], ascending=[False, True, True]).head(k)
+        return [((int(r.layer), int(r.head)), float(r.pcs)) for r in df.itertuples()]
+
+    def top(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` heads with the highest PCS, best first, as ``(layer, head)`` pairs."""
+        if not 0 < k <= len(self.frame):
+            raise ValueError(f"k={k} must be between 1 and the number of heads ({len(self.frame)})")
+        return [h for h, _ in self._top_values(k)]
+
+    def top_percent(self, p: float) -> list[tuple[int, int]]:
+        """The top ``p`` percent of heads (at least one): ``top_percent(4)`` is the DPS authors' 4%."""
+        if not 0 < p <= 100:
+            raise ValueError(f"p={p} is a percentage in (0, 100], e.g. 4 for the top 4% of heads")
+        return self.top(max(1, math.ceil(len(self.frame) * p / 100)))
+
+    def weights(self, k: int) -> dict[tuple[int, int], float]:
+        """Partial-mask weights for the top ``k`` heads: ``max(pcs, 0) / max(pcs)`` (the
+        authors' max-normalisation), for weighted DPS."""
+        vals = dict(self._top_values(k))
+        peak = max(vals.values())
+        if peak <= 0:
+            raise ValueError("no head has a positive PCS; there is nothing to weight")
+        return {h: max(v, 0.0) / peak for h, v in vals.items()}
+
+    def for_users(self, users: Iterable[str]) -> "PreferenceScores":
+        """The same scores averaged over the examples of ``users`` only (e.g. to check stability)."""
+        users = set(map(str, users))
+        keep = [i for i, u in enumerate(self.meta["example_users"]) if u in users]
+        if not keep:
+            raise ValueError("none of these users has examples in these scores")
+        meta = {**self.meta, "example_ids": [self.meta["example_ids"][i] for i in keep],
+                "example_users": [self.meta["example_users"][i] for i in keep]}
+        return PreferenceScores(self.per_example[keep], meta)
+
+    # figures
+    def heatmap(self, title: str | None = None):
+        """Plotly heatmap, layers x heads; hover shows PCS, its spread and n."""
+        import plotly.graph_objects as go
+
+        L, H = self.matrix.shape
+        std = self.frame["std"].to_numpy().reshape(L, H)
+        m = self.matrix
+        bound = float(np.abs(m).max()) or 1.0
+        fig = go.Figure(go.Heatmap(
+            z=m, x=[f"H{h}" for h in range(H)], y=list(range(L)), customdata=std,
+            colorscale="RdBu_r", zmid=0, zmin=-bound, zmax=bound, colorbar=dict(title="PCS<br>(nats)"),
+            hovertemplate="layer %{y}, head %{x}<br>PCS %{z:.4f} nats/token<br>std %{customdata:.4f}"
+                          f"<br>n = {self.per_example.shape[0]}<extra></extra>",
+        ))
+        meta = self.meta
+        fig.update_layout(
+            title=title or (f"Preference Contribution Score per head — {meta['model']}, {meta['how']} masking, "
+                            f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)"),
+            xaxis_title="head", yaxis_title="layer", template="plotly_white",
+            height=max(360, 18 * L + 120), width=max(420, 60 * H + 220),
+            margin=dict(l=60, r=20, t=60, b=50),
+        )
+        fig.update_yaxes(dtick=max(1, L // 15))
+        return fig
+
+    # persistence
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the scores and everything they came from as JSON; refuses to replace a file."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": _FORMAT, "meta": self.meta, "per_example": self.per_example.round(6).tolist()}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: Model | str | None = None) -> "PreferenceScores":
+        """Read scores saved with :meth:`save`; with ``model``, refuse scores of another model."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} does not exist; compute scores with workbench.preference_scores "
+                                    "or `workbench heads`") from None
+        if payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved PreferenceScores file (format {payload.get('format')!r})")
+        scores = cls(np.asarray(payload["per_example"]), payload["meta"])
+        if model is not None:
+            name = model if isinstance(model, str) else model.name
+            shape = None if isinstance(model, str) else (model.n_layers, model.n_heads)
+            if name != scores.model or (shape and shape != scores.matrix.shape):
+                raise ValueError(f"{path} holds scores of {scores.model!r} ({scores.matrix.shape[0]} layers x "
+                                 f"{scores.matrix.shape[1]} heads), not of {name!r}; recompute them for this model")
+        return scores
+
+
+# ---- the main entry point -----------------------------------------------------------------------
+
+def preference_scores(
+    model: Model,
+    examples: Iterable[Any],
+    *,
+    how: str = "uniform",
+    scope: str = "output",
+    mode: str = "exact",
+    k: int = 5,
+    retrieval: str = "bm25",
+    reference: Any = None,
+    progress: bool = True,
+    data: str = "",
+) -> PreferenceScores:
+    """Preference Contribution Score of every attention head.
+
+    Args:
+        model: a :class:`workbench.Model`.
+        examples: :class:`~workbench.data.Example` objects with gold outputs (their prompt is
+            the ``rag`` prompt with the user's top-``k`` profile items), ``(prompt, target)``
+            pairs, or :class:`ScoringExample` objects. :func:`profile_examples` makes
+            leak-free ones from users' histories.
+        how: ``"uniform"`` (zero the query: the DPS authors' masking), ``"zero"`` or ``"mean"``.
+        scope: ``"output"`` (mask only where the output is produced, prompt shared: the DPS
+            decoding regime) or ``"all"`` positions.
+        mode: ``"exact"`` (each head masked in turn, unchanged computation reused), ``"fast"``
+            (attribution patching: one forward + backward per example) or ``"naive"``.
+        reference: texts for ``how="mean"`` (each head's mean output over them).
+        data: a label recorded with the scores (e.g. the dataset path).
+
+    Returns:
+        :class:`PreferenceScores`.
+
+    Example:
+        >>> ex = profile_examples(load_lamp4_news(), n=20)          # doctest: +SKIP
+        >>> scores = preference_scores(model, ex); scores.heatmap()  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    if how not in HOW:
+        raise ValueError(f"how={how!r}: use one of {HOW}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}: use 'output' (mask where the output is produced) or 'all'")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: use one of {MODES}")
+    items = _scoring_examples(model, examples, k, retrieval)
+    means = None
+    if how == "mean":
+        if reference is None:
+            raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
+        means = reference if isinstance(reference, torch.Tensor) and reference.is_floating_point() else head_means(model, reference)
+    L, H = model.n_layers, model.n_heads
+    per = np.zeros((len(items), L, H))
+    t0 = time.perf_counter()
+    steps = len(items) * (1 if mode == "fast" else L * H)
+    bar = tqdm(total=steps, desc=f"PCS ({mode})", disable=not progress)
+    for i, ex in enumerate(items):
+        if mode == "fast":
+            per[i] = _attribution(model, ex, scope, how, means)
+            bar.update(1)
+            continue
+        with torch.no_grad():
+            scorer = _Scorer(model, ex, scope, reuse=(mode == "exact"))
+            for layer in range(L):
+                for head in range(H):
+                    mask = mask_heads(model, [(layer, head)], how=how, reference=means)
+                    per[i, layer, head] = scorer.masked(mask) - scorer.base
+                    bar.update(1)
+    bar.close()
+    meta = {
+        "model": model.name, "n_layers": L, "n_heads": H, "how": how, "scope": scope, "mode": mode,
+        "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
+        "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
+        "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return PreferenceScores(per, meta)
+
+
+def sparsity_curve(
+    model: Model,
+    examples: Iterable[Any],
+    scores: PreferenceScores,
+    max_k: int = 10,
+    n_random: int = 5,
+    seed: int = 0,
+    k: int = 5,
+    retrieval: str = "bm25",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """NLL increase when masking the top-``j`` heads vs ``j`` random heads, ``j = 1..max_k``.
+
+    Uses the masking and scope the scores were computed with. Returns one row per
+    (j, kind, draw): ``kind`` is ``"top"`` (draw 0) or ``"random"`` (draws 0..n_random-1, the
+    same random sets for every example), ``delta_nll`` the mean over examples.
+    Plot with :func:`workbench.figures.sparsity_figure`.
+    """
+    from tqdm.auto import tqdm
+
+    how, scope = scores.meta["how"], scores.meta["scope"]
+    if how == "mean":
+        raise ValueError("sparsity_curve supports scores computed with how='uniform' or 'zero'")
+    items = _scoring_examples(model, examples, k, retrieval)
+    rng = np.random.default_rng(seed)
+    all_heads = [(l, h) for l in range(model.n_layers) for h in range(model.n_heads)]
+    ranked = scores.top(max_k)
+    sets = []
+    for j in range(1, max_k + 1):
+        sets.append((j, "top", 0, ranked[:j]))
+        for d in range(n_random):
+            pick = rng.choice(len(all_heads), size=j, replace=False)
+            sets.append((j, "random", d, [all_heads[p] for p in pick]))
+    totals = np.zeros(len(sets))
+    bar = tqdm(total=len(items) * len(sets), desc="top vs random heads", disable=not progress)
+    with torch.no_grad():
+        for ex in items:
+            scorer = _Scorer(model, ex, scope)
+            for s, (_, _, _, heads) in enumerate(sets):
+                totals[s] += scorer.masked(mask_heads(model, heads, how=how)) - scorer.base
+                bar.update(1)
+    bar.close()
+    return pd.DataFrame([{"k": j, "kind": kind, "draw": d, "delta_nll": totals[s] / len(items),
+                          "heads": ", ".join(f"L{l}H{h}" for l, h in heads)}
+                         for s, (j, kind, d, heads) in enumerate(sets)])
+
+
+def rank_agreement(a: PreferenceScores, b: PreferenceScores, k: int = 10) -> dict[str, float]:
+    """How much two score sets agree: Spearman correlation over all heads and top-``k`` overlap."""
+    if a.matrix.shape != b.matrix.shape:
+        raise ValueError(f"scores of different shapes {a.matrix.shape} and {b.matrix.shape}")
+    ra = pd.Series(a.matrix.ravel()).rank()
+    rb = pd.Series(b.matrix.ravel()).rank()
+    overlap = len(set(a.top(k)) & set(b.top(k))) / k
+    return {"spearman": float(ra.corr(rb)), f"top{k}_overlap": overlap}
