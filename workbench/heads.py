@@ -253,6 +253,7 @@ def layer_mask_effects(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from workbench._reuse import run_from_layer
     from workbench.model import logprobs_of
 
     ids, start = model.prompt_and_target(prompt, target)
@@ -264,7 +265,7 @@ def layer_mask_effects(
     for layer in tqdm(range(model.n_layers), desc="masking each layer", disable=not progress, leave=False):
         heads = [(layer, h) for h in range(model.n_heads)]
         with mask_heads(model, heads, how=how, reference=means):
-            masked_logits = model.bridge(cache[names[layer]], start_at_layer=layer)
+            masked_logits = run_from_layer(model.bridge, cache[names[layer]], layer)
         masked = float(logprobs_of(masked_logits, ids, start).mean())
         rows.append({"layer": layer, "logp": base, "logp_masked": masked, "drop": base - masked})
     return pd.DataFrame(rows)

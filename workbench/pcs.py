@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from workbench.heads import HOW, head_means, mask_heads
+from workbench._reuse import run_from_layer
 from workbench.model import Model
 
 SCOPES = ("all", "output")
@@ -190,13 +191,13 @@ class _Scorer:
         if self.scope == "all":
             with mask:
                 if self.reuse:
-                    logits = bridge.run_with_hooks(self.resid[low], start_at_layer=low, fwd_hooks=[self._slice_hook()])
+                    logits = run_from_layer(bridge, self.resid[low], low, fwd_hooks=[self._slice_hook()])
                 else:
                     logits = bridge(self.ids)[:, self.start - 1:]
             return self._nll(logits)
         if self.reuse:
             with mask:
-                logits = bridge(self.resid[low], start_at_layer=low, past_key_values=self.cache)
+                logits = run_from_layer(bridge, self.resid[low], low, past_key_values=self.cache)
             _truncate_cache(self.cache, self.prefix_len)
         else:  # from scratch: the prompt prefix unmasked, then the output positions masked
             cache = self._prefix_cache()
