@@ -1,4 +1,4 @@
-"""The ``workbench`` command line: ``workbench models``, ``workbench demo``."""
+"""The ``workbench`` command line: ``models``, ``demo``, ``bench``, ``heads``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_heads(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.data import default_data_dir, load_lamp
+    from workbench.pcs import preference_scores, profile_examples
+
+    data_dir = args.data or default_data_dir()
+    dataset = load_lamp(data_dir, split=args.split)
+    if args.task and dataset.task != args.task:
+        raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
+    out = Path(args.out)
+    target = out / "scores.json"
+    if target.exists() and not args.force:
+        raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"{model}\n{dataset!r}")
+    if args.source == "profile":
+        examples = profile_examples(dataset, n=args.n, k=args.k)
+        label = f"{data_dir} ({args.split}), profile leave-one-out"
+    else:
+        examples = [ex for ex in dataset if ex.profile][: args.n]
+        label = f"{data_dir} ({args.split}), query golds"
+    scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k, data=label)
+    out.mkdir(parents=True, exist_ok=True)
+    scores.save(target, overwrite=args.force)
+    scores.heatmap().write_html(out / "heatmap.html", include_plotlyjs=True)
+    scores.frame.sort_values("pcs", ascending=False).to_csv(out / "heads.csv", index=False)
+    print(f"\n{scores}\n({scores.meta['seconds']:.0f} s)")
+    print("\nTop heads (PCS = NLL increase in nats/token when masked):")
+    for row in scores.frame.sort_values("pcs", ascending=False).head(args.top).itertuples():
+        print(f"  L{int(row.layer):>2}H{int(row.head)}  {row.pcs:+.4f}  (std {row.std:.4f})")
+    print(f"\nscores: {target}   heatmap: {out / 'heatmap.html'}   table: {out / 'heads.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default=None)
     b.set_defaults(func=_cmd_bench)
+    h = sub.add_parser("heads", help="Preference Contribution Score of every attention head, with its heatmap")
+    h.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
+    h.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
+    h.add_argument("--split", default="dev")
+    h.add_argument("--model", default="smollm2-135m")
+    h.add_argument("--n", default=50, type=int, help="examples to average over (default 50)")
+    h.add_argument("--source", default="profile", choices=["profile", "gold"],
+                   help="profile: leave-one-out over users' earlier items (default; never reads evaluation golds); "
+                        "gold: the split's queries and gold outputs")
+    h.add_argument("--how", default="uniform", choices=["uniform", "zero"], help="masking (default: uniform, as DPS)")
+    h.add_argument("--scope", default="output", choices=["output", "all"], help="positions masked (default: output)")
+    h.add_argument("--mode", default="exact", choices=["exact", "fast", "naive"])
+    h.add_argument("--k", default=5, type=int, help="profile items in each prompt (default 5)")
+    h.add_argument("--top", default=11, type=int, help="how many top heads to print")
+    h.add_argument("--out", default="heads-results", type=Path)
+    h.add_argument("--force", action="store_true", help="replace existing scores in --out")
+    h.add_argument("--device", default=None)
+    h.add_argument("--dtype", default=None)
+    h.set_defaults(func=_cmd_heads)
     return p
 
 
