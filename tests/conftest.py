@@ -26,11 +26,19 @@ def tiny_ids(tiny):
     return tiny.encode("the cat sat on the mat in the city of paris")
 
 
+# Hooks the libraries install for themselves, once, the first time certain paths run
+# (TransformerLens' residual capture, transformers' output capturing): not ours to remove.
+_LIBRARY_HOOKS = ("_maybe_wire_capture_hooks", "output_capuring_hook", "output_capturing_hook")
+
+
 def all_hook_handles(model: wb.Model) -> int:
-    """How many hooks (TransformerLens or raw torch) are attached anywhere in the model."""
+    """How many hooks (TransformerLens or raw torch) are attached anywhere in the model,
+    apart from the libraries' own permanent ones."""
     n = 0
     for mod in model.bridge.modules():
-        n += len(mod._forward_hooks) + len(mod._forward_pre_hooks) + len(getattr(mod, "_backward_hooks", {}))
+        hooks = [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values(),
+                 *getattr(mod, "_backward_hooks", {}).values()]
+        n += sum(1 for fn in hooks if not any(k in getattr(fn, "__qualname__", "") for k in _LIBRARY_HOOKS))
     return n
 
 

@@ -137,39 +137,41 @@ def dps_generate(
         with bridge.hooks(fwd_hooks=last_only):
             _, cache = bridge(ids[:, :-1], return_type="logits_and_cache")
         cache.batch_repeat_interleave(2)
-        with bridge.hooks(fwd_hooks=row_mask):
-            logits, cache = bridge(ids[:, -1:].expand(2, -1), return_type="logits_and_cache", past_key_values=cache)
+        logits = None
 
     stops = set(model.stop_token_ids)
     out: list[int] = []
     rows = []
-    for step in range(max_new_tokens):
-        lp = logits[:, -1].float().log_softmax(-1)
-        full, masked = lp[0], lp[1]
-        if alpha == "entropy":
-            a = float(-(full.exp() * full).sum())
-            if alpha_cap is not None:
-                a = min(a, alpha_cap)
-        else:
-            a = float(alpha)
-        score = full + a * (full - masked)
-        if do_sample:
-            filtered = _filter(score / temperature, top_k, top_p)
-            tok = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
-        else:
-            tok = int(score.argmax())
-        plain = int(full.argmax())
-        rows.append({"step": step, "token": model.tokenizer.decode([tok]), "alpha": a,
-                     "changed": tok != plain, "plain_token": model.tokenizer.decode([plain]),
-                     "logp_full": float(full[tok]), "logp_masked": float(masked[tok])})
-        if tok in stops:
-            break
-        out.append(tok)
-        if step == max_new_tokens - 1:
-            break
-        nxt = torch.tensor([[tok], [tok]], device=ids.device)
-        with bridge.hooks(fwd_hooks=row_mask):
-            logits, cache = bridge(nxt, return_type="logits_and_cache", past_key_values=cache)
+    nxt = ids[:, -1:].expand(2, -1)
+    # One hooks context for the whole loop: adding and removing hooks costs more than a
+    # decoding step's worth of hook calls.
+    with bridge.hooks(fwd_hooks=row_mask):
+        for step in range(max_new_tokens):
+            if logits is None or step > 0:
+                logits, cache = bridge(nxt, return_type="logits_and_cache", past_key_values=cache)
+            lp = logits[:, -1].float().log_softmax(-1)
+            full, masked = lp[0], lp[1]
+            if alpha == "entropy":
+                a = float(-(full.exp() * full).sum())
+                if alpha_cap is not None:
+                    a = min(a, alpha_cap)
+            else:
+                a = float(alpha)
+            score = full + a * (full - masked)
+            if do_sample:
+                filtered = _filter(score / temperature, top_k, top_p)
+                tok = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
+            else:
+                tok = int(score.argmax())
+            if details:
+                plain = int(full.argmax())
+                rows.append({"step": step, "token": model.tokenizer.decode([tok]), "alpha": a,
+                             "changed": tok != plain, "plain_token": model.tokenizer.decode([plain]),
+                             "logp_full": float(full[tok]), "logp_masked": float(masked[tok])})
+            if tok in stops:
+                break
+            out.append(tok)
+            nxt = torch.tensor([[tok], [tok]], device=ids.device)
     text = model.tokenizer.decode(out, skip_special_tokens=True).strip()
     if details:
         return DpsOutput(text, out, pd.DataFrame(rows))

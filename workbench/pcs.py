@@ -69,9 +69,16 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
     title (the user's own headline) the gold, and the user's other items the profile. ``n``
     examples are taken round-robin over users (at most one item per user per round, items
     in a seeded random order) so that many users are represented.
+
+    Profiles are chronological, so a later query's profile can hold an earlier query's
+    article and gold headline: items whose title is the gold of any example in ``dataset``
+    are never used, as target or as profile, so heads found here can be evaluated on
+    ``dataset`` without having seen its answers.
     """
     from workbench.data import Example
 
+    dataset = list(dataset)
+    golds = {ex.gold for ex in dataset if ex.gold}
     rng = np.random.default_rng(seed)
     per_user: dict[str, list[Any]] = {}
     seen_items: dict[str, set] = {}
@@ -80,7 +87,7 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
         seen = seen_items.setdefault(ex.user_id, set())
         for it in ex.profile:
             key = str(it.get("id", len(seen)))
-            if key not in seen and it.get("title") and it.get("text"):
+            if key not in seen and it.get("title") and it.get("text") and it["title"] not in golds:
                 seen.add(key)
                 items.append(it)
     queues = {}
