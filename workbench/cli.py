@@ -30,12 +30,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(model, how=args.how, max_new_tokens=args.max_new_tokens)
     print("\nGeneric vs personalized headline:")
     for row in result.outputs().itertuples():
-        print(f"  {row.prompt:<42} {row.headline}")
+        print(f"  {row.prompt:<46} {row.headline}")
     top = result.effects.sort_values("drop", ascending=False).head(5)
     print(f"\nLayers whose heads the personalized headline needs most ({args.how} masking; drop in log p per token,")
     print("personalized headline vs generic headline):")
     for row in top.itertuples():
         print(f"  layer {int(row.layer):>2}: {row.drop:+.3f}   (generic {row.drop_generic:+.3f})")
+    if result.scores is not None:
+        print("\nPreference heads (PCS on the user's history, fast mode; nats/token):")
+        print("  " + ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in result.scores._top_values(5)))
     path = result.report.save(args.out, overwrite=args.force)
     if getattr(result.report, "kept_previous", None):
         print(f"\n(the previous report was kept in {result.report.kept_previous})")

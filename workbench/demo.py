@@ -34,6 +34,8 @@ class DemoResult:
     effects: pd.DataFrame
     settings: dict[str, Any]
     report: Report = field(repr=False)
+    scores: Any = None  # PreferenceScores on the user's history (leave-one-out)
+    dps: str = ""
     report_path: Path | None = None
 
     def outputs(self) -> pd.DataFrame:
@@ -41,6 +43,7 @@ class DemoResult:
             [
                 {"prompt": "generic (article only)", "headline": self.generic},
                 {"prompt": "personalized (user's history + article)", "headline": self.personalized},
+                *([{"prompt": "personalized + DPS (top 4% preference heads)", "headline": self.dps}] if self.dps else []),
                 {"prompt": "the user's real headline", "headline": self.gold},
             ]
         )
@@ -68,6 +71,7 @@ def run_demo(
     # layers the personalized one needs in particular.
     generic_effects = layer_mask_effects(model, generic_prompt, generic, how=how, progress=progress)
     effects["drop_generic"] = generic_effects["drop"].to_numpy()
+    scores, dps = _preference_heads(model, user, personal_prompt, max_new_tokens, progress)
     settings = {
         "model": model.name,
         "model source": model.source,
@@ -79,12 +83,32 @@ def run_demo(
         "workbench": workbench.__version__,
         "python": platform.python_version(),
     }
-    result = DemoResult(model.name, generic, personalized, user.get("gold", ""), effects, settings, report=Report("", {}))
-    result.report = build_report(result, user)
+    result = DemoResult(model.name, generic, personalized, user.get("gold", ""), effects, settings,
+                        scores=scores, dps=dps, report=Report("", {}))
+    result.report = build_report(result, user, model)
     return result
 
 
-def build_report(result: DemoResult, user: dict) -> Report:
+def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_tokens: int, progress: bool):
+    """PCS of every head on the user's own history (each item predicted from the others), and
+    the headline DPS writes with the top 4% of them."""
+    from workbench.dps import dps_generate
+    from workbench.pcs import ScoringExample, preference_scores
+
+    items = user["profile"]
+    if len(items) < 2:
+        return None, ""
+    examples = [ScoringExample(f"{user.get('user_id', 'user')}/{i}", user.get("user_id", "user"),
+                               headline_prompt(model, it["text"], items[:i] + items[i + 1:]), it["title"])
+                for i, it in enumerate(items)]
+    scores = preference_scores(model, examples, how="uniform", scope="output", mode="fast", progress=progress,
+                               data=f"example user {user.get('user_id', '')}: history leave-one-out")
+    dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(4), alpha="entropy",
+                                  max_new_tokens=max_new_tokens))
+    return scores, dps
+
+
+def build_report(result: DemoResult, user: dict, model: Model | None = None) -> Report:
     r = Report(
         "workbench demo: how a small model personalizes a headline",
         meta=result.settings,
@@ -111,4 +135,38 @@ def build_report(result: DemoResult, user: dict) -> Report:
         "carrying the user's preferences, which the preference-head analysis examines head by head."
     )
     r.add_figure(layer_effect_figure(result.effects), caption="Hover a bar for the intact and masked log-likelihoods.")
+    if result.scores is not None:
+        top = ", ".join(f"L{l}H{h}" for l, h in result.scores.top(5))
+        r.add_heading("Preference heads, one by one")
+        r.add_text(
+            "The Preference Contribution Score (PCS) of a head is how much less likely the user's own headline "
+            "becomes when that head is masked (its query zeroed, so it attends uniformly), averaged over the "
+            "user's history: each earlier headline is predicted from the other items. Computed here by "
+            f"attribution patching (one forward and backward pass per item). Top heads: {top}. "
+            "Differential Preference Steering then decodes with score = (1+α)·log p − α·log p(top heads masked), "
+            "α = the entropy of the next-token distribution; its headline is in the table above."
+        )
+        r.add_figure(result.scores.heatmap(), caption="Red = masking the head lowers the likelihood of the user's headlines.")
+    if model is not None:
+        _plugin_sections(r, model, user)
     return r
+
+
+def _plugin_sections(r: Report, model: Model, user: dict) -> None:
+    # Method modules (SteerX, Fints) contribute their own views of the same user.
+    import importlib
+
+    from workbench.methods import _PLUGIN_MODULES
+
+    for name in _PLUGIN_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        section = getattr(mod, "report_section", None)
+        if section is not None:
+            title, body = section(model, user)
+            r.add_heading(title)
+            r.add_text(body, raw_html=True)

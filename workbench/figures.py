@@ -66,3 +66,37 @@ def results_figure(summary: pd.DataFrame, title: str | None = None) -> go.Figure
         height=420,
     )
     return fig
+
+
+def sparsity_figure(curve: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Top-k vs random-k heads (:func:`workbench.pcs.sparsity_curve`): NLL increase per k."""
+    fig = go.Figure()
+    rnd = curve[curve["kind"] == "random"].groupby("k")["delta_nll"]
+    mean, lo, hi = rnd.mean(), rnd.min(), rnd.max()
+    fig.add_scatter(x=list(mean.index) + list(mean.index[::-1]), y=list(hi) + list(lo[::-1]), fill="toself",
+                    fillcolor="rgba(158,158,158,0.25)", line=dict(width=0), hoverinfo="skip",
+                    name="random heads (min-max over draws)")
+    fig.add_scatter(x=mean.index, y=mean, mode="lines+markers", name="random heads (mean)", line=dict(color="#9e9e9e"),
+                    hovertemplate="k=%{x}<br>mean increase %{y:.4f} nats/token<extra></extra>")
+    top = curve[curve["kind"] == "top"].sort_values("k")
+    fig.add_scatter(x=top["k"], y=top["delta_nll"], mode="lines+markers", name="top-k preference heads",
+                    line=dict(color="#c0392b"), customdata=top[["heads"]].to_numpy(),
+                    hovertemplate="k=%{x}<br>increase %{y:.4f} nats/token<br>%{customdata[0]}<extra></extra>")
+    fig.update_layout(title=title or "Masking the top-k preference heads vs k random heads",
+                      xaxis_title="k (heads masked)", yaxis_title="NLL increase of the user's output (nats/token)",
+                      template="plotly_white", height=420, margin=dict(l=60, r=20, t=60, b=50),
+                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return fig
+
+
+def attention_figure(tokens: list[str], weights, title: str) -> go.Figure:
+    """Bar chart of one head's attention from the last prompt position over the prompt's tokens."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=float)
+    fig = go.Figure(go.Bar(x=list(range(len(tokens))), y=w, marker_color="#2c7fb8",
+                           customdata=np.array(tokens, dtype=object)[:, None],
+                           hovertemplate="pos %{x}: %{customdata[0]}<br>attention %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="prompt position (hover for the token)", yaxis_title="attention",
+                      template="plotly_white", height=320, margin=dict(l=60, r=20, t=50, b=40))
+    return fig
