@@ -6,12 +6,16 @@ The public API is small:
 - :func:`mask_heads` -> :class:`HeadMask` (context manager / hook list)
 - :func:`steer` -> :class:`Steer` (context manager / hook list)
 - :func:`available_models` (what loads offline here)
+- :func:`preference_scores` -> :class:`PreferenceScores` (PCS of every head; :func:`profile_examples`)
+- :func:`dps_generate` (Differential Preference Steering decoding)
 """
 
 from workbench.heads import HeadMask, head_means, mask_heads
 from workbench.loading import DEFAULT_MODEL, ModelNotAvailableError, available_models, load_hf, load_model
 from workbench.model import Model
 from workbench.steering import Steer, steer
+from workbench.pcs import PreferenceScores, preference_scores, profile_examples, sparsity_curve
+from workbench.dps import dps_generate
 
 __version__ = "0.1.0"
 
@@ -19,12 +23,17 @@ __all__ = [
     "DEFAULT_MODEL",
     "HeadMask",
     "Model",
+    "PreferenceScores",
     "ModelNotAvailableError",
     "Steer",
     "available_models",
+    "dps_generate",
     "head_means",
     "load_hf",
     "load_model",
     "mask_heads",
+    "preference_scores",
+    "profile_examples",
+    "sparsity_curve",
     "steer",
 ]
