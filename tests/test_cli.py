@@ -69,3 +69,21 @@ def test_demo_on_the_default_model_personalizes(smol):
     assert len(result.effects) == smol.n_layers
     assert result.effects["drop"].max() > 0.1
     assert {"drop", "drop_generic"} <= set(result.effects.columns)
+    # preference heads on the user's history, and the DPS headline, are part of the report
+    assert result.scores is not None and result.scores.matrix.shape == (smol.n_layers, smol.n_heads)
+    assert result.scores.frame["pcs"].max() > 0
+    assert result.dps
+    assert "Preference heads, one by one" in result.report.to_html()
+
+
+def test_heads_command_saves_scores_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "heads"
+    assert main(["heads", "--model", "tiny-random", "--n", "3", "--out", str(out), "--how", "zero"]) == 0
+    from workbench.pcs import PreferenceScores
+
+    scores = PreferenceScores.load(out / "scores.json", model="tiny-random")
+    assert scores.meta["n_examples"] == 3 and scores.meta["how"] == "zero"
+    assert (out / "heatmap.html").stat().st_size > 100_000 and (out / "heads.csv").exists()
+    assert "L" in capsys.readouterr().out
+    assert main(["heads", "--model", "tiny-random", "--n", "3", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
