@@ -210,3 +210,15 @@ def test_real_exact_pcs_equals_naive_and_dps_alpha0(smol):
     prompt = "Write a headline for this article: The city council voted to expand bike lanes downtown."
     assert dps_generate(smol, prompt, [(17, 0), (20, 4)], alpha=0, max_new_tokens=16) == smol.generate(prompt, 16)
     assert all_hook_handles(smol) == 0
+
+
+def test_dps_plausibility_constraint(tiny):
+    # beta = 1 leaves only the intact model's top token: greedy decoding whatever alpha is
+    prompt = "the cat sat on the mat"
+    plain = tiny.generate(prompt, max_new_tokens=10)
+    assert dps_generate(tiny, prompt, [(0, 1), (1, 2)], alpha=5.0, plausibility=1.0, max_new_tokens=10) == plain
+    with pytest.raises(ValueError, match="plausibility"):
+        dps_generate(tiny, prompt, [(0, 1)], plausibility=0.0)
+    from workbench.methods import available_methods
+
+    assert {"dps", "dps-raw"} <= set(available_methods())

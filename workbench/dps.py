@@ -20,6 +20,7 @@ masks the prompt's computation too (the formula read literally).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -81,6 +82,7 @@ def dps_generate(
     max_new_tokens: int = 64,
     mask_prompt: bool = False,
     alpha_cap: float | None = None,
+    plausibility: float | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float | None = None,
@@ -100,6 +102,12 @@ def dps_generate(
             intact model's next-token distribution; capped at ``alpha_cap`` if given).
         how: masking of the heads (``"uniform"``: the authors' query zeroing).
         mask_prompt: also mask the prompt's computation (default: prompt shared, unmasked).
+        plausibility: ``beta`` of the adaptive plausibility constraint of contrastive decoding
+            (Li et al., 2023): only tokens with ``p_full >= beta * max p_full`` can be chosen.
+            The DPS authors use none (``None``, the default here). On a small model, masking
+            heads every output needs (e.g. an early-layer head) leaves a broken masked model,
+            and the unconstrained contrast then promotes tokens the intact model finds absurd;
+            ``0.1`` prevents that.
         do_sample, temperature, top_p, top_k, seed: sampling from ``softmax(score / T)``;
             greedy by default.
         details: return a :class:`DpsOutput` with per-step alpha and what changed.
@@ -115,6 +123,8 @@ def dps_generate(
         raise ValueError(f"alpha={alpha} must be >= 0 (0 = plain decoding)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if plausibility is not None and not 0 < plausibility <= 1:
+        raise ValueError(f"plausibility={plausibility} must be in (0, 1], e.g. 0.1 (or None for no constraint)")
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0 when sampling")
     mask = _as_mask(model, heads, how)
@@ -158,6 +168,8 @@ def dps_generate(
             else:
                 a = float(alpha)
             score = full + a * (full - masked)
+            if plausibility is not None:
+                score = score.masked_fill(full < full.max() + math.log(plausibility), float("-inf"))
             if do_sample:
                 filtered = _filter(score / temperature, top_k, top_p)
                 tok = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
@@ -185,6 +197,10 @@ def dps_generate(
 class Dps(Method):
     """The ``rag`` prompt decoded with DPS, heads found once per run from users' histories.
 
+    Differs from the authors' decoding in one documented way: the adaptive plausibility
+    constraint (``plausibility=0.1``) — without it SmolLM2's outputs collapse into garbage
+    (see :func:`dps_generate`); ``dps-raw`` is the unconstrained version.
+
     Preference heads: PCS (uniform masking, output scope, exact) over ``pcs_examples``
     leave-one-out examples built from the run's users' profile items (never the queries'
     gold outputs); the top ``top_percent`` % are masked. Scores are cached on disk per
@@ -195,13 +211,14 @@ class Dps(Method):
     uses_profile = True
     top_percent: float = 4.0
     alpha: Any = "entropy"
+    plausibility: float | None = 0.1
     pcs_examples: int = 40
     heads_file: str | None = None
 
     def describe(self) -> dict:
         return {**super().describe(), "top_percent": self.top_percent, "alpha": self.alpha,
-                "pcs_examples": self.pcs_examples, "heads_file": self.heads_file, "how": "uniform",
-                "scope": "output"}
+                "plausibility": self.plausibility, "pcs_examples": self.pcs_examples,
+                "heads_file": self.heads_file, "how": "uniform", "scope": "output"}
 
     def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
         from workbench.pcs import PreferenceScores
@@ -223,8 +240,18 @@ class Dps(Method):
         from workbench.prompts import first_line
 
         prompt, info = self.prompt(model, example)
-        text = dps_generate(model, prompt, self.heads, alpha=self.alpha, max_new_tokens=self.settings.max_new_tokens)
+        text = dps_generate(model, prompt, self.heads, alpha=self.alpha, plausibility=self.plausibility,
+                            max_new_tokens=self.settings.max_new_tokens)
         return first_line(text), {**info, "heads": ";".join(f"L{l}H{h}" for l, h in self.heads)}
+
+
+@register_method
+@dataclass
+class DpsRaw(Dps):
+    """DPS exactly as the authors decode: entropy alpha, no plausibility constraint."""
+
+    name = "dps-raw"
+    plausibility: float | None = None
 
 
 def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
