@@ -733,12 +733,14 @@ def sweep(
     max_items: int = 8,
     max_new_tokens: int = 32,
     progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """ROUGE-1/ROUGE-L/METEOR of Fints for every (layer, scale) on ``examples``.
 
     Pairs are built once per user (cached) and vectors for all ``layers`` in one pass. Use
     examples that are not your evaluation queries, e.g. :func:`dev_examples`. Scale 0 is the
     unsteered prompt. Returns one row per (layer, scale, example); group it to choose.
+    ``on_row`` is called with each row as it is made (e.g. to save partial results).
     """
     from tqdm.auto import tqdm
 
@@ -761,6 +763,8 @@ def sweep(
                 for L in layers:
                     rows.append({"layer": L, "scale": 0.0, "id": ex.id, "prediction": pred,
                                  **score_generation(pred, ex.gold)})
+                    if on_row:
+                        on_row(rows[-1])
                 bar.update(1)
             for L in layers:
                 mine = vecs[L].for_example(ex)
@@ -774,6 +778,8 @@ def sweep(
                         pred = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
                     rows.append({"layer": L, "scale": float(s), "id": ex.id, "prediction": pred,
                                  **score_generation(pred, ex.gold)})
+                    if on_row:
+                        on_row(rows[-1])
                     bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
