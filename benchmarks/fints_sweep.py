@@ -6,7 +6,9 @@ Tuning data: leave-one-out items of users' histories (``workbench.fints.dev_exam
 the query is one of a user's earlier articles, the gold the user's own headline for it,
 the profile the user's other items. Items whose headline is the gold of a dev query are
 never used, so the dev queries the benchmark reports on are not looked at. Prints mean
-ROUGE-1 / ROUGE-L / METEOR per (layer, scale) and how many outputs changed vs scale 0.
+teacher-forced NLL of the gold per (layer, scale) and its change vs scale 0 (``--score nll``,
+one forward each), or ROUGE-1 / ROUGE-L / METEOR of greedy outputs and how many changed
+(``--score generate``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=8)
     ap.add_argument("--layers", default="6,12,18,24")
     ap.add_argument("--scales", default="0,1,4,8")
+    ap.add_argument("--score", default="nll", choices=["nll", "generate"],
+                    help="nll: teacher-forced NLL of the gold (cheap); generate: greedy + ROUGE/METEOR")
     ap.add_argument("--tokens", type=int, default=32, help="max new tokens per headline")
     ap.add_argument("--rag", action="store_true", help="steer the rag prompt instead of the plain one")
     ap.add_argument("--out", default=None, help="write the per-example table here (csv)")
@@ -48,14 +52,20 @@ def main() -> None:
             log.write(json.dumps(row) + "\n")
             log.flush()
 
-    df = sweep(model, examples, data, layers, scales, rag=args.rag, max_new_tokens=args.tokens, on_row=save)
+    df = sweep(model, examples, data, layers, scales, rag=args.rag, score=args.score, max_new_tokens=args.tokens, on_row=save)
     print(f"{len(examples)} leave-one-out queries of {len({e.user_id for e in examples})} users, "
           f"{'rag' if args.rag else 'plain'} prompt, {time.perf_counter() - t0:.0f} s\n")
     if args.out:
         df.to_csv(args.out, index=False)
-    base = df[df["scale"] == 0].drop_duplicates("id").set_index("id")["prediction"]
-    df["changed"] = [p != base.get(i) for i, p in zip(df["id"], df["prediction"])]
-    table = df.groupby(["layer", "scale"])[["rouge1", "rougeL", "meteor", "changed"]].mean()
+    if args.score == "nll":
+        base = df[df["scale"] == 0].drop_duplicates("id").set_index("id")["nll"]
+        df["delta_nll"] = [v - base.get(i) for i, v in zip(df["id"], df["nll"])]
+        df["better"] = df["delta_nll"] < 0
+        table = df.groupby(["layer", "scale"])[["nll", "delta_nll", "better"]].mean()
+    else:
+        base = df[df["scale"] == 0].drop_duplicates("id").set_index("id")["prediction"]
+        df["changed"] = [p != base.get(i) for i, p in zip(df["id"], df["prediction"])]
+        table = df.groupby(["layer", "scale"])[["rouge1", "rougeL", "meteor", "changed"]].mean()
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
         print(table)
 

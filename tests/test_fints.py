@@ -245,3 +245,16 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
 def test_real_report_section(smol):
     title, body = fints.report_section(smol)
     assert "Fints" in title and "fints+rag" in body and "<table>" in body
+
+
+def test_sweep_nll_rows_and_baseline(tiny, user, others, cache):
+    from workbench.prompts import build_prompt
+
+    df = fints.sweep(tiny, user, others, layers=[0, 1], scales=[0, 2.0], max_items=3, progress=False)
+    assert len(df) == len(user) * 2 * 2 and set(df["scale"]) == {0.0, 2.0}
+    ex = user[0]
+    base = tiny.nll(build_prompt(tiny, ex, k=0, reserve=32)[0], ex.gold)
+    assert np.allclose(df[(df["id"] == ex.id) & (df["scale"] == 0)]["nll"], base)
+    assert (df[df["scale"] == 2.0]["nll"] != base).any()  # steering moved the likelihood
+    with pytest.raises(ValueError, match="score"):
+        fints.sweep(tiny, user, others, layers=[0], scales=[1.0], score="rouge")

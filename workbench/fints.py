@@ -302,6 +302,7 @@ def contrastive_pairs(
             rouge = float(_rouge().score(item["title"], negative)["rougeL"].fmeasure) if negative else 1.0
             rec = {"negative": negative, "rougeL": rouge}
             store.put(key, rec)
+            store.save()  # after each generation, so an interrupted build keeps what it made
         rows.append({"item_id": _item_id(item), "text": item["text"],
                      "positive": item["title"], "negative": rec["negative"], "rougeL": rec["rougeL"],
                      "kept": bool(rec["negative"]) and rec["rougeL"] < threshold,
@@ -727,6 +728,7 @@ def sweep(
     layers: Sequence[int],
     scales: Sequence[float],
     *,
+    score: str = "nll",
     rag: bool = False,
     k: int = 5,
     weighting: str = "softmax",
@@ -735,19 +737,36 @@ def sweep(
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
-    """ROUGE-1/ROUGE-L/METEOR of Fints for every (layer, scale) on ``examples``.
+    """Fints on ``examples`` for every (layer, scale): one row per (layer, scale, example).
 
-    Pairs are built once per user (cached) and vectors for all ``layers`` in one pass. Use
-    examples that are not your evaluation queries, e.g. :func:`dev_examples`. Scale 0 is the
-    unsteered prompt. Returns one row per (layer, scale, example); group it to choose.
-    ``on_row`` is called with each row as it is made (e.g. to save partial results).
+    ``score="nll"`` (cheap: one forward each): the mean negative log-likelihood, nats per
+    token, of the gold output under steering — lower = the steering moves the model towards
+    what the user wrote. ``score="generate"``: greedy generation scored by ROUGE-1/ROUGE-L/
+    METEOR. Scale 0 is the unsteered prompt. Pairs are built once per user (cached) and
+    vectors for all ``layers`` in one pass. Use examples that are not your evaluation
+    queries, e.g. :func:`dev_examples`. ``on_row`` gets each row as it is made.
     """
     from tqdm.auto import tqdm
 
     from workbench.metrics import score_generation
     from workbench.prompts import build_prompt, first_line
 
-    rows = []
+    if score not in ("nll", "generate"):
+        raise ValueError(f"score={score!r}: use 'nll' (teacher-forced, cheap) or 'generate'")
+
+    def measure(prompt: Any, ex: Any) -> dict:
+        if score == "nll":
+            return {"nll": model.nll(prompt, ex.gold)}
+        pred = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
+        return {"prediction": pred, **score_generation(pred, ex.gold)}
+
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_row:
+            on_row(row)
+
     by_user: dict[str, list] = {}
     for ex in examples:
         by_user.setdefault(ex.user_id, []).append(ex)
@@ -759,27 +778,20 @@ def sweep(
         for ex in exs:
             prompt, _ = build_prompt(model, ex, k=k if rag else 0, reserve=max_new_tokens)
             if 0 in scales:
-                pred = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
+                base = measure(prompt, ex)
                 for L in layers:
-                    rows.append({"layer": L, "scale": 0.0, "id": ex.id, "prediction": pred,
-                                 **score_generation(pred, ex.gold)})
-                    if on_row:
-                        on_row(rows[-1])
+                    add({"layer": L, "scale": 0.0, "id": ex.id, **base})
                 bar.update(1)
             for L in layers:
                 mine = vecs[L].for_example(ex)
                 if not len(mine):
                     continue
                 agg = aggregate(mine, ex, k=k, weighting=weighting)
-                for s in scales:
-                    if not s:
+                for sc in scales:
+                    if not sc:
                         continue
-                    with fints_steer(model, agg, s):
-                        pred = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
-                    rows.append({"layer": L, "scale": float(s), "id": ex.id, "prediction": pred,
-                                 **score_generation(pred, ex.gold)})
-                    if on_row:
-                        on_row(rows[-1])
+                    with fints_steer(model, agg, sc):
+                        add({"layer": L, "scale": float(sc), "id": ex.id, **measure(prompt, ex)})
                     bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
