@@ -241,6 +241,11 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
     assert smol.generate(prompt, max_new_tokens=16) == plain
 
 
+def test_report_section_on_tiny(tiny, cache):
+    title, body = fints.report_section(tiny)
+    assert "Fints" in title and "<table>" in body and "generic" in body
+
+
 @pytest.mark.real
 def test_real_report_section(smol):
     title, body = fints.report_section(smol)

@@ -38,7 +38,7 @@ from workbench.prompts import build_prompt, first_line
 model = wb.load_model()
 data = load_lamp4_news()
 users = [data.users()[0], data.users()[5]]
-queries = [data.by_user(u)[0] for u in users]     # each user's first question (smallest profile)
+queries = [data.by_user(u)[-1] for u in users]    # each user's last question (the longest history)
 for q in queries:
     print(q)
 """),
@@ -134,6 +134,8 @@ def write(user, query, method, layer=None, scale=DEFAULT_SCALE):
     if method in ("generic", "rag"):
         return first_line(model.generate(prompt, max_new_tokens=32))
     vecs = vectors[user][layer].for_example(query)
+    if not len(vecs):  # every pair of this user was filtered out: nothing to steer with
+        return first_line(model.generate(prompt, max_new_tokens=32)) + "  [unsteered: no vectors]"
     agg = vecs.user_mean() if method == "caa-user" else aggregate(vecs, query, k=5)
     with fints_steer(model, agg, scale):
         return first_line(model.generate(prompt, max_new_tokens=32))
@@ -176,9 +178,10 @@ def run_plugin(name, query):
 def explore(user, method, layer, scale):
     q = queries[users.index(user)]
     text = run_plugin(method, q) if method in others else write(user, q, method, layer, scale)
-    picked = aggregate(vectors[user][layer].for_example(q), q, k=5).picked
     print(f"gold:   {q.gold}\\n{method}: {text}\\n")
-    if method in ("fints", "fints+rag"):
+    vecs = vectors[user][layer].for_example(q)
+    if method in ("fints", "fints+rag") and len(vecs):
+        picked = aggregate(vecs, q, k=5).picked
         print("items the aggregation picked:")
         print(picked[["item_id", "positive", "weight"]].to_string(index=False))
 
