@@ -235,7 +235,7 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
 
     prompt, _ = build_prompt(smol, ex, k=5)
     plain = smol.generate(prompt, max_new_tokens=16)
-    with fints_steer(smol, agg, scale=fints.DEFAULT_SCALE):
+    with fints_steer(smol, agg, scale=4.0):  # strong enough to change 16 greedy tokens
         steered = smol.generate(prompt, max_new_tokens=16)
     assert steered != plain
     assert smol.generate(prompt, max_new_tokens=16) == plain

@@ -202,9 +202,12 @@ controls
 3. Switch between `fints` and `caa-user` at the same layer and scale: does the per-input choice
    of vectors change the headline?
 
-**How the defaults were chosen.** Layer and scale come from a small sweep on *leave-one-out*
-items of users' histories (an earlier article as the question, the user's own headline as the
-answer), never on the dev questions: `python benchmarks/fints_sweep.py`. The authors used layer
-23 of 32 and scale 1 for an 8B model.
+**How the defaults were chosen.** A small sweep on *leave-one-out* items of users' histories
+(an earlier article as the question, the user's own headline as the answer — never the dev
+questions; `python benchmarks/fints_sweep.py`) measured how likely the user's headline becomes
+under steering. On SmolLM2 every setting made it slightly *less* likely, least so at scale 1;
+the layers could not be told apart on so few examples, so the default layer (22 of 30) is the
+authors' relative depth (they used layer 23 of 32 and scale 1 on an 8B model). Treat the
+defaults as a starting point, and the full benchmark as the judge.
 """),
 ]
