@@ -1,0 +1,91 @@
+"""Fints cost on SmolLM2-135M, measured side by side in one run.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_fints.py [--users 2] [--prompts 5] [--max-items 8]
+
+1. Building one user's vectors, from scratch (no pair cache): the negatives (one greedy
+   generation per history item, ``max_items`` items) and the vectors (two forward passes per
+   kept pair, all layers' activations in one pass), per user; then the same with the pair
+   cache warm (what the second and third Fints method of a run pay).
+2. Steered vs plain greedy generation of exactly 32 tokens on the same real ``rag`` prompts
+   (target <= 1.05x): alternating plain / steered per prompt, a warm-up round first,
+   medians. The aggregation (BM25 over the user's items) is timed with the steered run.
+
+Prints numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import workbench as wb  # noqa: E402
+from workbench.data import load_lamp4_news  # noqa: E402
+from workbench.fints import DEFAULT_SCALE, aggregate, contrastive_pairs, fints_steer, sample_vectors  # noqa: E402
+from workbench.prompts import build_prompt  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=5)
+    ap.add_argument("--max-items", type=int, default=8)
+    args = ap.parse_args()
+
+    model = wb.load_model(progress=False)
+    data = load_lamp4_news()
+    print(model)
+    users = data.users()[: args.users]
+
+    print(f"\n1. building vectors (max_items={args.max_items}, 5 other-user items per negative prompt)")
+    vectors = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["WORKBENCH_CACHE"] = tmp  # a cold pair cache; the model is already loaded
+        for uid in users:
+            exs = list(data.by_user(uid))
+            t0 = time.perf_counter()
+            pairs = contrastive_pairs(model, exs, data, max_items=args.max_items)
+            t1 = time.perf_counter()
+            vectors[uid] = sample_vectors(model, pairs)
+            t2 = time.perf_counter()
+            contrastive_pairs(model, exs, data, max_items=args.max_items)
+            t3 = time.perf_counter()
+            print(f"   user {uid}: {len(pairs)} items, {int(pairs['kept'].sum())} kept; negatives {t1 - t0:.1f} s, "
+                  f"vectors {t2 - t1:.1f} s, total {t2 - t0:.1f} s; with the pair cache warm {t3 - t2 + t2 - t1:.1f} s")
+        del os.environ["WORKBENCH_CACHE"]
+
+    exs = [ex for uid in users for ex in data.by_user(uid)][: args.prompts]
+    print(f"\n2. steered (scale {DEFAULT_SCALE:g}) vs plain greedy, exactly 32 new tokens, {len(exs)} rag prompts")
+    prompts = [build_prompt(model, ex, k=5)[0] for ex in exs]
+    saved = model.stop_token_ids
+    model.stop_token_ids = [-1]  # nothing stops early: both write exactly 32 tokens
+    try:
+        t_plain, t_steer = [], []
+        for rep in range(2):
+            for ex, p in zip(exs, prompts):
+                t0 = time.perf_counter()
+                model.generate(p, max_new_tokens=32)
+                t1 = time.perf_counter()
+                vecs = vectors[ex.user_id].for_example(ex)
+                agg = aggregate(vecs if len(vecs) else vectors[ex.user_id], ex, restrict=False)
+                with fints_steer(model, agg, DEFAULT_SCALE):
+                    model.generate(p, max_new_tokens=32)
+                t2 = time.perf_counter()
+                if rep:  # the first round warms up
+                    t_plain.append(t1 - t0)
+                    t_steer.append(t2 - t1)
+    finally:
+        model.stop_token_ids = saved
+    mp, ms = statistics.median(t_plain), statistics.median(t_steer)
+    print(f"   plain {mp:.2f} s   steered {ms:.2f} s   ratio {ms / mp:.3f}x (medians; target <= 1.05x)")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,265 @@
+"""Fints: contrastive pairs, sample vectors, input-aware aggregation, injection, methods."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import all_hook_handles
+from workbench import fints
+from workbench.data import Example, load_lamp4_news
+from workbench.fints import (Aggregate, SampleVectors, aggregate, bm25_scores, contrastive_pairs, fints_steer,
+                             sample_vectors, select_items)
+from workbench.metrics import _rouge
+
+WORDS = "the a cat dog sat on mat is in of city paris tower and".split()
+
+
+def _item(i: int) -> dict:
+    rng = np.random.default_rng(i)
+    text = " ".join(rng.choice(WORDS, 8))
+    return {"id": f"h{i}", "text": text, "title": " ".join(rng.choice(WORDS, 4))}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def user():
+    profile = tuple(_item(i) for i in range(6))
+    return [Example("q1", "u1", "lamp4", "Generate a headline for the following article: the cat sat on the mat",
+                    profile[:5], "the cat"),
+            Example("q2", "u1", "lamp4", "Generate a headline for the following article: a dog in paris",
+                    profile, "a dog")]
+
+
+@pytest.fixture
+def others():
+    return [_item(100 + i) for i in range(8)]
+
+
+@pytest.fixture
+def pairs(tiny, user, others, cache):
+    return contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4)
+
+
+def test_pairs_are_filtered_by_rouge_threshold(tiny, user, others, cache):
+    df = contrastive_pairs(tiny, user, others, n_others=2, threshold=0.15, max_new_tokens=4)
+    assert len(df) == 6 and set(df["item_id"]) == {f"h{i}" for i in range(6)}
+    recomputed = [_rouge().score(p, n)["rougeL"].fmeasure if n else 1.0 for p, n in zip(df["positive"], df["negative"])]
+    assert np.allclose(df["rougeL"], recomputed)
+    assert list(df["kept"]) == [bool(n) and r < 0.15 for n, r in zip(df["negative"], df["rougeL"])]
+    assert not contrastive_pairs(tiny, user, others, n_others=2, threshold=0.0, max_new_tokens=4)["kept"].any()
+    # the negative's prompt shows other users' items, never the user's own
+    assert all(set(o) <= {x["id"] for x in others} and len(o) == 2 for o in df["others"])
+    assert df.attrs["model"] == tiny.name and df.attrs["settings"]["threshold"] == 0.15
+
+
+def test_pairs_cache_round_trip_and_keys(tiny, user, others, cache, monkeypatch):
+    first = contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4)
+    files = list((cache / "fints" / "pairs").glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["model"] == tiny.name and len(data["records"]) == 6
+
+    def no_generation(*a, **k):
+        raise AssertionError("cached negatives were generated again")
+
+    monkeypatch.setattr(tiny, "generate", no_generation)
+    again = contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4)
+    assert list(again["negative"]) == list(first["negative"])
+    with pytest.raises(AssertionError, match="generated again"):  # other settings -> other key
+        contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=5)
+    with pytest.raises(AssertionError, match="generated again"):  # cache=False never reads
+        contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4, cache=False)
+
+
+def test_pairs_bad_input(tiny, user, others, cache):
+    with pytest.raises(ValueError, match="n_others"):
+        contrastive_pairs(tiny, user, others[:1], n_others=2)
+    with pytest.raises(ValueError, match="by='recent'"):
+        select_items([_item(1), _item(2)], by="query")
+    with pytest.raises(ValueError, match="mixes users"):
+        contrastive_pairs(tiny, [user[0], Example("x", "u2", "lamp4", "a", (_item(9),), "b")], others)
+    assert len(select_items(user, max_items=3)) == 3
+    assert [it["id"] for it in select_items([_item(i) for i in range(5)], max_items=2, by="recent")] == ["h4", "h3"]
+
+
+def test_vectors_have_model_width_and_are_differences(tiny, pairs):
+    vecs = sample_vectors(tiny, pairs, layer=1)
+    assert vecs.attn.shape == vecs.mlp.shape == (int(pairs["kept"].sum()), tiny.d_model)
+    assert len(vecs) > 0 and vecs.layer == 1 and vecs.model_name == tiny.name
+    # by hand for the first pair: mean over response tokens of the positive minus the negative
+    row = pairs[pairs["kept"]].iloc[0]
+
+    def mean_act(resp, hook):
+        ids, start = tiny.prompt_and_target(row["prompt"], resp)
+        _, c = tiny.bridge.run_with_cache(ids, names_filter=[hook])
+        return c[hook][0, start:].mean(0)
+
+    want = mean_act(row["positive"], "blocks.1.hook_mlp_out") - mean_act(row["negative"], "blocks.1.hook_mlp_out")
+    assert torch.allclose(vecs.mlp[0], want, atol=1e-5)
+    both = sample_vectors(tiny, pairs, layer=[0, 1], attn_site="resid_mid", mlp_site="resid_post")
+    assert set(both) == {0, 1} and both[1].attn_site == "resid_mid"
+    want = (mean_act(row["positive"], "blocks.1.hook_resid_pre") + mean_act(row["positive"], "blocks.1.hook_attn_out")
+            - mean_act(row["negative"], "blocks.1.hook_resid_pre") - mean_act(row["negative"], "blocks.1.hook_attn_out"))
+    assert torch.allclose(both[1].attn[0], want, atol=1e-4)
+    with pytest.raises(ValueError, match="attn_site"):
+        sample_vectors(tiny, pairs, layer=1, attn_site="resid_post")
+    with pytest.raises(ValueError, match="out of range"):
+        sample_vectors(tiny, pairs, layer=7)
+
+
+def _vectors(n=6, d=8, seed=0) -> SampleVectors:
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(seed)
+    topics = ["senate vote budget taxes", "football final goal cup", "storm rain flood coast",
+              "vaccine trial doctors health", "film festival actors award", "market stocks bank rates"]
+    texts = [f"{topics[i % 6]} {topics[(i + 1) % 6].split()[0]} news report" for i in range(n)]
+    items = pd.DataFrame({"item_id": [f"h{i}" for i in range(n)], "text": texts,
+                          "positive": [f"headline {i}" for i in range(n)], "negative": ["x"] * n,
+                          "rougeL": [0.0] * n})
+    return SampleVectors(torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), items, "m", 0)
+
+
+def test_softmax_weights_match_hand_computation():
+    vecs = _vectors()
+    query = "a storm brings rain to the coast after the football cup final"
+    agg = aggregate(vecs, query, k=3, tau=0.1)
+    raw = bm25_scores(query, [f"{t} {p}" for t, p in zip(vecs.items["text"], vecs.items["positive"])])
+    assert raw.max() > 0 and len(set(np.round(raw, 6))) > 2  # the test needs distinct scores
+    top = np.argsort(-raw, kind="stable")[:3]
+    w = np.exp(raw[top] / raw.max() / 0.1)
+    w /= w.sum()
+    assert list(agg.picked["item_id"]) == [f"h{j}" for j in top]
+    assert np.allclose(agg.picked["weight"], w, atol=1e-6) and abs(agg.picked["weight"].sum() - 1) < 1e-6
+    assert torch.allclose(agg.attn, torch.tensor(w, dtype=torch.float32) @ vecs.attn[top], atol=1e-5)
+    assert isinstance(agg, Aggregate) and "weights" in repr(agg)
+
+
+def test_uniform_weighting_is_the_mean_and_restrict_keeps_own_profile():
+    vecs = _vectors()
+    agg = aggregate(vecs, "bank rates and film awards", k=4, weighting="uniform")
+    idx = [int(i[1:]) for i in agg.picked["item_id"]]
+    assert torch.allclose(agg.mlp, vecs.mlp[idx].mean(0), atol=1e-6)
+    assert np.allclose(agg.picked["weight"], 0.25)
+    ex = Example("q", "u", "lamp4", "the cat", (_item(1), _item(4)), "g")
+    picked = aggregate(vecs, ex, k=5).picked
+    assert set(picked["item_id"]) == {"h1", "h4"}  # only items of the example's own profile
+    assert torch.allclose(vecs.user_mean().attn, vecs.attn.mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="no history item"):
+        aggregate(vecs, Example("q", "u", "lamp4", "x", (_item(99),), "g"))
+    with pytest.raises(ValueError, match="weighting"):
+        aggregate(vecs, "x", weighting="max")
+    custom = aggregate(vecs, "x", k=2, scorer=lambda q, docs: np.arange(len(docs), dtype=float))
+    assert list(custom.picked["item_id"]) == ["h5", "h4"]
+
+
+def test_steering_changes_logits_and_hooks_are_removed(tiny, pairs, tiny_ids):
+    vecs = sample_vectors(tiny, pairs, layer=1)
+    agg = aggregate(vecs, "the cat sat", k=3)
+    n0 = all_hook_handles(tiny)
+    base = tiny.bridge(tiny_ids)
+    with fints_steer(tiny, agg, scale=4.0) as s:
+        assert all_hook_handles(tiny) > n0 and len(s.hooks) == 2
+        steered = tiny.bridge(tiny_ids)
+    assert (steered - base).abs().max() > 1e-3
+    assert all_hook_handles(tiny) == n0
+    assert torch.equal(tiny.bridge(tiny_ids), base)
+    with pytest.raises(RuntimeError, match="boom"):
+        with fints_steer(tiny, agg, scale=4.0):
+            raise RuntimeError("boom")
+    assert all_hook_handles(tiny) == n0
+    # attention-only steering = adding the vector at attn_out by hand
+    with fints_steer(tiny, agg, scale=2.0, mlp_scale=0.0):
+        only_attn = tiny.bridge(tiny_ids)
+    by_hand = tiny.bridge.run_with_hooks(tiny_ids, fwd_hooks=[("blocks.1.hook_attn_out", lambda x, hook: x + 2 * agg.attn)])
+    assert torch.allclose(only_attn, by_hand, atol=1e-5)
+    other = Aggregate(agg.attn, agg.mlp, agg.picked, "another-model", 1, "attn_out", "mlp_out", "softmax")
+    with pytest.raises(ValueError, match="another-model"):
+        fints_steer(tiny, other)
+
+
+def test_save_load_refuses_other_model_and_overwrite(tiny, pairs, tmp_path):
+    vecs = sample_vectors(tiny, pairs, layer=0)
+    path = vecs.save(tmp_path / "v.pt")
+    back = SampleVectors.load(path, model=tiny)
+    assert torch.equal(back.attn, vecs.attn) and list(back.items["item_id"]) == list(vecs.items["item_id"])
+    assert back.layer == 0 and back.settings == json.loads(json.dumps(vecs.settings, default=str))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        vecs.save(path)
+    vecs.save(path, overwrite=True)
+    other = SampleVectors(vecs.attn, vecs.mlp, vecs.items, "other-model", 0)
+    other.save(tmp_path / "o.pt")
+    with pytest.raises(ValueError, match="other-model"):
+        SampleVectors.load(tmp_path / "o.pt", model=tiny)
+
+
+def test_methods_run_in_bench(tiny, tmp_path, cache):
+    from workbench.bench import run_bench
+    from workbench.methods import GenerationSettings, available_methods
+
+    assert {"fints", "fints+rag", "caa-user"} <= set(available_methods())
+    news = load_lamp4_news()
+    res = run_bench(tiny, news, ["fints", "fints+rag", "caa-user"], tmp_path, n=2, settings=GenerationSettings(max_new_tokens=4), progress=False)
+    out = res.outputs
+    assert len(out) == 6 and set(out["method"]) == {"fints", "fints+rag", "caa-user"}
+    # every item a query's steering used is in that query's own profile
+    for rec in out.itertuples():
+        if rec.steered:
+            ex = next(e for e in news if e.id == rec.id)
+            assert set(rec.fints_items.split(";")) <= {str(it["id"]) for it in ex.profile}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["method_settings"]["fints"]["scale"] == fints.DEFAULT_SCALE
+    assert fints.default_layer(tiny) in (0, 1)
+
+
+@pytest.mark.real
+def test_real_fints_end_to_end_changes_rag_output(smol):
+    news = load_lamp4_news()
+    exs = list(news.by_user(news.users()[1]))
+    pairs = contrastive_pairs(smol, exs, news, max_items=3, cache=False)
+    assert pairs["kept"].any() and (pairs["negative"].str.len() > 0).all()
+    vecs = sample_vectors(smol, pairs)
+    ex = exs[-1]
+    agg = aggregate(vecs.for_example(ex) if len(vecs.for_example(ex)) else vecs, ex.input, k=5)
+    assert abs(agg.picked["weight"].sum() - 1) < 1e-5
+    from workbench.prompts import build_prompt
+
+    prompt, _ = build_prompt(smol, ex, k=5)
+    plain = smol.generate(prompt, max_new_tokens=16)
+    with fints_steer(smol, agg, scale=4.0):  # strong enough to change 16 greedy tokens
+        steered = smol.generate(prompt, max_new_tokens=16)
+    assert steered != plain
+    assert smol.generate(prompt, max_new_tokens=16) == plain
+
+
+def test_report_section_on_tiny(tiny, cache):
+    title, body = fints.report_section(tiny)
+    assert "Fints" in title and "<table>" in body and "generic" in body
+
+
+@pytest.mark.real
+def test_real_report_section(smol):
+    title, body = fints.report_section(smol)
+    assert "Fints" in title and "fints+rag" in body and "<table>" in body
+
+
+def test_sweep_nll_rows_and_baseline(tiny, user, others, cache):
+    from workbench.prompts import build_prompt
+
+    df = fints.sweep(tiny, user, others, layers=[0, 1], scales=[0, 2.0], max_items=3, progress=False)
+    assert len(df) == len(user) * 2 * 2 and set(df["scale"]) == {0.0, 2.0}
+    ex = user[0]
+    base = tiny.nll(build_prompt(tiny, ex, k=0, reserve=32)[0], ex.gold)
+    assert np.allclose(df[(df["id"] == ex.id) & (df["scale"] == 0)]["nll"], base)
+    assert (df[df["scale"] == 2.0]["nll"] != base).any()  # steering moved the likelihood
+    with pytest.raises(ValueError, match="score"):
+        fints.sweep(tiny, user, others, layers=[0], scales=[1.0], score="rouge")
