@@ -311,8 +311,9 @@ def steerx_description(model: Model, history: Sequence[dict], user_id: str = "",
             path.unlink()
     traces = trace_history(model, history, n=n_traces, k=trace_k, mode=mode, positions=positions,
                            contrast=contrast, progress=progress)
-    words = preference_words(traces, top_k=top_k, top_p=top_p, threshold=threshold,
-                             by="diff" if contrast else "effect")
+    # A trace has no generic output when the model wrote an empty one: then use plain effects.
+    by = "diff" if contrast and all(t.has_generic for t in traces) else "effect"
+    words = preference_words(traces, top_k=top_k, top_p=top_p, threshold=threshold, by=by)
     if words.empty:  # nothing raised the user's headlines more than the generic one: fall back to raw effects
         words = preference_words(traces, top_k=top_k or 20, by="effect")
     desc = describe_preferences(model, words, prompt=prompt)
@@ -635,7 +636,7 @@ class _SteeringMethod(Method):
             prompt, info = build_prompt(model, example, k=0, reserve=self.settings.max_new_tokens)
         with state.apply(model, scale=self._scale()):
             text = model.generate(prompt, max_new_tokens=self.settings.max_new_tokens)
-        info = {**info, "vector_norm": round(state.norm, 4), "layer": state.layer}
+        info = {**info, "vector_norm": state.norm, "layer": state.layer}
         if "description" in state.built:
             info["description"] = state.built["description"]
         return first_line(text), info
