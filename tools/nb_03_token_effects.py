@@ -186,7 +186,7 @@ v_steerx, v_all
     code("""
 from workbench.prompts import first_line
 
-def headline(p, vector=None, scale=4.0):
+def headline(p, vector=None, scale=1.0):
     if vector is None:
         return first_line(model.generate(p, max_new_tokens=24))
     with vector.apply(model, scale=scale):

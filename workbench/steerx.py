@@ -547,7 +547,7 @@ class _SteeringMethod(Method):
     source = "all"
     layer: int | None = None  # None: the middle layer
     site: str = "resid_post"
-    scale: float | None = None  # None: 4 for caa, 1 for opt
+    scale: float = 1.0  # 1 = the activation shift the context itself causes (caa) / the fitted vector (opt)
     on: str = "rag"  # the prompt steered: "rag" (history in context) or "generic"
     max_history_tokens: int = 1536  # ALL-history context for caa-all (most recent items that fit)
     n_articles: int = 4  # caa: inputs averaged over
@@ -560,9 +560,7 @@ class _SteeringMethod(Method):
         return model.n_layers // 2 if self.layer is None else int(self.layer)
 
     def _scale(self) -> float:
-        if self.scale is not None:
-            return float(self.scale)
-        return 4.0 if self.backbone == "caa" else 1.0
+        return float(self.scale)
 
     def describe(self) -> dict:
         d = {**super().describe(), "backbone": self.backbone, "source": self.source, "layer": self.layer,
@@ -786,11 +784,11 @@ def report_section(model: Model, example_user: dict | None = None) -> tuple[str,
     generic = first_line(model.generate(headline_prompt(model, user["query"]), max_new_tokens=32))
     rag_prompt = headline_prompt(model, user["query"], history)
     rag = first_line(model.generate(rag_prompt, max_new_tokens=32))
-    with vec.apply(model, scale=4.0):
+    with vec.apply(model, scale=1.0):
         steered = first_line(model.generate(rag_prompt, max_new_tokens=32))
     out = pd.DataFrame([{"output": "generic (article only)", "headline": generic},
                         {"output": "rag (history in the prompt)", "headline": rag},
-                        {"output": f"rag + steerx-caa (layer {layer}, scale 4)", "headline": steered},
+                        {"output": f"rag + steerx-caa (layer {layer}, scale 1)", "headline": steered},
                         {"output": "the user's real headline", "headline": user.get("gold", "")}])
     esc = _html.escape
     parts = [
