@@ -480,8 +480,14 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
     tgt = torch.cat([seqs[i][0, s:e] for i, (s, e) in enumerate(spans)])
     read = _READ[site].format(layer=layer)
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(batch, names_filter=[read])
-        acts = cache[read]
+        got: dict[str, torch.Tensor] = {}
+
+        def store(x: torch.Tensor, hook: Any) -> None:
+            got["acts"] = x.detach()
+
+        # run_with_hooks, not run_with_cache: TL 4.3's run_with_cache leaves torch hook handles behind.
+        bridge.run_with_hooks(batch, fwd_hooks=[(read, store)])
+        acts = got["acts"]
         valid = torch.zeros(batch.shape, dtype=torch.bool, device=batch.device)
         for i, (s, e) in enumerate(spans):
             valid[i, 1:e] = True  # the first token's residual norm is an outlier
