@@ -1,0 +1,129 @@
+"""Token causal effects: exact (prefix KV reuse) vs naive, and fast estimates vs exact.
+
+Part A — speed of exact tracing: every history token of one real LaMP-4 prompt (>= 256
+history tokens) deleted in turn, ``mode="exact"`` (shared prefix cache, suffix-only reruns,
+unembedding only at the output) vs ``mode="naive"`` (one full forward per deleted token).
+Variants alternate, ``--repeats`` times; medians; the two must agree (max |diff| printed).
+
+Part B — fast vs exact over ``--n`` real examples (dev queries of different users, their
+gold headline traced): time ratio and Spearman rank correlation of the token effects, per
+fast mode, plus the overlap of the top-10 tokens. CPU-heavy (an exact trace of ~250 tokens
+is a few minutes on 2 cores): run with a small ``--n`` to check, the full one for the report.
+
+    python benchmarks/bench_tracing.py                  # A + B with n=20
+    python benchmarks/bench_tracing.py --part A --stride 4
+    python benchmarks/bench_tracing.py --part B --n 3 --scope titles
+
+Prints numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def pick_long_example(model, data, min_tokens: int, k: int):
+    from workbench.tracing import example_prompt, label_tokens
+
+    for ex in data:
+        prompt, items, _, _ = example_prompt(model, ex, k=k)
+        pos = label_tokens(model, prompt, items).positions("history")
+        if len(pos) >= min_tokens:
+            return ex, prompt, items, pos
+    raise SystemExit(f"no example with >= {min_tokens} history tokens at k={k}; raise --k")
+
+
+def part_a(model, data, args) -> None:
+    from workbench.tracing import trace_tokens
+
+    ex, prompt, items, pos = pick_long_example(model, data, args.min_tokens, args.k)
+    pos = pos[:: args.stride]
+    n_prompt = model.encode(prompt).shape[-1]
+    print(f"\n[A] example {ex.id}: prompt {n_prompt} tokens, {len(pos)} history tokens traced "
+          f"(stride {args.stride}), target {len(model.tokenizer(ex.gold).input_ids)} tokens")
+    times = {"exact": [], "naive": []}
+    res = {}
+    for r in range(args.repeats):
+        for mode in (("exact", "naive") if r % 2 == 0 else ("naive", "exact")):
+            t0 = time.perf_counter()
+            res[mode] = trace_tokens(model, prompt, ex.gold, items=items, positions=pos, mode=mode, progress=False)
+            times[mode].append(time.perf_counter() - t0)
+    te, tn = statistics.median(times["exact"]), statistics.median(times["naive"])
+    diff = float(np.abs(res["exact"].frame["effect"].to_numpy() - res["naive"].frame["effect"].to_numpy()).max())
+    print(f"    exact (KV reuse) {te:.1f} s | naive (full forward per token) {tn:.1f} s | "
+          f"speed-up {tn / te:.2f}x | max |effect diff| {diff:.2e}")
+
+
+def part_b(model, data, args) -> None:
+    from workbench.tracing import spearman, trace_example
+
+    seen, examples = set(), []
+    for ex in data:
+        if ex.user_id not in seen:
+            seen.add(ex.user_id)
+            examples.append(ex)
+        if len(examples) == args.n:
+            break
+    modes = [m for m in args.modes.split(",") if m]
+    print(f"\n[B] {len(examples)} examples (one per user), scope {args.scope}, k={args.k}; fast modes {modes}")
+    rows = []
+    for i, ex in enumerate(examples):
+        t0 = time.perf_counter()
+        exact = trace_example(model, ex, k=args.k, mode="exact", positions=args.scope, progress=False)
+        t_exact = time.perf_counter() - t0
+        e = exact.frame["effect"].to_numpy()
+        top = set(np.argsort(-e)[:10])
+        line = [f"    {i + 1:2d} {ex.id}: {len(e)} tokens, exact {t_exact:.1f} s"]
+        for mode in modes:
+            t0 = time.perf_counter()
+            fast = trace_example(model, ex, k=args.k, mode=mode, positions=args.scope, ig_steps=args.ig_steps,
+                                 progress=False)
+            t_fast = time.perf_counter() - t0
+            f = fast.frame["effect"].to_numpy()
+            rho = spearman(e, f)
+            overlap = len(top & set(np.argsort(-f)[:10])) / 10
+            rows.append({"mode": mode, "rho": rho, "ratio": t_exact / t_fast, "top10": overlap})
+            line.append(f"{mode} {t_fast:.1f} s rho {rho:+.3f} top10 {overlap:.1f}")
+        print(" | ".join(line), flush=True)
+    print("\n    mode      mean rho  median rho  median speed-up  mean top-10 overlap")
+    for mode in modes:
+        r = [x for x in rows if x["mode"] == mode]
+        print(f"    {mode:<8} {np.mean([x['rho'] for x in r]):+9.3f} {np.median([x['rho'] for x in r]):+11.3f} "
+              f"{np.median([x['ratio'] for x in r]):15.1f}x {np.mean([x['top10'] for x in r]):20.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["A", "B", "AB"], default="AB")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=20, help="examples for part B")
+    ap.add_argument("--k", type=int, default=5, help="profile items in the prompt")
+    ap.add_argument("--min-tokens", type=int, default=256, help="part A: history tokens at least")
+    ap.add_argument("--stride", type=int, default=1, help="part A: trace every stride-th history token")
+    ap.add_argument("--repeats", type=int, default=1, help="part A: alternating repeats")
+    ap.add_argument("--scope", default="history", help="part B: history, titles or articles")
+    ap.add_argument("--modes", default="attn,attn-ig,gxi", help="part B: fast modes to compare")
+    ap.add_argument("--ig-steps", type=int, default=4)
+    args = ap.parse_args()
+
+    import torch
+
+    import workbench as wb
+    from workbench.data import load_lamp4_news
+
+    torch.set_grad_enabled(False)
+    model = wb.load_model(args.model)
+    data = load_lamp4_news()
+    print(f"{model!r}; torch threads {torch.get_num_threads()}")
+    if "A" in args.part:
+        part_a(model, data, args)
+    if "B" in args.part:
+        part_b(model, data, args)
+
+
+if __name__ == "__main__":
+    main()
