@@ -618,6 +618,8 @@ def fints_steer(model: Model, agg: Aggregate, scale: float = DEFAULT_SCALE, mlp_
 
 # ---- runner methods -----------------------------------------------------------------------
 
+_VECTOR_MEMO: dict[tuple, SampleVectors] = {}
+
 @dataclass
 class _FintsMethod(Method):
     """Shared machinery: pairs and vectors once per user, steering per example."""
@@ -660,7 +662,14 @@ class _FintsMethod(Method):
         pairs = contrastive_pairs(model, examples, others, max_items=self.max_items, select=self.select,
                                   n_others=self.n_others, threshold=self.threshold, seed=self.seed)
         layer = default_layer(model) if self.layer is None else self.layer
-        return sample_vectors(model, pairs, layer, self.attn_site, self.mlp_site)
+        # fints, fints+rag and caa-user of one run need the same vectors: compute them once.
+        key = (id(model), model.name, layer, self.attn_site, self.mlp_site,
+               _sha(pairs[["item_id", "text", "positive", "negative", "kept", "others"]].to_dict("records")))
+        if key not in _VECTOR_MEMO:
+            if len(_VECTOR_MEMO) > 256:
+                _VECTOR_MEMO.clear()
+            _VECTOR_MEMO[key] = sample_vectors(model, pairs, layer, self.attn_site, self.mlp_site)
+        return _VECTOR_MEMO[key]
 
     def vectors_for(self, vectors: SampleVectors, example: Any) -> Aggregate:
         return aggregate(vectors, example, k=self.top_k, tau=self.tau, weighting=self.weighting)
