@@ -8,6 +8,8 @@ The public API is small:
 - :func:`available_models` (what loads offline here)
 - :func:`preference_scores` -> :class:`PreferenceScores` (PCS of every head; :func:`profile_examples`)
 - :func:`dps_generate` (Differential Preference Steering decoding)
+- :func:`trace_tokens` -> :class:`TokenEffects` (token causal effects); SteerX in :mod:`workbench.steerx`
+- :func:`fints_steer` and the rest of Fints in :mod:`workbench.fints`
 """
 
 from workbench.heads import HeadMask, head_means, mask_heads
@@ -16,6 +18,9 @@ from workbench.model import Model
 from workbench.steering import Steer, steer
 from workbench.pcs import PreferenceScores, preference_scores, profile_examples, sparsity_curve
 from workbench.dps import dps_generate
+from workbench.tracing import TokenEffects, trace_example, trace_tokens
+from workbench.steerx import SteeringVector, caa_vectors, optimized_vector, steerx_description
+from workbench.fints import aggregate, contrastive_pairs, fints_steer, sample_vectors
 
 __version__ = "0.1.0"
 
@@ -23,6 +28,17 @@ __all__ = [
     "DEFAULT_MODEL",
     "HeadMask",
     "Model",
+    "SteeringVector",
+    "TokenEffects",
+    "aggregate",
+    "caa_vectors",
+    "contrastive_pairs",
+    "fints_steer",
+    "optimized_vector",
+    "sample_vectors",
+    "steerx_description",
+    "trace_example",
+    "trace_tokens",
     "PreferenceScores",
     "ModelNotAvailableError",
     "Steer",
