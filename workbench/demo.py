@@ -154,17 +154,9 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None) -> 
 
 def _plugin_sections(r: Report, model: Model, user: dict) -> None:
     # Method modules (SteerX, Fints) contribute their own views of the same user.
-    import importlib
+    from workbench.methods import plugin_modules
 
-    from workbench.methods import _PLUGIN_MODULES
-
-    for name in _PLUGIN_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
+    for mod in plugin_modules():
         section = getattr(mod, "report_section", None)
         if section is not None:
             title, body = section(model, user)

@@ -95,15 +95,22 @@ class Rag(Method):
 _PLUGIN_MODULES = ("workbench.dps", "workbench.steerx", "workbench.fints")
 
 
-def _load_plugins() -> None:
+def plugin_modules() -> list:
+    """The method modules that are installed, imported (importing registers their methods)."""
     import importlib
 
+    found = []
     for mod in _PLUGIN_MODULES:
         try:
-            importlib.import_module(mod)
+            found.append(importlib.import_module(mod))
         except ModuleNotFoundError as e:
             if e.name != mod:  # the plug-in exists but something it needs is missing: say so
                 raise
+    return found
+
+
+def _load_plugins() -> None:
+    plugin_modules()
 
 
 def available_methods() -> list[str]:
