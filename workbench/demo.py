@@ -103,8 +103,9 @@ def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_to
                 for i, it in enumerate(items)]
     scores = preference_scores(model, examples, how="uniform", scope="output", mode="fast", progress=progress,
                                data=f"example user {user.get('user_id', '')}: history leave-one-out")
+    # The same decoding as the `dps` method: unconstrained, SmolLM2's DPS output collapses.
     dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(4), alpha="entropy",
-                                  max_new_tokens=max_new_tokens))
+                                  plausibility=0.1, max_new_tokens=max_new_tokens))
     return scores, dps
 
 
@@ -144,7 +145,9 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None) -> 
             "user's history: each earlier headline is predicted from the other items. Computed here by "
             f"attribution patching (one forward and backward pass per item). Top heads: {top}. "
             "Differential Preference Steering then decodes with score = (1+α)·log p − α·log p(top heads masked), "
-            "α = the entropy of the next-token distribution; its headline is in the table above."
+            "α = the entropy of the next-token distribution, choosing only among tokens with at least 10% of the "
+            "top token's probability (without that constraint this small model's output collapses); its headline "
+            "is in the table above."
         )
         r.add_figure(result.scores.heatmap(), caption="Red = masking the head lowers the likelihood of the user's headlines.")
     if model is not None:
