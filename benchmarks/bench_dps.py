@@ -42,13 +42,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+    ap.add_argument("--dtype", default="float32", help="float32 (default, as every figure here), bfloat16, ...")
     ap.add_argument("--n", type=int, default=20, help="examples for fast vs exact (default 20)")
     ap.add_argument("--naive-examples", type=int, default=1, help="examples for exact vs naive (default 1)")
     ap.add_argument("--dps-prompts", type=int, default=5)
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args()
 
-    model = wb.load_model(progress=False)
+    model = wb.load_model(progress=False, device=args.device, dtype=args.dtype)
     data = load_lamp4_news()
     examples = profile_examples(data, n=max(args.n, args.naive_examples))
     print(model)

@@ -33,12 +33,14 @@ from workbench.prompts import build_prompt  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+    ap.add_argument("--dtype", default="float32", help="float32 (default, as every figure here), bfloat16, ...")
     ap.add_argument("--users", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--max-items", type=int, default=8)
     args = ap.parse_args()
 
-    model = wb.load_model(progress=False)
+    model = wb.load_model(progress=False, device=args.device, dtype=args.dtype)
     data = load_lamp4_news()
     print(model)
     users = data.users()[: args.users]

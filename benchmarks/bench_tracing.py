@@ -98,6 +98,8 @@ def part_b(model, data, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
+    ap.add_argument("--dtype", default="float32", help="float32 (default, as every figure here), bfloat16, ...")
     ap.add_argument("--part", choices=["A", "B", "AB"], default="AB")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=20, help="examples for part B")
@@ -116,7 +118,7 @@ def main() -> None:
     from workbench.data import load_lamp4_news
 
     torch.set_grad_enabled(False)
-    model = wb.load_model(args.model)
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     data = load_lamp4_news()
     print(f"{model!r}; torch threads {torch.get_num_threads()}")
     if "A" in args.part:

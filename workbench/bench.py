@@ -14,6 +14,7 @@ A directory holding a run with different settings is refused rather than mixed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -75,6 +76,23 @@ def _append(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fill_missing_meteor(path: Path, done: dict[tuple[str, str], dict]) -> None:
+    """Records scored where WordNet was missing (METEOR NaN) get their METEOR now, if it can be
+    computed here; the file is rewritten atomically so nothing is lost if this is interrupted."""
+    from workbench.metrics import meteor, meteor_available
+
+    missing = [rec for rec in done.values() if isinstance(rec.get("meteor"), float) and math.isnan(rec["meteor"])]
+    if not missing or not meteor_available():
+        return
+    for rec in missing:
+        rec["meteor"] = meteor(rec["prediction"], rec["gold"])
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in done.values():
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def _check_run_file(out: Path, run_info: dict) -> None:
@@ -153,6 +171,7 @@ def run_bench(
     _check_run_file(out, run_info)
     outputs_path = out / "outputs.jsonl"
     done = _read_done(outputs_path)
+    _fill_missing_meteor(outputs_path, done)
 
     by_user: dict[str, list] = {}
     for ex in examples:

@@ -92,7 +92,7 @@ class Rag(Method):
 
 
 # Modules that register more methods when imported (each method issue adds its own module).
-_PLUGIN_MODULES = ("workbench.dps", "workbench.steerx", "workbench.fints")
+_PLUGIN_MODULES = ("workbench.dps", "workbench.steerx", "workbench.fints", "workbench.combos")
 
 
 def plugin_modules() -> list:

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench._reuse import run_from_layer
 from workbench.methods import Method, register_method
 from workbench.model import Model
 from workbench.steering import SITES, Steer, steer
@@ -508,6 +509,11 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
     v = v.float().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=lr)
     hook_name = SITES[site].format(layer=layer)
+    # The vector cannot change anything below where it is added, so for residual-stream sites
+    # the stream entering the next block is computed once and each step runs only the blocks
+    # above (about half the forward and backward work at the middle layer).
+    start = {"resid_pre": layer, "resid_post": layer + 1}.get(site)
+    reuse = start is not None and start < model.n_layers
     params = [p for p in bridge.parameters() if p.requires_grad]
     losses = []
     try:
@@ -520,7 +526,10 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
                 return x + v.to(x.dtype)
 
             with torch.enable_grad():
-                logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add)])
+                if reuse:
+                    logits = run_from_layer(bridge, acts + v.to(acts.dtype), start)
+                else:
+                    logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add)])
                 lp = logits[rows, cols].float().log_softmax(-1)
                 if description is None:
                     loss = -lp.gather(-1, tgt[:, None]).mean()
