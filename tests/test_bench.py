@@ -65,8 +65,19 @@ def test_a_directory_with_other_settings_is_refused(tiny, news, tmp_path):
     run_bench(tiny, news, ["generic"], tmp_path, n=2, settings=GenerationSettings(max_new_tokens=4), progress=False)
     with pytest.raises(ValueError, match="different settings"):
         run_bench(tiny, news, ["generic"], tmp_path, n=2, settings=GenerationSettings(max_new_tokens=9), progress=False)
+    other = news[1:4]  # not a prefix of the first run
     with pytest.raises(ValueError, match="example_ids"):
-        run_bench(tiny, news, ["generic"], tmp_path, n=3, settings=GenerationSettings(max_new_tokens=4), progress=False)
+        run_bench(tiny, other, ["generic"], tmp_path, settings=GenerationSettings(max_new_tokens=4), progress=False)
+
+
+def test_a_run_can_grow_in_steps_of_n(tiny, news, tmp_path):
+    s = GenerationSettings(max_new_tokens=4)
+    run_bench(tiny, news, ["generic"], tmp_path, n=2, settings=s, progress=False)
+    grown = run_bench(tiny, news, ["generic"], tmp_path, n=4, settings=s, progress=False)
+    assert list(grown.outputs["id"]) == [ex.id for ex in list(news)[:4]]
+    part = run_bench(tiny, news, ["generic"], tmp_path, n=3, settings=s, progress=False)  # a prefix: read, not rerun
+    assert len(part.outputs) == 3
+    assert json.loads((tmp_path / "run.json").read_text())["n"] == 4  # the longer run is what the directory holds
 
 
 def test_results_are_deterministic(tiny, news, tmp_path):

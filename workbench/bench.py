@@ -99,8 +99,14 @@ def _check_run_file(out: Path, run_info: dict) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         old = json.loads(run_file.read_text())
-        keys = ("model", "task", "data", "split", "settings", "example_ids")
+        keys = ("model", "task", "data", "split", "settings")
         diff = [k for k in keys if old.get(k) != run_info.get(k)]
+        # A run may grow or be looked at in part (--n larger or smaller): the examples must be a
+        # prefix of one another, in the same order, or the two runs are different experiments.
+        old_ids, new_ids = old.get("example_ids", []), run_info["example_ids"]
+        shorter, longer = sorted([old_ids, new_ids], key=len)
+        if longer[: len(shorter)] != shorter:
+            diff.append("example_ids")
         if diff:
             raise ValueError(
                 f"{out} holds a run with different {', '.join(diff)}; resuming would mix results. "
@@ -116,6 +122,7 @@ def _check_run_file(out: Path, run_info: dict) -> None:
         # methods may be added to an existing run; keep the union
         run_info["methods"] = sorted(set(old.get("methods", [])) | set(run_info["methods"]))
         run_info["method_settings"] = {**old_ms, **new_ms}
+        run_info["example_ids"], run_info["n"] = longer, len(longer)
     run_file.write_text(json.dumps(run_info, indent=2))
 
 
