@@ -31,4 +31,11 @@ if ! dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1; then
     echo "warning: could not install wordnet-base + wordnet-sense-index; METEOR will be reported as n/a" >&2
   fi
 fi
+# The browser test opens the notebooks in JupyterLab in headless Chromium (Debian's build).
+if [ "$want_tests" = "test" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || { $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+    || echo "warning: could not install chromium + chromium-driver; the browser test will fail" >&2
+fi
 echo "workbench installed in $(pwd)/.venv"
