@@ -155,6 +155,36 @@ layer_effect_figure(effects)
 effects.sort_values("drop", ascending=False).head(5).round(3)
 """),
     md("""
+### What a preference head is, and what PCS measures
+
+A **preference head** is a head the *personalized* output depends on: mask it, and the
+model finds the user's own headline much less likely. The **Preference Contribution Score**
+turns that into a number per head (notebook 02 computes it for all 270 heads):
+
+$$\\mathrm{PCS}(l,h) = \\frac{1}{|y|}\\Big(\\log p(y \\mid x, \\text{history}) - \\log p_{\\setminus(l,h)}(y \\mid x, \\text{history})\\Big)$$
+
+averaged over many (history, article, the user's headline $y$) examples, where
+$p_{\\setminus(l,h)}$ is the model with head $h$ of layer $l$ masked (uniform attention). A large
+PCS means "this head carries something the user-aligned output needs". On LaMP-4 news, two
+heads stand out: **L1H0** and **L18H8** (notebook 02). Here is the same measurement on our
+one example, next to two heads picked at random:
+"""),
+    code("""
+import random
+target = user["profile"][0]["title"]          # a headline the user really wrote...
+prompt = headline_prompt(model, user["profile"][0]["text"], user["profile"][1:])  # ...for their article, with the rest as history
+base = -model.nll(prompt, target)
+rng = random.Random(0)
+for head in [(1, 0), (18, 8), (rng.randrange(30), rng.randrange(9)), (rng.randrange(30), rng.randrange(9))]:
+    with wb.mask_heads(model, [head], how="uniform"):
+        print(f"L{head[0]}H{head[1]}: PCS on this example = {base + model.nll(prompt, target):+.3f} nats/token")
+"""),
+    md("""
+**Differential Preference Steering** (DPS) then uses these heads while decoding: at each step
+it compares the normal model's next-token scores with those of the model with its top
+preference heads masked, and pushes further in the direction the heads point:
+`l = l_p + alpha * (l_p - l_masked)`.
+
 ## 5. Steering
 
 `wb.steer(model, vector, layer, site="resid_post", scale=...)` adds `scale * vector` to the
@@ -182,11 +212,18 @@ for scale in [0.0, 1.0, 2.0]:
         print(f"scale {scale}: {first_line(model.generate(generic_prompt, max_new_tokens=24))}")
 """),
     md("""
-## Where next
+## Where next: a map of the course
 
-- `workbench demo` (command line) writes this analysis as an HTML report.
-- Notebooks 01–05 (as they land): real users from LaMP-4, preference heads and DPS decoding,
-  token-level effects and SteerX, Fints steering, and one table comparing every method.
+| notebook | you learn | methods |
+|---|---|---|
+| **01 quickstart** | real LaMP-4 users, prompts with history, the benchmark runner and its metrics | `generic`, `rag` |
+| **02 preference heads** | PCS for every head (exact, fast, naive), how stable and how sparse the heads are, an explorer widget, DPS decoding | `dps`, `dps-raw` |
+| **03 token effects** | which *tokens* of a user's history the output depends on (deletion, gradients), turning them into a description, SteerX vectors | `caa-all`, `steerx-caa`, `opt-all`, `steerx-opt` |
+| **04 steering** | Fints: a vector per history item, chosen per input; injection at the attention and MLP outputs | `fints`, `fints+rag`, `caa-user` |
+| **05 compare methods** | every method on the same users, paired differences, per-user wins and losses, a combination | all, `steerx-caa+dps` |
+
+`workbench demo` (command line) writes an HTML report with the PCS heatmap, token effects,
+steered vs generic outputs and the method comparison for the embedded model.
 
 **Exercise.** Mask only layer 0's heads and generate the personalized headline. What happens,
 and why does the generic headline suffer just as much? *(Answer: layer 0's heads move

@@ -24,11 +24,12 @@ from workbench.model import Model
 class _SteerWithDps(Method):
     uses_profile = True
     steering = "steerx-caa"
+    heads_file: str | None = None  # saved PreferenceScores to take the heads from (default: as ``dps``)
 
     def __post_init__(self) -> None:
         _load_plugins()
         self._steer = METHODS[self.steering](settings=self.settings)
-        self._dps = METHODS["dps"](settings=self.settings)
+        self._dps = METHODS["dps"](settings=self.settings, heads_file=self.heads_file)
 
     def describe(self) -> dict:
         inner = lambda m: {k: v for k, v in m.describe().items() if k not in ("max_new_tokens", "k", "retrieval")}

@@ -152,7 +152,44 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None) -> 
         r.add_figure(result.scores.heatmap(), caption="Red = masking the head lowers the likelihood of the user's headlines.")
     if model is not None:
         _plugin_sections(r, model, user)
+    _comparison_section(r)
     return r
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "lamp4-news_smollm2-135m.csv"
+
+
+def _comparison_section(r: Report, path: Path = RESULTS) -> None:
+    # The full comparison takes hours of generation: the report shows the saved benchmark
+    # results (and says where they came from) rather than re-running them.
+    from workbench.compare import comparison_table, load_results
+    from workbench.figures import paired_figure
+
+    r.add_heading("How the methods compare (all users)")
+    if not path.exists():
+        r.add_text(f"No saved benchmark results at {path}. Run `workbench bench --task lamp4 --methods "
+                   "generic,rag,dps,... --out DIR` and `python tools/export_results.py` to fill this section.")
+        return
+    results = load_results(path)
+    src = results.attrs.get("source", {})
+    order = ["generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-opt", "fints", "fints+rag",
+             "caa-user", "caa-all+dps", "steerx-caa+dps"]
+    methods = [m for m in order if m in set(results["method"])]
+    table = comparison_table(results, methods)
+    shown = table[["method", "n", "rouge1", "rougeL", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag",
+                   "wins_vs_rag", "losses_vs_rag"]].rename(columns={
+        "diff_vs_rag": "ROUGE-1 minus rag", "diff_lo_vs_rag": "lo", "diff_hi_vs_rag": "hi",
+        "wins_vs_rag": "queries won", "losses_vs_rag": "queries lost"}).round(4)
+    r.add_text(
+        f"Every method on the same {table.attrs['n']} LaMP-4 news queries (the ones all of them have been run on; "
+        f"runs so far: {', '.join(f'{m} {k}' for m, k in src.get('n_per_method', {}).items())}), "
+        f"{src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
+        "articles and headlines shown before the new article — is the bar: the paired difference says how much "
+        "better or worse each method is than rag on the same queries, with a 95% bootstrap interval; an "
+        "interval that contains 0 means no difference was detected."
+    )
+    r.add_table(shown, caption=f"From {path.name}; commands: {'; '.join(src.get('commands', []))}")
+    r.add_figure(paired_figure(table), caption="Green: better than rag; red: worse; grey: no detectable difference.")
 
 
 def _plugin_sections(r: Report, model: Model, user: dict) -> None:

@@ -100,3 +100,40 @@ def attention_figure(tokens: list[str], weights, title: str) -> go.Figure:
     fig.update_layout(title=title, xaxis_title="prompt position (hover for the token)", yaxis_title="attention",
                       template="plotly_white", height=320, margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+
+def paired_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Forest plot of :func:`workbench.compare.comparison_table`: each method's paired
+    difference to the baseline with its 95% interval (an interval crossing 0: no evidence)."""
+    base, metric = table.attrs.get("baseline", "rag"), table.attrs.get("metric", "rouge1")
+    t = table[table["method"] != base].iloc[::-1]
+    d, lo, hi = (t[f"{k}_vs_{base}"] for k in ("diff", "diff_lo", "diff_hi"))
+    colors = ["#2e7d32" if l > 0 else "#c62828" if h < 0 else "#757575" for l, h in zip(lo, hi)]
+    fig = go.Figure(go.Scatter(
+        x=d, y=t["method"], mode="markers", marker=dict(size=10, color=colors),
+        error_x=dict(type="data", symmetric=False, array=hi - d, arrayminus=d - lo, color="#555"),
+        customdata=t[[f"wins_vs_{base}", f"ties_vs_{base}", f"losses_vs_{base}"]].to_numpy(),
+        hovertemplate="%{y}: %{x:+.4f}<br>wins %{customdata[0]}, ties %{customdata[1]}, "
+                      "losses %{customdata[2]}<extra></extra>"))
+    fig.add_vline(x=0, line_dash="dot", line_color="#999")
+    fig.update_layout(title=title or f"{metric} minus {base}, same {int(t['n'].iloc[0])} examples (95% paired bootstrap)",
+                      xaxis_title=f"difference in {metric} (per-example, averaged)", template="plotly_white",
+                      height=140 + 32 * len(t), margin=dict(l=120, r=20, t=60, b=50))
+    return fig
+
+
+def per_user_figure(users: pd.DataFrame, baseline: str = "rag", title: str | None = None) -> go.Figure:
+    """Heatmap of :func:`workbench.compare.per_user`: each method's mean score per user minus
+    the baseline's (green: the method wins for that user, red: it loses)."""
+    diff = users.drop(columns=[baseline]).sub(users[baseline], axis=0)
+    order = diff.mean(axis=1).sort_values().index
+    diff = diff.loc[order]
+    lim = float(max(0.05, diff.abs().quantile(0.95).max()))
+    fig = go.Figure(go.Heatmap(
+        z=diff.T.to_numpy(), x=list(diff.index), y=list(diff.columns), zmin=-lim, zmax=lim, zmid=0,
+        colorscale="RdYlGn", colorbar=dict(title=f"vs {baseline}"),
+        hovertemplate="user %{x}<br>%{y}: %{z:+.3f} vs " + baseline + "<extra></extra>"))
+    fig.update_layout(title=title or f"Per user: mean score minus {baseline} (users sorted by the average difference)",
+                      xaxis_title="user", template="plotly_white", height=160 + 28 * diff.shape[1],
+                      margin=dict(l=120, r=20, t=60, b=60))
+    return fig

@@ -1,0 +1,83 @@
+"""Comparing methods across benchmark runs: one table, paired differences, saved results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.bench import run_bench
+from workbench.compare import comparison_table, format_table, load_results, load_runs, per_user, save_results
+from workbench.data import load_lamp4_news
+from workbench.figures import paired_figure, per_user_figure
+from workbench.methods import GenerationSettings
+
+
+@pytest.fixture(scope="module")
+def news():
+    return load_lamp4_news()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny, news, tmp_path_factory):
+    """generic on 4 examples in one directory, rag on 3 of them in another."""
+    s = GenerationSettings(max_new_tokens=5)
+    a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+    run_bench(tiny, news, ["generic"], a, n=4, settings=s, progress=False)
+    run_bench(tiny, news, ["rag"], b, n=3, settings=s, progress=False)
+    return a, b
+
+
+def test_runs_are_read_as_one_table_on_shared_examples(two_runs):
+    out = load_runs(*two_runs)
+    assert out.groupby("method").size().to_dict() == {"generic": 4, "rag": 3}
+    t = comparison_table(out, ["generic"], baseline="rag")
+    assert list(t["method"]) == ["rag", "generic"] and set(t["n"]) == {3}
+    # the paired difference is the mean of per-example differences on the shared examples
+    w = out[out["id"].isin(out.loc[out["method"] == "rag", "id"])].pivot(index="id", columns="method", values="rouge1")
+    g = t.set_index("method").loc["generic"]
+    assert g["diff_vs_rag"] == pytest.approx(float((w["generic"] - w["rag"]).mean()))
+    assert g["diff_lo_vs_rag"] <= g["diff_vs_rag"] <= g["diff_hi_vs_rag"]
+    assert g["wins_vs_rag"] + g["ties_vs_rag"] + g["losses_vs_rag"] == 3
+    assert "| generic | 3 |" in format_table(t)
+    assert per_user(out, ["rag", "generic"]).shape[1] == 2
+    assert len(paired_figure(t).data) == 1 and len(per_user_figure(per_user(out, ["rag", "generic"])).data) == 1
+
+
+def test_runs_that_are_not_comparable_are_refused(tiny, news, two_runs, tmp_path):
+    run_bench(tiny, news, ["generic"], tmp_path, n=2, settings=GenerationSettings(max_new_tokens=7), progress=False)
+    with pytest.raises(ValueError, match="settings"):
+        load_runs(two_runs[0], tmp_path)
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        load_runs(tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="no outputs for"):
+        comparison_table(load_runs(two_runs[0]), ["generic", "dps"], baseline="generic")
+
+
+def test_a_clash_between_runs_is_an_error(two_runs, tmp_path):
+    a, _ = two_runs
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "run.json").write_text((a / "run.json").read_text())
+    recs = [json.loads(line) for line in (a / "outputs.jsonl").read_text().splitlines()]
+    recs[0]["prediction"] = "something else"
+    (clone / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ValueError, match="different outputs"):
+        load_runs(a, clone)
+
+
+def test_saved_results_keep_no_gold_and_join_it_back(two_runs, news, tmp_path):
+    out = load_runs(*two_runs)
+    path = save_results(out, tmp_path / "r.csv", {"model": "tiny-random", "commands": ["x"]})
+    assert "gold" not in pd.read_csv(path).columns
+    with pytest.raises(FileExistsError):
+        save_results(out, path, {})
+    back = load_results(path, dataset=news)
+    assert back.attrs["source"]["model"] == "tiny-random"
+    gold = {ex.id: ex.gold for ex in news}
+    assert all(back["gold"] == back["id"].map(gold))
+    assert np.allclose(back.sort_values(["method", "id"])["rouge1"], out.sort_values(["method", "id"])["rouge1"])
+    with pytest.raises(ValueError, match="not in"):
+        load_results(path, dataset=news[5:8])
