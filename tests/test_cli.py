@@ -26,6 +26,8 @@ def test_demo_writes_a_self_contained_report_and_keeps_the_previous_one(tmp_path
     assert main(["demo", "--model", "tiny-random", "--out", str(out), "--max-new-tokens", "8"]) == 0
     html = (out / "index.html").read_text()
     assert "plotly" in html.lower() and "Generic vs personalized output" in html
+    # the method comparison comes from the saved benchmark results, with the baseline named
+    assert "How the methods compare (all users)" in html and "ROUGE-1 minus rag" in html
     assert not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js is inlined: the page opens offline
     assert len(html) > 1_000_000  # (plotly.js itself is ~4.5 MB)
     meta = json.loads((out / "report.json").read_text())
@@ -73,7 +75,10 @@ def test_demo_on_the_default_model_personalizes(smol):
     assert result.scores is not None and result.scores.matrix.shape == (smol.n_layers, smol.n_heads)
     assert result.scores.frame["pcs"].max() > 0
     assert result.dps
-    assert "Preference heads, one by one" in result.report.to_html()
+    page = result.report.to_html()
+    for section in ("Preference heads, one by one", "Token effects and SteerX steering", "Fints: steered vs generic",
+                    "How the methods compare (all users)"):
+        assert section in page, f"demo report lacks its {section!r} section"
 
 
 def test_heads_command_saves_scores_and_refuses_to_overwrite(tmp_path, capsys):
