@@ -176,7 +176,11 @@ def test_notebook_renders_in_jupyterlab(notebook, lab, browser):
             f"{notebook.name}: code cell {i + 1} has a plotly figure but nothing was drawn"
     for i in widget_cells:
         assert state["cells"][i]["widget_errors"] == 0, f"{notebook.name}: code cell {i + 1}: widget failed to display"
-        assert state["cells"][i]["widget_views"] > 0, f"{notebook.name}: code cell {i + 1}: widget view not drawn"
+    # A finished progress bar may close its widget (tqdm's leave=False), leaving an empty
+    # output: so views are required per notebook, and errors per cell.
+    drawn = [i for i in widget_cells if state["cells"][i]["widget_views"] > 0]
+    assert not widget_cells or drawn, f"{notebook.name}: widget outputs in cells {widget_cells} but no view was drawn"
+    widget_cells = drawn
     for k, i in enumerate(plotly_cells[:4]):
         _shoot(browser, cells[i].find_element(By.CSS_SELECTOR, ".jp-OutputArea"), shots / f"plotly_{k + 1}_cell{i + 1}.png")
     for k, i in enumerate(widget_cells[:3]):
