@@ -78,6 +78,13 @@ fast.heatmap()
     md("""
 `fast.frame` is a plain DataFrame (one row per head, with the spread over examples), and
 `top(k)` / `top_percent(p)` pick heads: the DPS authors mask the top 4%.
+
+**Look at layer 1, head 0 (second row from the bottom, left).** The fast estimate paints it blue — as if masking it
+*helped* the user's headline. The exact sweep (really masking it, one forward pass per head)
+finds the opposite: on 40 leave-one-out examples of LaMP-4 users, L1H0 is the *most* important
+head, +0.55 nats/token (`results/pcs_lamp4-news_smollm2-135m.json`). Attribution patching is a first-order approximation: fine for heads whose removal
+changes little, unreliable for a head whose removal changes a lot. Use the fast map to find
+candidates, then confirm the top heads exactly — the next section does that.
 """),
     code("""
 fast.frame.sort_values("pcs", ascending=False).head(8).round(4)

@@ -376,8 +376,8 @@ class PreferenceScores:
         ))
         meta = self.meta
         fig.update_layout(
-            title=title or (f"Preference Contribution Score per head — {meta['model']}, {meta['how']} masking, "
-                            f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)"),
+            title=title or (f"Preference Contribution Score per head<br><sup>{meta['model']}, {meta['how']} masking, "
+                            f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)</sup>"),
             xaxis_title="head", yaxis_title="layer", template="plotly_white",
             height=max(360, 18 * L + 120), width=max(420, 60 * H + 220),
             margin=dict(l=60, r=20, t=60, b=50),
