@@ -539,7 +539,10 @@ class TokenEffects:
                         hovertemplate="pos %{x}: %{customdata[0]}<br>%{customdata[1]}<br>effect %{y:+.4f}<extra></extra>")
         m = self.meta
         fig.update_layout(
-            title=title or f"Effect of deleting each history token on log p(output) — {m['model']}, {m['mode']}",
+            title=title or (f"Effect of deleting each history token on log p(output) — {m['model']}, {m['mode']}"
+                            if m["mode"] in ("exact", "naive") else
+                            f"Estimated effect of each history token on log p(output) — {m['model']}, {m['mode']} "
+                            "(a gradient estimate of deletion)"),
             xaxis_title="token position in the prompt", yaxis_title=f"{col} ({m['reduce']} log p, nats)",
             template="plotly_white", height=380, bargap=0.05, margin=dict(l=60, r=20, t=60, b=50),
         )
