@@ -43,18 +43,12 @@ class _SteerWithDps(Method):
         return self._steer.prepare_user(model, user_id, examples)
 
     def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
-        from workbench.dps import dps_generate
         from workbench.prompts import first_line
 
-        prompt, info = self._dps.prompt(model, example)  # the rag prompt, as both parts use
+        prompt, info = self._steer.steered_prompt(model, example)
         with state.apply(model, scale=self._steer._scale()):
-            text = dps_generate(model, prompt, self._dps.heads, alpha=self._dps.alpha,
-                                plausibility=self._dps.plausibility, max_new_tokens=self.settings.max_new_tokens)
-        info = {**info, "vector_norm": state.norm, "layer": state.layer,
-                "heads": ";".join(f"L{l}H{h}" for l, h in self._dps.heads)}
-        if "description" in state.built:
-            info["description"] = state.built["description"]
-        return first_line(text), info
+            text = self._dps.decode(model, prompt)
+        return first_line(text), {**info, **self._steer.vector_info(state), "heads": self._dps.heads_label}
 
 
 @register_method

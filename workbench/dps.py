@@ -236,13 +236,20 @@ class Dps(Method):
             ex.require_profile()
         return None
 
+    def decode(self, model: Model, prompt: Any) -> str:
+        """DPS decoding of ``prompt`` with this method's heads and settings (hooks around it apply)."""
+        return dps_generate(model, prompt, self.heads, alpha=self.alpha, plausibility=self.plausibility,
+                            max_new_tokens=self.settings.max_new_tokens)
+
+    @property
+    def heads_label(self) -> str:
+        return ";".join(f"L{l}H{h}" for l, h in self.heads)
+
     def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
         from workbench.prompts import first_line
 
         prompt, info = self.prompt(model, example)
-        text = dps_generate(model, prompt, self.heads, alpha=self.alpha, plausibility=self.plausibility,
-                            max_new_tokens=self.settings.max_new_tokens)
-        return first_line(text), {**info, "heads": ";".join(f"L{l}H{h}" for l, h in self.heads)}
+        return first_line(self.decode(model, prompt)), {**info, "heads": self.heads_label}
 
 
 @register_method

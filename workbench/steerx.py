@@ -519,12 +519,11 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
     try:
         for p in params:
             p.requires_grad_(False)
+        def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            return x + v.to(x.dtype)
+
         for _ in range(steps):
             opt.zero_grad()
-
-            def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                return x + v.to(x.dtype)
-
             with torch.enable_grad():
                 if reuse:
                     logits = run_from_layer(bridge, acts + v.to(acts.dtype), start)
@@ -638,21 +637,31 @@ class _SteeringMethod(Method):
             vec.save(path, overwrite=True)
         return vec
 
-    def generate(self, model: Model, example: Any, state: SteeringVector) -> tuple[str, dict]:
-        from workbench.prompts import build_prompt, first_line
+    def steered_prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
+        """The prompt the vector steers (``on``: the rag prompt or the article alone) and its facts."""
+        from workbench.prompts import build_prompt
 
         if self.on not in ("rag", "generic"):
             raise ValueError(f"on={self.on!r}: use 'rag' (steer the prompt with the history) or 'generic'")
         if self.on == "rag":
-            prompt, info = self.prompt(model, example)
-        else:
-            prompt, info = build_prompt(model, example, k=0, reserve=self.settings.max_new_tokens)
-        with state.apply(model, scale=self._scale()):
-            text = model.generate(prompt, max_new_tokens=self.settings.max_new_tokens)
-        info = {**info, "vector_norm": state.norm, "layer": state.layer}
+            return self.prompt(model, example)
+        return build_prompt(model, example, k=0, reserve=self.settings.max_new_tokens)
+
+    @staticmethod
+    def vector_info(state: SteeringVector) -> dict:
+        """What to record with each output about the vector that steered it."""
+        info = {"vector_norm": state.norm, "layer": state.layer}
         if "description" in state.built:
             info["description"] = state.built["description"]
-        return first_line(text), info
+        return info
+
+    def generate(self, model: Model, example: Any, state: SteeringVector) -> tuple[str, dict]:
+        from workbench.prompts import first_line
+
+        prompt, info = self.steered_prompt(model, example)
+        with state.apply(model, scale=self._scale()):
+            text = model.generate(prompt, max_new_tokens=self.settings.max_new_tokens)
+        return first_line(text), {**info, **self.vector_info(state)}
 
 
 @dataclass
