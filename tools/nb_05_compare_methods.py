@@ -172,7 +172,6 @@ Worked answers follow — try first.
 """),
     code("""
 # Answer 1: a paired comparison on the shared queries.
-from workbench.metrics import bootstrap_ci
 pair = comparison_table(results, ["fints", "caa-user"], baseline="fints")
 r = pair.set_index("method").loc["caa-user"]
 print(f"caa-user - fints: {r['diff_vs_fints']:+.4f} [{r['diff_lo_vs_fints']:+.4f}, {r['diff_hi_vs_fints']:+.4f}] "
