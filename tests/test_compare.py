@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from workbench.bench import run_bench
-from workbench.compare import comparison_table, format_table, load_results, load_runs, per_user, save_results
+from workbench.compare import (best_covered, comparison_table, format_table, load_results, load_runs, per_user,
+                               save_results)
 from workbench.data import load_lamp4_news
 from workbench.figures import paired_figure, per_user_figure
 from workbench.methods import GenerationSettings
@@ -81,3 +82,13 @@ def test_saved_results_keep_no_gold_and_join_it_back(two_runs, news, tmp_path):
     assert np.allclose(back.sort_values(["method", "id"])["rouge1"], out.sort_values(["method", "id"])["rouge1"])
     with pytest.raises(ValueError, match="not in"):
         load_results(path, dataset=news[5:8])
+
+
+def test_best_covered_keeps_the_methods_with_the_most_examples_and_names_the_rest():
+    rows = [{"method": m, "id": str(i), "user_id": "u", "prediction": "x", "rouge1": 0.1}
+            for m, n in [("rag", 5), ("generic", 5), ("slow", 2)] for i in range(n)]
+    out = pd.DataFrame(rows)
+    methods, behind = best_covered(out, ["generic", "slow", "rag", "absent"])
+    assert methods == ["generic", "rag"] and behind == {"slow": 2}
+    with pytest.raises(ValueError, match="none of"):
+        best_covered(out, ["absent"])

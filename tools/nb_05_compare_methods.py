@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 import workbench as wb
-from workbench.compare import comparison_table, format_table, load_results, per_user
+from workbench.compare import best_covered, comparison_table, format_table, load_results, per_user
 from workbench.data import load_lamp4_news
 from workbench.figures import paired_figure, per_user_figure, results_figure
 
@@ -65,9 +65,7 @@ families = {
                     "fints", "fints+rag", "caa-user", "caa-all+dps", "steerx-caa+dps"],
 }
 ran = set(results["method"])
-covered = results.groupby("method")["id"].nunique()
-methods = [m for m in families["all methods"] if covered.get(m, 0) == covered.max()]
-behind = {m: int(covered[m]) for m in families["all methods"] if m in ran and m not in methods}
+methods, behind = best_covered(results, families["all methods"])
 table = comparison_table(results, methods, baseline="rag")
 print(f"{table.attrs['n']} queries, the {len(methods)} methods that covered them all; still behind: {behind}")
 table[["method", "n", "rouge1", "rougeL", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag",

@@ -78,6 +78,17 @@ def common_examples(outputs: pd.DataFrame, methods: Sequence[str]) -> list[str]:
     return [i for i in dict.fromkeys(outputs["id"]) if i in both]
 
 
+def best_covered(outputs: pd.DataFrame, methods: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """The methods of ``methods`` (in that order) that cover the most examples, and how many
+    examples each of the others has — for a main table that is not cut down to the slowest run."""
+    covered = outputs.groupby("method")["id"].nunique()
+    present = [m for m in methods if m in covered.index]
+    if not present:
+        raise ValueError(f"none of {list(methods)} has outputs; methods present: {sorted(covered.index)}")
+    most = max(covered[m] for m in present)
+    return [m for m in present if covered[m] == most], {m: int(covered[m]) for m in present if covered[m] < most}
+
+
 def _paired(values: pd.DataFrame, method: str, baseline: str, metric: str, seed: int) -> dict:
     d = (values[(method, metric)] - values[(baseline, metric)]).dropna().to_numpy()
     if d.size == 0:

@@ -162,7 +162,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "lamp4-news_smoll
 def _comparison_section(r: Report, path: Path = RESULTS) -> None:
     # The full comparison takes hours of generation: the report shows the saved benchmark
     # results (and says where they came from) rather than re-running them.
-    from workbench.compare import comparison_table, load_results
+    from workbench.compare import best_covered, comparison_table, load_results
     from workbench.figures import paired_figure
 
     r.add_heading("How the methods compare (all users)")
@@ -174,16 +174,16 @@ def _comparison_section(r: Report, path: Path = RESULTS) -> None:
     src = results.attrs.get("source", {})
     order = ["generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-opt", "fints", "fints+rag",
              "caa-user", "caa-all+dps", "steerx-caa+dps"]
-    methods = [m for m in order if m in set(results["method"])]
+    methods, behind = best_covered(results, order)
     table = comparison_table(results, methods)
     shown = table[["method", "n", "rouge1", "rougeL", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag",
                    "wins_vs_rag", "losses_vs_rag"]].rename(columns={
         "diff_vs_rag": "ROUGE-1 minus rag", "diff_lo_vs_rag": "lo", "diff_hi_vs_rag": "hi",
         "wins_vs_rag": "queries won", "losses_vs_rag": "queries lost"}).round(4)
     r.add_text(
-        f"Every method on the same {table.attrs['n']} LaMP-4 news queries (the ones all of them have been run on; "
-        f"runs so far: {', '.join(f'{m} {k}' for m, k in src.get('n_per_method', {}).items())}), "
-        f"{src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
+        f"The methods run on the most LaMP-4 news queries, on the same {table.attrs['n']}"
+        + (f" (still behind, so not shown: {', '.join(f'{m} {k}' for m, k in behind.items())})" if behind else "")
+        + f", {src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
         "articles and headlines shown before the new article — is the bar: the paired difference says how much "
         "better or worse each method is than rag on the same queries, with a 95% bootstrap interval; an "
         "interval that contains 0 means no difference was detected."
