@@ -7,7 +7,8 @@ Variants alternate, ``--repeats`` times; medians; the two must agree (max |diff|
 
 Part B — fast vs exact over ``--n`` real examples (dev queries of different users, their
 gold headline traced): time ratio and Spearman rank correlation of the token effects, per
-fast mode, plus the overlap of the top-10 tokens. CPU-heavy (an exact trace of ~250 tokens
+fast mode, for tokens and for words (token effects summed per word, the unit SteerX selects),
+plus the overlap of the top-10 tokens. CPU-heavy (an exact trace of ~250 tokens
 is a few minutes on 2 cores): run with a small ``--n`` to check, the full one for the report.
 
     python benchmarks/bench_tracing.py                  # A + B with n=20
@@ -76,6 +77,7 @@ def part_b(model, data, args) -> None:
         exact = trace_example(model, ex, k=args.k, mode="exact", positions=args.scope, progress=False)
         t_exact = time.perf_counter() - t0
         e = exact.frame["effect"].to_numpy()
+        we = exact.by_word().set_index("word")["score"]
         top = set(np.argsort(-e)[:10])
         line = [f"    {i + 1:2d} {ex.id}: {len(e)} tokens, exact {t_exact:.1f} s"]
         for mode in modes:
@@ -85,14 +87,17 @@ def part_b(model, data, args) -> None:
             t_fast = time.perf_counter() - t0
             f = fast.frame["effect"].to_numpy()
             rho = spearman(e, f)
+            wf = fast.by_word().set_index("word")["score"].reindex(we.index)
+            rho_w = spearman(we.to_numpy(), wf.to_numpy())
             overlap = len(top & set(np.argsort(-f)[:10])) / 10
-            rows.append({"mode": mode, "rho": rho, "ratio": t_exact / t_fast, "top10": overlap})
-            line.append(f"{mode} {t_fast:.1f} s rho {rho:+.3f} top10 {overlap:.1f}")
+            rows.append({"mode": mode, "rho": rho, "rho_w": rho_w, "ratio": t_exact / t_fast, "top10": overlap})
+            line.append(f"{mode} {t_fast:.1f} s rho {rho:+.3f} (words {rho_w:+.3f}) top10 {overlap:.1f}")
         print(" | ".join(line), flush=True)
-    print("\n    mode      mean rho  median rho  median speed-up  mean top-10 overlap")
+    print("\n    mode      mean rho  median rho  mean rho (words)  median speed-up  mean top-10 overlap")
     for mode in modes:
         r = [x for x in rows if x["mode"] == mode]
         print(f"    {mode:<8} {np.mean([x['rho'] for x in r]):+9.3f} {np.median([x['rho'] for x in r]):+11.3f} "
+              f"{np.mean([x['rho_w'] for x in r]):+17.3f} "
               f"{np.median([x['ratio'] for x in r]):15.1f}x {np.mean([x['top10'] for x in r]):20.2f}")
 
 
