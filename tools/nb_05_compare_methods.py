@@ -48,11 +48,11 @@ pd.Series(source["n_per_method"], name="queries run").to_frame().T
     md("""
 ## 1. One table
 
-Not every method has been run on all 207 queries (the slow ones grow run by run; the JSON
-beside the CSV says which commands produced what). A fair table only uses the queries
-**every** row has, so `comparison_table` restricts to them and says how many (`n`). The
-main table therefore holds the methods that have covered the most queries; the ones still
-behind are named, and appear in the family tables below on the queries they share.
+Runs grow a few queries at a time and resume when cut off (the JSON beside the CSV says which
+commands produced what), so a saved result can be partial. A fair table only uses the queries
+**every** row has: `comparison_table` restricts to them and says how many (`n`), and
+`best_covered` keeps the methods that have covered the most queries and names any still behind.
+In the saved results every method has run on all 207 queries, so nothing is left out.
 
 Each row has the mean and a 95% bootstrap interval, and — more useful — the **paired**
 difference to `rag` on the same queries: per-query differences, averaged, with their own
@@ -67,7 +67,8 @@ families = {
 ran = set(results["method"])
 methods, behind = best_covered(results, families["all methods"])
 table = comparison_table(results, methods, baseline="rag")
-print(f"{table.attrs['n']} queries, the {len(methods)} methods that covered them all; still behind: {behind}")
+print(f"{table.attrs['n']} queries, the {len(methods)} methods that covered them all; "
+      f"still behind: {behind or 'none'}")
 table[["method", "n", "rouge1", "rougeL", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag",
        "wins_vs_rag", "losses_vs_rag"]].round(4)
 """),
