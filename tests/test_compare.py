@@ -92,3 +92,17 @@ def test_best_covered_keeps_the_methods_with_the_most_examples_and_names_the_res
     assert methods == ["generic", "rag"] and behind == {"slow": 2}
     with pytest.raises(ValueError, match="none of"):
         best_covered(out, ["absent"])
+
+
+def test_results_figure_gives_every_method_its_own_colour():
+    # Plotly's default colorway repeats after 10 traces; the final table has 12 methods.
+    from workbench.figures import results_figure
+
+    rng = np.random.default_rng(0)
+    rows = [{"method": f"m{k}", "id": str(i), "user_id": f"u{i % 3}", "prediction": "x",
+             "rouge1": float(rng.random()), "rougeL": float(rng.random()),
+             "meteor": float(rng.random())} for k in range(12) for i in range(6)]
+    table = comparison_table(pd.DataFrame(rows), [f"m{k}" for k in range(12)], baseline="m0")
+    fig = results_figure(table)
+    colours = [t.marker.color for t in fig.data]
+    assert len(fig.data) == 12 and len(set(colours)) == 12

@@ -89,7 +89,7 @@ for name, ms in {"SteerX vs its all-history twins": ["generic", "rag", "caa-all"
     print()
 """),
     code("""
-results_figure(comparison_table(results, [m for m in ["generic", "rag", "dps", "steerx-caa", "caa-all", "fints", "caa-user"] if m in ran]))
+results_figure(table)
 """),
     md("""
 ## 2. Per user: where each method wins and loses

@@ -42,12 +42,17 @@ def layer_effect_figure(effects: pd.DataFrame, title: str | None = None) -> go.F
 
 def results_figure(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Grouped bars of a benchmark summary: one group per metric, one bar per method, 95% intervals."""
+    from plotly.colors import qualitative
+
     metrics = [m for m in ("rouge1", "rougeL", "meteor") if m in summary and summary[m].notna().any()]
+    # The default colorway has 10 colours and repeats after that: two methods would share one.
+    palette = qualitative.Plotly if len(summary) <= len(qualitative.Plotly) else qualitative.Dark24
     fig = go.Figure()
-    for row in summary.itertuples(index=False):
+    for i, row in enumerate(summary.itertuples(index=False)):
         r = row._asdict()
         fig.add_bar(
             name=r["method"],
+            marker_color=palette[i % len(palette)],
             x=metrics,
             y=[r[m] for m in metrics],
             error_y=dict(
