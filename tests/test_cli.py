@@ -28,6 +28,10 @@ def test_demo_writes_a_self_contained_report_and_keeps_the_previous_one(tmp_path
     assert "plotly" in html.lower() and "Generic vs personalized output" in html
     # the method comparison comes from the saved benchmark results, with the baseline named
     assert "How the methods compare (all users)" in html and "ROUGE-1 minus rag" in html
+    # rag's own row has no difference to itself: a dash, not NaN; win counts are whole numbers
+    comparison = html[html.index("How the methods compare"):]
+    assert "<td>NaN</td>" not in comparison and "<td>—</td>" in comparison
+    assert not re.search(r"<td>\d+\.0+</td>", comparison)
     assert not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js is inlined: the page opens offline
     assert len(html) > 1_000_000  # (plotly.js itself is ~4.5 MB)
     meta = json.loads((out / "report.json").read_text())

@@ -180,10 +180,14 @@ def _comparison_section(r: Report, path: Path = RESULTS) -> None:
                    "wins_vs_rag", "losses_vs_rag"]].rename(columns={
         "diff_vs_rag": "ROUGE-1 minus rag", "diff_lo_vs_rag": "lo", "diff_hi_vs_rag": "hi",
         "wins_vs_rag": "queries won", "losses_vs_rag": "queries lost"}).round(4)
+    # Counts, not measurements (pandas made them floats because rag's own row is empty).
+    counts = shown[["queries won", "queries lost"]]
+    shown[counts.columns] = counts.astype("Int64").astype(object).where(counts.notna(), float("nan"))
     r.add_text(
-        f"The methods run on the most LaMP-4 news queries, on the same {table.attrs['n']}"
-        + (f" (still behind, so not shown: {', '.join(f'{m} {k}' for m, k in behind.items())})" if behind else "")
-        + f", {src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
+        f"Each method on the same {table.attrs['n']} LaMP-4 news queries"
+        + (f" (methods run on fewer so far are not shown: {', '.join(f'{m} {k}' for m, k in behind.items())})"
+           if behind else "")
+        + f"; {src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
         "articles and headlines shown before the new article — is the bar: the paired difference says how much "
         "better or worse each method is than rag on the same queries, with a 95% bootstrap interval; an "
         "interval that contains 0 means no difference was detected."

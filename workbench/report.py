@@ -48,7 +48,7 @@ class Report:
         return self
 
     def add_table(self, df: pd.DataFrame, caption: str = "", float_format: str = "{:.3f}") -> "Report":
-        table = df.to_html(index=False, border=0, float_format=float_format.format, escape=True)
+        table = df.to_html(index=False, border=0, float_format=float_format.format, escape=True, na_rep="—")
         cap = f'<div class="caption">{html.escape(caption)}</div>' if caption else ""
         self.sections.append(("html", table + cap))
         return self
