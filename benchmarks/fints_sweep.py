@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 import workbench as wb  # noqa: E402
 from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.fints import dev_examples, sweep  # noqa: E402
+from workbench.sweeps import dev_examples, fints_sweep as sweep  # noqa: E402
 
 
 def main() -> None:

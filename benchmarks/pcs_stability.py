@@ -29,7 +29,8 @@ def main() -> None:
     top = scores.frame.sort_values("pcs", ascending=False).head(args.k)
     print(f"top {args.k} heads on all users (PCS, nats/token; std over examples):")
     for r in top.itertuples():
-        print(f"  L{int(r.layer):>2}H{int(r.head)}  {r.pcs:+.4f}  (std {r.std:.4f}, {int((scores.per_example[:, r.layer, r.head] > 0).sum())}/{r.n} examples > 0)")
+        helped = int((scores.per_example[:, r.layer, r.head] > 0).sum())
+        print(f"  L{int(r.layer):>2}H{int(r.head)}  {r.pcs:+.4f}  (std {r.std:.4f}, {helped}/{r.n} examples > 0)")
     rng = np.random.default_rng(args.seed)
     results = []
     for i in range(20):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.combos import CaaAllDps, SteerxCaaDps
+from workbench.methods.combined import CaaAllDps, SteerxCaaDps
 from workbench.data import load_lamp4_news
 from workbench.methods import GenerationSettings, make_methods
 
@@ -30,7 +30,7 @@ def test_combination_records_both_parts(tiny, data, cls):
     text, info = _run(m, tiny, data, data[0])
     assert isinstance(text, str) and info["heads"] and info["vector_norm"] > 0
     d = m.describe()
-    assert d["name"] == cls.name and d["steering"]["name"] == cls.steering and d["decoding"]["name"] == "dps"
+    assert d["name"] == cls.name and d["steering"]["name"] == cls.parts[0] and d["decoding"]["name"] == "dps"
 
 
 @pytest.mark.real
@@ -49,10 +49,10 @@ def test_each_part_switched_off_gives_the_other(smol, data):
 
     def combo(**change):
         m = CaaAllDps(settings, heads_file=HEADS)
-        m._dps.prepare_run(smol, [ex], data)
-        m._steer.scale = steered.scale
+        m.decoding.prepare_run(smol, [ex], data)
+        m.steering.scale = steered.scale
         for k, v in change.items():
-            setattr(m._steer if k == "scale" else m._dps, k, v)
+            setattr(m.steering if k == "scale" else m.decoding, k, v)
         return m.generate(smol, ex, vector)[0]
 
     assert combo(scale=0.0) == out["dps"]

@@ -11,9 +11,13 @@ import torch
 from conftest import all_hook_handles
 from workbench import fints
 from workbench.data import Example, load_lamp4_news
-from workbench.fints import (Aggregate, SampleVectors, aggregate, bm25_scores, contrastive_pairs, fints_steer,
-                             sample_vectors, select_items)
-from workbench.metrics import _rouge
+from workbench.fints import SampleVectors, aggregate, fints_steer, picked, sample_vectors
+from workbench.pairs import contrastive_pairs, select_items
+from workbench.report_sections import fints_section
+from workbench.retrieval import bm25_scores
+from workbench.steering import SteeringVector
+from workbench.sweeps import fints_sweep
+from workbench.metrics import rouge_scorer
 
 WORDS = "the a cat dog sat on mat is in of city paris tower and".split()
 
@@ -52,7 +56,7 @@ def pairs(tiny, user, others, cache):
 def test_pairs_are_filtered_by_rouge_threshold(tiny, user, others, cache):
     df = contrastive_pairs(tiny, user, others, n_others=2, threshold=0.15, max_new_tokens=4)
     assert len(df) == 6 and set(df["item_id"]) == {f"h{i}" for i in range(6)}
-    recomputed = [_rouge().score(p, n)["rougeL"].fmeasure if n else 1.0 for p, n in zip(df["positive"], df["negative"])]
+    recomputed = [rouge_scorer().score(p, n)["rougeL"].fmeasure if n else 1.0 for p, n in zip(df["positive"], df["negative"])]
     assert np.allclose(df["rougeL"], recomputed)
     assert list(df["kept"]) == [bool(n) and r < 0.15 for n, r in zip(df["negative"], df["rougeL"])]
     assert not contrastive_pairs(tiny, user, others, n_others=2, threshold=0.0, max_new_tokens=4)["kept"].any()
@@ -138,28 +142,29 @@ def test_softmax_weights_match_hand_computation():
     top = np.argsort(-raw, kind="stable")[:3]
     w = np.exp(raw[top] / raw.max() / 0.1)
     w /= w.sum()
-    assert list(agg.picked["item_id"]) == [f"h{j}" for j in top]
-    assert np.allclose(agg.picked["weight"], w, atol=1e-6) and abs(agg.picked["weight"].sum() - 1) < 1e-6
-    assert torch.allclose(agg.attn, torch.tensor(w, dtype=torch.float32) @ vecs.attn[top], atol=1e-5)
-    assert isinstance(agg, Aggregate) and "weights" in repr(agg)
+    assert list(picked(agg)["item_id"]) == [f"h{j}" for j in top]
+    assert np.allclose(picked(agg)["weight"], w, atol=1e-6) and abs(picked(agg)["weight"].sum() - 1) < 1e-6
+    attn = agg.vectors[(0, "attn_out")]
+    assert torch.allclose(attn, torch.tensor(w, dtype=torch.float32) @ vecs.attn[top], atol=1e-5)
+    assert isinstance(agg, SteeringVector) and "attn_out" in repr(agg) and "mlp_out" in repr(agg)
 
 
 def test_uniform_weighting_is_the_mean_and_restrict_keeps_own_profile():
     vecs = _vectors()
     agg = aggregate(vecs, "bank rates and film awards", k=4, weighting="uniform")
-    idx = [int(i[1:]) for i in agg.picked["item_id"]]
-    assert torch.allclose(agg.mlp, vecs.mlp[idx].mean(0), atol=1e-6)
-    assert np.allclose(agg.picked["weight"], 0.25)
+    idx = [int(i[1:]) for i in picked(agg)["item_id"]]
+    assert torch.allclose(agg.vectors[(0, "mlp_out")], vecs.mlp[idx].mean(0), atol=1e-6)
+    assert np.allclose(picked(agg)["weight"], 0.25)
     ex = Example("q", "u", "lamp4", "the cat", (_item(1), _item(4)), "g")
-    picked = aggregate(vecs, ex, k=5).picked
-    assert set(picked["item_id"]) == {"h1", "h4"}  # only items of the example's own profile
-    assert torch.allclose(vecs.user_mean().attn, vecs.attn.mean(0), atol=1e-6)
+    used = picked(aggregate(vecs, ex, k=5))
+    assert set(used["item_id"]) == {"h1", "h4"}  # only items of the example's own profile
+    assert torch.allclose(vecs.user_mean().vectors[(0, "attn_out")], vecs.attn.mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="no history item"):
         aggregate(vecs, Example("q", "u", "lamp4", "x", (_item(99),), "g"))
     with pytest.raises(ValueError, match="weighting"):
         aggregate(vecs, "x", weighting="max")
     custom = aggregate(vecs, "x", k=2, scorer=lambda q, docs: np.arange(len(docs), dtype=float))
-    assert list(custom.picked["item_id"]) == ["h5", "h4"]
+    assert list(picked(custom)["item_id"]) == ["h5", "h4"]
 
 
 def test_steering_changes_logits_and_hooks_are_removed(tiny, pairs, tiny_ids):
@@ -180,9 +185,10 @@ def test_steering_changes_logits_and_hooks_are_removed(tiny, pairs, tiny_ids):
     # attention-only steering = adding the vector at attn_out by hand
     with fints_steer(tiny, agg, scale=2.0, mlp_scale=0.0):
         only_attn = tiny.bridge(tiny_ids)
-    by_hand = tiny.bridge.run_with_hooks(tiny_ids, fwd_hooks=[("blocks.1.hook_attn_out", lambda x, hook: x + 2 * agg.attn)])
+    attn = agg.vectors[(1, "attn_out")]
+    by_hand = tiny.bridge.run_with_hooks(tiny_ids, fwd_hooks=[("blocks.1.hook_attn_out", lambda x, hook: x + 2 * attn)])
     assert torch.allclose(only_attn, by_hand, atol=1e-5)
-    other = Aggregate(agg.attn, agg.mlp, agg.picked, "another-model", 1, "attn_out", "mlp_out", "softmax")
+    other = SteeringVector(agg.vectors, "another-model", agg.built)
     with pytest.raises(ValueError, match="another-model"):
         fints_steer(tiny, other)
 
@@ -208,7 +214,8 @@ def test_methods_run_in_bench(tiny, tmp_path, cache):
 
     assert {"fints", "fints+rag", "caa-user"} <= set(available_methods())
     news = load_lamp4_news()
-    res = run_bench(tiny, news, ["fints", "fints+rag", "caa-user"], tmp_path, n=2, settings=GenerationSettings(max_new_tokens=4), progress=False)
+    res = run_bench(tiny, news, ["fints", "fints+rag", "caa-user"], tmp_path, n=2,
+                    settings=GenerationSettings(max_new_tokens=4), progress=False)
     out = res.outputs
     assert len(out) == 6 and set(out["method"]) == {"fints", "fints+rag", "caa-user"}
     # every item a query's steering used is in that query's own profile
@@ -230,7 +237,7 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
     vecs = sample_vectors(smol, pairs)
     ex = exs[-1]
     agg = aggregate(vecs.for_example(ex) if len(vecs.for_example(ex)) else vecs, ex.input, k=5)
-    assert abs(agg.picked["weight"].sum() - 1) < 1e-5
+    assert abs(picked(agg)["weight"].sum() - 1) < 1e-5
     from workbench.prompts import build_prompt
 
     prompt, _ = build_prompt(smol, ex, k=5)
@@ -242,24 +249,24 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
 
 
 def test_report_section_on_tiny(tiny, cache):
-    title, body = fints.report_section(tiny)
+    title, body = fints_section(tiny)
     assert "Fints" in title and "<table>" in body and "generic" in body
 
 
 @pytest.mark.real
 def test_real_report_section(smol):
-    title, body = fints.report_section(smol)
+    title, body = fints_section(smol)
     assert "Fints" in title and "fints+rag" in body and "<table>" in body
 
 
 def test_sweep_nll_rows_and_baseline(tiny, user, others, cache):
     from workbench.prompts import build_prompt
 
-    df = fints.sweep(tiny, user, others, layers=[0, 1], scales=[0, 2.0], max_items=3, progress=False)
+    df = fints_sweep(tiny, user, others, layers=[0, 1], scales=[0, 2.0], max_items=3, progress=False)
     assert len(df) == len(user) * 2 * 2 and set(df["scale"]) == {0.0, 2.0}
     ex = user[0]
     base = tiny.nll(build_prompt(tiny, ex, k=0, reserve=32)[0], ex.gold)
     assert np.allclose(df[(df["id"] == ex.id) & (df["scale"] == 0)]["nll"], base)
     assert (df[df["scale"] == 2.0]["nll"] != base).any()  # steering moved the likelihood
     with pytest.raises(ValueError, match="score"):
-        fints.sweep(tiny, user, others, layers=[0], scales=[1.0], score="rouge")
+        fints_sweep(tiny, user, others, layers=[0], scales=[1.0], score="rouge")

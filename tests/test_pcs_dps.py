@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import workbench as wb
 from workbench.dps import dps_generate
 from workbench.heads import mask_heads
 from workbench.pcs import (PreferenceScores, preference_scores, profile_examples, rank_agreement,
@@ -183,7 +182,7 @@ def test_dps_method_in_bench(tiny, tmp_path, monkeypatch):
     assert set(res.outputs["method"]) == {"rag", "dps"}
     dps_rows = res.outputs[res.outputs["method"] == "dps"]
     assert dps_rows["heads"].str.match(r"^L\d+H\d+").all()
-    assert list((tmp_path / "cache" / "pcs").glob("*.json"))  # heads are cached for the next run
+    assert list((tmp_path / "cache" / "pcs").rglob("*.json"))  # heads are cached for the next run
     import json
 
     info = json.loads((tmp_path / "run" / "run.json").read_text())

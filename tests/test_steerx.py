@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import workbench as wb
 from conftest import all_hook_handles
 from workbench.data import Example
-from workbench.steerx import (SteeringVector, caa_vectors, dev_split, optimized_vector, preference_words,
-                              steerx_description, sweep, user_history)
+from workbench.caa import caa_vectors
+from workbench.history import dev_split, user_history
+from workbench.optimized import optimized_vector
+from workbench.steering import SteeringVector
+from workbench.steerx import preference_words, steerx_description
+from workbench.sweeps import steering_sweep
 
 TEXTS = [("the cat sat on the mat", "cat news"), ("the dog is in paris", "dog travel headline"),
          ("a new music city", "best music news"), ("food and travel in paris", "why food travel")]
@@ -36,7 +39,7 @@ def test_user_history_is_the_shared_part(user_examples):
 
 
 def test_vector_save_load_refuses_other_model(tiny, tmp_path):
-    v = SteeringVector(torch.randn(tiny.d_model), 1, "resid_post", tiny.name, {"method": "test"})
+    v = SteeringVector.at(torch.randn(tiny.d_model), 1, "resid_post", tiny.name, {"method": "test"})
     p = v.save(tmp_path / "v.pt")
     with pytest.raises(FileExistsError):
         v.save(p)
@@ -44,7 +47,7 @@ def test_vector_save_load_refuses_other_model(tiny, tmp_path):
     assert torch.allclose(back.vector, v.vector) and back.layer == 1 and back.built == {"method": "test"}
     with pytest.raises(ValueError, match="not of 'smollm2-135m'"):
         SteeringVector.load(p, model="smollm2-135m")
-    other = SteeringVector(torch.randn(tiny.d_model), 1, "resid_post", "another-model")
+    other = SteeringVector.at(torch.randn(tiny.d_model), 1, "resid_post", "another-model")
     with pytest.raises(ValueError, match="rebuild it"):
         other.apply(tiny)
 
@@ -122,7 +125,7 @@ def test_runner_methods(tiny, user_examples, name):
 def test_sweep_picks_from_grid(tiny, user_examples):
     dev = dev_split(user_examples, n_users=1)
     assert dev[0].gold == "why food travel" and len(dev[0].profile) == 3
-    df = sweep(tiny, "caa-all", dev, layers=[0, 1], scales=[0.0, 8.0], progress=False)
+    df = steering_sweep(tiny, "caa-all", dev, layers=[0, 1], scales=[0.0, 8.0], progress=False)
     assert len(df) == 4 and df.attrs["best"]["layer"] in (0, 1)
 
 

@@ -217,25 +217,21 @@ def run_bench(
 
 
 def summarize_outputs(outputs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
-    """Method x metric table: mean and 95% bootstrap interval, plus seconds per example."""
-    from workbench.metrics import bootstrap_ci
+    """Method x metric table: mean and 95% bootstrap interval (:func:`workbench.metrics.summarize`),
+    plus seconds per example and how many prompts were truncated to fit."""
+    from workbench.metrics import summarize
 
-    rows = []
     order = method_order or list(dict.fromkeys(outputs["method"]))
+    ordered = pd.concat([outputs[outputs["method"] == name] for name in order])
+    table = summarize(ordered, METRICS, by="method")
+    extra = []
     for name in order:
         g = outputs[outputs["method"] == name]
-        row: dict[str, Any] = {"method": name, "n": len(g)}
-        for metric in METRICS:
-            vals = g[metric].astype(float)
-            if vals.isna().all():
-                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = float("nan"), float("nan"), float("nan")
-            else:
-                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(vals.dropna().to_numpy())
-        row["seconds_per_example"] = float(g["seconds"].mean())
+        row: dict[str, Any] = {"seconds_per_example": float(g["seconds"].mean())}
         if "items_dropped" in g:
             row["truncated"] = int(((g["items_dropped"] > 0) | g.get("input_truncated", False)).sum())
-        rows.append(row)
-    return pd.DataFrame(rows)
+        extra.append(row)
+    return pd.concat([table.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
 def format_summary(summary: pd.DataFrame) -> str:

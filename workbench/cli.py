@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -46,16 +47,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import workbench as wb
-    from workbench.bench import format_summary, run_bench
+def _load_dataset(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The dataset the command names (``--data`` or the default), checked against ``--task``."""
     from workbench.data import default_data_dir, load_lamp
-    from workbench.methods import GenerationSettings
 
     data_dir = args.data or default_data_dir()
     dataset = load_lamp(data_dir, split=args.split)
     if args.task and dataset.task != args.task:
         raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
+    return dataset, Path(data_dir)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.bench import format_summary, run_bench
+    from workbench.methods import GenerationSettings
+
+    dataset, _ = _load_dataset(args)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
@@ -69,13 +77,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_heads(args: argparse.Namespace) -> int:
     import workbench as wb
-    from workbench.data import default_data_dir, load_lamp
-    from workbench.pcs import preference_scores, profile_examples
+    from workbench.history import profile_examples
+    from workbench.pcs import preference_scores
 
-    data_dir = args.data or default_data_dir()
-    dataset = load_lamp(data_dir, split=args.split)
-    if args.task and dataset.task != args.task:
-        raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
+    dataset, data_dir = _load_dataset(args)
     out = Path(args.out)
     target = out / "scores.json"
     if target.exists() and not args.force:

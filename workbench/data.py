@@ -1,4 +1,4 @@
-"""Personalization data: LaMP and LongLaMP loaders, and ranking a user's profile.
+"""Personalization data: LaMP and LongLaMP loaders, and the :class:`Example` and :class:`Dataset` they give.
 
 An :class:`Example` is one query of one user: the task input, the user's profile (their
 earlier items, task-specific dicts) and the gold output. A :class:`Dataset` is a list of
@@ -6,11 +6,13 @@ examples that also shows itself as a pandas DataFrame.
 
 Files are validated completely before anything is returned: a malformed file raises
 :class:`DataError` naming the file, the record and the field, and saying how to fix it,
-never a half-loaded dataset.
+never a half-loaded dataset. Which profile fields a task requires comes from
+:mod:`workbench.tasks`; ranking a profile lives in :mod:`workbench.retrieval`.
 
 Example::
 
-    from workbench.data import load_lamp4_news, rank_profile
+    from workbench.data import load_lamp4_news
+    from workbench.retrieval import rank_profile
     ds = load_lamp4_news()            # 207 queries of 69 news authors
     ex = ds[0]
     ex.profile_frame().head()         # the author's earlier articles
@@ -23,30 +25,25 @@ import html
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
+from workbench.tasks import GENERIC, STRING_FIELDS, TASKS
+
+# Ranking belongs to workbench.retrieval; these two stay importable from here because the
+# notebooks and the README taught `from workbench.data import rank_profile`.
+from workbench.retrieval import query_text, rank_profile  # noqa: F401
+
 LAMP_URL = "https://lamp-benchmark.github.io/download"
 LONGLAMP_URL = "https://longlamp-benchmark.github.io"
 DATA_ENV = "WORKBENCH_LAMP4_DIR"
 
-# Required profile fields per task; a tuple inside means "any one of these" (LaMP-2's
-# movie descriptions are "text" in some releases and "description" in others).
-PROFILE_FIELDS: dict[str, tuple] = {
-    "lamp1": ("id", "title", "abstract"),
-    "lamp2": ("id", ("text", "description"), "tag"),
-    "lamp3": ("id", "text", "score"),
-    "lamp4": ("id", "text", "title"),
-    "lamp5": ("id", "title", "abstract"),
-    "lamp6": ("id",),  # LaMP-6 (email subjects) is private data; only the id is checked
-    "lamp7": ("id", "text"),
-}
-# Profile fields that must be strings when present (LaMP-3's "score" is a string or a number).
-_STRING_FIELDS = ("text", "title", "abstract", "description", "tag")
+# re-exported for existing callers: the required profile fields per task (a tuple inside means
+# "any one of these"), now kept in the task specs of workbench.tasks.
+PROFILE_FIELDS: dict[str, tuple] = {name: spec.required_fields for name, spec in TASKS.items()}
 _ID_TYPES = (str, int)  # JSON ids are strings in LaMP, numbers in some re-exports; both are kept as str
 
 
@@ -206,7 +203,7 @@ def _check_profile(items: Any, task: str, file: Path, record: str) -> tuple[dict
     if not isinstance(items, list):
         raise _err(file, f"must be a list of items, got {_type(items)}",
                    "use [] for a user without history", record, "profile")
-    required = PROFILE_FIELDS.get(task, ())
+    required = TASKS.get(task, GENERIC).required_fields
     for j, item in enumerate(items):
         here = f"{record}, profile item {j}"
         if not isinstance(item, dict):
@@ -219,7 +216,8 @@ def _check_profile(items: Any, task: str, file: Path, record: str) -> tuple[dict
                 raise _err(file, f"missing (required for {task}: {_fields_text(required)})",
                            f"add {' or '.join(repr(n) for n in names)} to every profile item",
                            here, " or ".join(names))
-        for key in _STRING_FIELDS:
+        # "score" is not among them: LaMP-3 stores ratings as strings or numbers (checked below).
+        for key in STRING_FIELDS:
             if key in item and not isinstance(item[key], str):
                 raise _err(file, f"must be a string, got {_type(item[key])}", "store the text as a JSON string",
                            here, key)
@@ -231,6 +229,20 @@ def _check_profile(items: Any, task: str, file: Path, record: str) -> tuple[dict
 
 def _fields_text(required: tuple) -> str:
     return ", ".join("/".join(r) if isinstance(r, tuple) else r for r in required)
+
+
+def _each_record(file: Path, records: list, required: tuple[str, ...], noun: str) -> Iterator[tuple[int, dict, str]]:
+    """``(index, record, label)`` for each record, once it is known to be an object with the
+    ``required`` fields; the label names the record in error messages."""
+    needs = ", ".join(f"'{f}'" for f in required[:-1]) + f" and '{required[-1]}'"
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise _err(file, f"must be an object, got {_type(r)}", f"each {noun} is a JSON object", f"record {i}")
+        label = f"record {i} (id {r.get('id')!r})"
+        for field in required:
+            if field not in r:
+                raise _err(file, "missing", f"every {noun} needs {needs}", label, field)
+        yield i, r, label
 
 
 # ---- LaMP ----------------------------------------------------------------------------------
@@ -291,13 +303,7 @@ def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> 
         raise _err(qfile, f"expected a list of question records, got {_type(questions)}",
                    "the file must be a JSON list [{\"id\": ..., \"input\": ..., \"profile\": [...]}, ...]")
     examples, seen = [], set()
-    for i, q in enumerate(questions):
-        if not isinstance(q, dict):
-            raise _err(qfile, f"must be an object, got {_type(q)}", "each question is a JSON object", f"record {i}")
-        record = f"record {i} (id {q.get('id')!r})"
-        for field in ("id", "input", "profile"):
-            if field not in q:
-                raise _err(qfile, "missing", "every question needs 'id', 'input' and 'profile'", record, field)
+    for _, q, record in _each_record(qfile, questions, ("id", "input", "profile"), "question"):
         qid = _check_id(q["id"], qfile, record)
         if not isinstance(q["input"], str):
             raise _err(qfile, f"must be a string, got {_type(q['input'])}", "store the input text as a JSON string",
@@ -374,14 +380,9 @@ def load_longlamp(path: str | Path, task: str = "longlamp") -> Dataset:
                         "(a JSON list, JSONL or parquet file of {input, output, profile} records)")
     records = _read_records(path)
     examples, seen = [], set()
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise _err(path, f"must be an object, got {_type(r)}", "each record is a JSON object", f"record {i}")
-        record = f"record {i} (id {r.get('id')!r})"
-        for field in ("input", "output", "profile"):
-            if field not in r:
-                raise _err(path, "missing", "every record needs 'input', 'output' and 'profile'", record, field)
-            if field != "profile" and not isinstance(r[field], str):
+    for i, r, record in _each_record(path, records, ("input", "output", "profile"), "record"):
+        for field in ("input", "output"):
+            if not isinstance(r[field], str):
                 raise _err(path, f"must be a string, got {_type(r[field])}", "store the text as a string",
                            record, field)
         rid = _check_id(r["id"], path, record) if r.get("id") is not None else str(i)
@@ -424,90 +425,3 @@ def _read_records(path: Path) -> list:
         raise _err(path, f"expected a list of records, got {_type(records)}",
                    "use a JSON list, or JSON lines with a .jsonl suffix")
     return records
-
-
-# ---- ranking a user's profile --------------------------------------------------------------
-
-# Which fields of a profile item are its text, per task (LaMP's retrieval uses these).
-_DOC_FIELDS = {"lamp1": ("title", "abstract"), "lamp2": ("text", "description"), "lamp3": ("text",),
-               "lamp4": ("text", "title"), "lamp5": ("title", "abstract"), "lamp7": ("text",)}
-_NOT_TEXT = {"id", "date", "user_id", "score", "tag", "category"}
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def query_text(example: Example) -> str:
-    """What retrieval searches with: the input without LaMP's instruction around it.
-
-    LaMP-4/5/7: the text after the instruction prefix (see ``workbench.prompts.task_text``);
-    LaMP-1: the quoted titles; LaMP-2: after ``description:``; LaMP-3: after ``review:``.
-    Other inputs are used whole.
-    """
-    text = example.input
-    if example.task == "lamp1":
-        quoted = re.findall(r'"([^"]*)"', text)
-        return " ".join(quoted) if quoted else text
-    for task, marker in (("lamp2", "description:"), ("lamp3", "review:")):
-        if example.task == task and marker in text:
-            return text.split(marker, 1)[1].strip()
-    from workbench.prompts import task_text  # the prefixes live with the prompts that use them
-
-    return task_text(example)
-
-
-def _doc(item: dict, task: str) -> str:
-    fields = _DOC_FIELDS.get(task)
-    if fields is None:  # unknown layout (LongLaMP, custom data): every string field but ids/dates
-        return " ".join(str(v) for k, v in item.items() if k not in _NOT_TEXT and isinstance(v, str))
-    return " ".join(str(item.get(f, "")) for f in fields)
-
-
-def _recency_order(items: list[dict]) -> list[int]:
-    n = len(items)
-    if not all(item.get("date") not in (None, "") for item in items):
-        return list(range(n - 1, -1, -1))  # no dates: LaMP lists history oldest first, so the last is newest
-    try:
-        stamps = [pd.Timestamp(str(item["date"])) for item in items]
-        # Among equal dates the later list position counts as newer, matching the no-date rule.
-        return sorted(range(n), key=lambda j: (stamps[j], j), reverse=True)
-    except (ValueError, TypeError) as e:
-        warnings.warn(f"profile dates could not be compared ({e}); using list order (last = newest)", stacklevel=3)
-        return list(range(n - 1, -1, -1))
-
-
-def rank_profile(example: Example, k: int = 5, by: str = "bm25", query: str | None = None) -> list[dict]:
-    """The user's ``k`` most relevant profile items, best first.
-
-    Args:
-        example: the query whose profile is ranked.
-        k: how many items to return (fewer if the profile is shorter; 0 gives []).
-        by: ``"bm25"`` — Okapi BM25 (the ``rank-bm25`` package) of each item's text fields
-            (LaMP-4: text + title) against the query; or ``"recency"`` — newest first by the
-            items' ``date`` field, or by list position (last = newest) when an item has no date.
-        query: what BM25 searches with; default :func:`query_text` of the example.
-
-    Returns:
-        Profile dicts, best first. Ties keep profile order (BM25) or put the later item first
-        (recency), so the ranking is deterministic.
-
-    Example:
-        >>> [it["title"] for it in rank_profile(ds[0], k=3)]   # doctest: +SKIP
-    """
-    if by not in ("bm25", "recency"):
-        raise ValueError(f"by={by!r}: use 'bm25' or 'recency'")
-    items = list(example.profile)
-    if k <= 0 or not items:
-        return []
-    if by == "recency":
-        return [items[j] for j in _recency_order(items)[:k]]
-    from rank_bm25 import BM25Okapi
-
-    docs = [_tokens(_doc(it, example.task)) for it in items]
-    docs = [d or ["<empty>"] for d in docs]  # BM25Okapi divides by document length
-    q = _tokens(query if query is not None else query_text(example))
-    scores = BM25Okapi(docs).get_scores(q) if q else [0.0] * len(items)
-    order = sorted(range(len(items)), key=lambda j: (-scores[j], j))
-    return [items[j] for j in order[:k]]

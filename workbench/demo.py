@@ -197,12 +197,10 @@ def _comparison_section(r: Report, path: Path = RESULTS) -> None:
 
 
 def _plugin_sections(r: Report, model: Model, user: dict) -> None:
-    # Method modules (SteerX, Fints) contribute their own views of the same user.
-    from workbench.methods import plugin_modules
+    # SteerX and Fints show their own views of the same user.
+    from workbench.report_sections import SECTIONS
 
-    for mod in plugin_modules():
-        section = getattr(mod, "report_section", None)
-        if section is not None:
-            title, body = section(model, user)
-            r.add_heading(title)
-            r.add_text(body, raw_html=True)
+    for section in SECTIONS:
+        title, body = section(model, user)
+        r.add_heading(title)
+        r.add_text(body, raw_html=True)

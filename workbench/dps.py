@@ -20,6 +20,7 @@ masks the prompt's computation too (the formula read literally).
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -27,8 +28,8 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
+from workbench._util import filter_logits
 from workbench.heads import HeadMask, mask_heads
-from workbench.methods import Method, register_method
 from workbench.model import Model
 
 
@@ -45,7 +46,8 @@ class DpsOutput:
         return f"DpsOutput({self.text!r}, {len(self.tokens)} tokens, {changed} changed by the contrast)"
 
     def _repr_html_(self) -> str:
-        return f"<p><b>DPS:</b> {self.text}</p>" + self.steps.to_html(index=False, float_format="{:.3f}".format)
+        return (f"<p><b>DPS:</b> {html.escape(self.text)}</p>"
+                + self.steps.to_html(index=False, float_format="{:.3f}".format, escape=True))
 
 
 def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
@@ -58,17 +60,6 @@ def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
         raise ValueError("heads is empty; DPS needs at least one preference head to mask "
                          "(e.g. preference_scores(...).top_percent(4))")
     return mask
-
-
-def _filter(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    if top_k:
-        kth = scores.topk(min(top_k, scores.shape[-1])).values[..., -1, None]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        probs, order = scores.softmax(-1).sort(descending=True)
-        cut = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
-        scores = scores.masked_fill(cut.scatter(-1, order, cut), float("-inf"))
-    return scores
 
 
 @torch.no_grad()
@@ -171,7 +162,7 @@ def dps_generate(
             if plausibility is not None:
                 score = score.masked_fill(full < full.max() + math.log(plausibility), float("-inf"))
             if do_sample:
-                filtered = _filter(score / temperature, top_k, top_p)
+                filtered = filter_logits(score / temperature, top_k, top_p)
                 tok = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
             else:
                 tok = int(score.argmax())
@@ -190,96 +181,24 @@ def dps_generate(
     return text
 
 
-# ---- the runner method ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class DpsDecoder:
+    """DPS as a method's decoder (see :mod:`workbench.methods`): :func:`dps_generate` with these
+    heads and settings; hooks active around it (e.g. a steering vector) act on both streams."""
 
-@register_method
-@dataclass
-class Dps(Method):
-    """The ``rag`` prompt decoded with DPS, heads found once per run from users' histories.
-
-    Differs from the authors' decoding in one documented way: the adaptive plausibility
-    constraint (``plausibility=0.1``) — without it SmolLM2's outputs collapse into garbage
-    (see :func:`dps_generate`); ``dps-raw`` is the unconstrained version.
-
-    Preference heads: PCS (uniform masking, output scope, exact) over ``pcs_examples``
-    leave-one-out examples built from the run's users' profile items (never the queries'
-    gold outputs); the top ``top_percent`` % are masked. Scores are cached on disk per
-    model, data and settings, and copied next to the run's results.
-    """
-
-    name = "dps"
-    uses_profile = True
-    top_percent: float = 4.0
+    heads: tuple
     alpha: Any = "entropy"
-    plausibility: float | None = 0.1
-    pcs_examples: int = 40
-    heads_file: str | None = None
-
-    def describe(self) -> dict:
-        return {**super().describe(), "top_percent": self.top_percent, "alpha": self.alpha,
-                "plausibility": self.plausibility, "pcs_examples": self.pcs_examples,
-                "heads_file": self.heads_file, "how": "uniform", "scope": "output"}
-
-    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
-        from workbench.pcs import PreferenceScores
-
-        if self.heads_file:
-            scores = PreferenceScores.load(self.heads_file, model=model)
-        else:
-            scores = cached_profile_scores(model, examples, n=self.pcs_examples, k=self.settings.k,
-                                           retrieval=self.settings.retrieval)
-        self.scores = scores
-        self.heads = scores.top_percent(self.top_percent)
-
-    def prepare_user(self, model: Model, user_id: str, examples: list) -> Any:
-        for ex in examples:
-            ex.require_profile()
-        return None
-
-    def decode(self, model: Model, prompt: Any) -> str:
-        """DPS decoding of ``prompt`` with this method's heads and settings (hooks around it apply)."""
-        return dps_generate(model, prompt, self.heads, alpha=self.alpha, plausibility=self.plausibility,
-                            max_new_tokens=self.settings.max_new_tokens)
+    plausibility: float | None = None
+    how: str = "uniform"
 
     @property
     def heads_label(self) -> str:
-        return ";".join(f"L{l}H{h}" for l, h in self.heads)
+        return ";".join(f"L{layer}H{head}" for layer, head in self.heads)
 
-    def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
-        from workbench.prompts import first_line
+    @property
+    def info(self) -> dict:
+        return {"heads": self.heads_label}
 
-        prompt, info = self.prompt(model, example)
-        return first_line(self.decode(model, prompt)), {**info, "heads": self.heads_label}
-
-
-@register_method
-@dataclass
-class DpsRaw(Dps):
-    """DPS exactly as the authors decode: entropy alpha, no plausibility constraint."""
-
-    name = "dps-raw"
-    plausibility: float | None = None
-
-
-def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
-                          progress: bool = True) -> Any:
-    """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
-    import hashlib
-    import json
-
-    from workbench._cache import cache_root
-    from workbench.pcs import PreferenceScores, preference_scores, profile_examples
-
-    items = profile_examples(examples, n=n, k=k, by=retrieval)
-    key = hashlib.sha256(json.dumps([model.name, str(model.dtype), k, retrieval,
-                                     [(ex.id, ex.gold, len(ex.profile)) for ex in items]]).encode()).hexdigest()[:16]
-    path = cache_root() / "pcs" / f"{model.name.replace('/', '_')}-{key}.json"
-    if path.exists():
-        try:
-            return PreferenceScores.load(path, model=model)
-        except (ValueError, KeyError, json.JSONDecodeError):
-            path.unlink()  # damaged: recompute rather than trust it
-    scores = preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k,
-                               retrieval=retrieval, progress=progress, data="profile leave-one-out")
-    scores.save(path, overwrite=True)
-    return scores
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str:
+        return dps_generate(model, prompt, list(self.heads), alpha=self.alpha, how=self.how,
+                            plausibility=self.plausibility, max_new_tokens=max_new_tokens)

@@ -26,12 +26,15 @@ query head is masked on its own and the shared keys/values are left intact.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
+from workbench.hooks import HookSet
 from workbench.model import Model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HOW = ("zero", "mean", "uniform")
 Head = tuple[int, int]
@@ -92,7 +95,7 @@ def head_means(model: Model, reference: Any, chat: bool | None = None) -> torch.
     return (sums / count).to(model.dtype)
 
 
-class HeadMask:
+class HeadMask(HookSet):
     """Which heads to mask, how, and how strongly; apply it with ``with`` or via ``.hooks``.
 
     Build it with :func:`mask_heads`. Entering the context adds the hooks; leaving it
@@ -105,7 +108,6 @@ class HeadMask:
         self.heads = heads
         self.how = how
         self.means = means
-        self._stacks: list[ExitStack] = []
         self.hooks: list[tuple[str, Any]] = self._build_hooks()
 
     def __repr__(self) -> str:
@@ -154,15 +156,6 @@ class HeadMask:
                 mean = self.means[layer].to(dev, dt)[None, None]
                 hooks.append((f"blocks.{layer}.attn.hook_z", _on_rows(_make_mean_hook(keep, w * mean), rows)))
         return hooks
-
-    def __enter__(self) -> "HeadMask":
-        stack = ExitStack()
-        stack.enter_context(self.model.bridge.hooks(fwd_hooks=self.hooks))
-        self._stacks.append(stack)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stacks.pop().close()
 
 
 def _on_rows(fn, rows: Any):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -314,10 +313,3 @@ def load_model(name: str = DEFAULT_MODEL, device: Any = None, dtype: Any = None,
     hf, tok, source = load_hf(name, dtype=dtype, device=device, progress=progress)
     spec = KNOWN_MODELS.get(name)
     return Model.from_hf(hf, tok, name=name, source=source, hf_name=spec.hf_name if spec else name)
-
-
-def _quiet_boot(fn: Callable[[], Any]) -> Any:
-    with warnings.catch_warnings():
-        # TransformerLens warns about its own defaults on every boot; they are not actionable here.
-        warnings.simplefilter("ignore")
-        return fn()

@@ -160,10 +160,11 @@ def meteor_tokenize(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _rouge():
-    from rouge_score import rouge_scorer
+def rouge_scorer():
+    """The one ROUGE-1/ROUGE-L scorer every score here uses (stemmed, as LaMP reports)."""
+    from rouge_score import rouge_scorer as rs
 
-    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    return rs.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
 def meteor(prediction: str, gold: str) -> float:
@@ -192,7 +193,7 @@ def score_generation(prediction: str, gold: str) -> dict[str, float]:
         0.5714285714285715
     """
     prediction, gold = _check_text(prediction, "prediction"), _check_text(gold, "gold")
-    s = _rouge().score(gold, prediction)
+    s = rouge_scorer().score(gold, prediction)
     return {"rouge1": float(s["rouge1"].fmeasure), "rougeL": float(s["rougeL"].fmeasure),
             "meteor": meteor(prediction, gold)}
 

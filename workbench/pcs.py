@@ -22,31 +22,35 @@ personalized output less likely.
 (the last prompt token and the gold tokens) with the prompt's computation shared — the
 regime DPS decoding uses (see :mod:`workbench.dps`).
 
-Examples come from :func:`profile_examples` by default: each of a user's earlier items
-becomes a query (its article -> the user's own headline) with the user's *other* items as
-the profile, so no gold output of the evaluation queries is ever looked at.
+Examples come from :func:`workbench.history.profile_examples` by default: each of a user's
+earlier items becomes a query (its article -> the user's own headline) with the user's
+*other* items as the profile, so no gold output of the evaluation queries is ever looked at.
+
+The result, :class:`~workbench.pcs_result.PreferenceScores`, lives in :mod:`workbench.pcs_result`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from workbench.heads import HOW, head_means, mask_heads
 from workbench._reuse import run_from_layer
+from workbench._util import empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache
+from workbench.heads import HOW, head_means, mask_heads
+from workbench.history import profile_examples  # re-exported for existing callers
 from workbench.model import Model
+from workbench.pcs_result import PreferenceScores
+
+__all__ = ["MODES", "SCOPES", "PreferenceScores", "ScoringExample", "preference_scores", "profile_examples",
+           "rank_agreement", "sparsity_curve"]
 
 SCOPES = ("all", "output")
 MODES = ("exact", "fast", "naive")
-_FORMAT = "workbench.preference_scores/1"
 
 
 # ---- examples -------------------------------------------------------------------------------
@@ -59,54 +63,6 @@ class ScoringExample:
     user_id: str
     prompt: Any
     target: str
-
-
-def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = "bm25", seed: int = 0,
-                     model: Model | None = None) -> list[Any]:
-    """Leave-one-out examples built from users' profiles (no evaluation gold is used).
-
-    Each profile item becomes an :class:`~workbench.data.Example`: its text is the input, its
-    title (the user's own headline) the gold, and the user's other items the profile. ``n``
-    examples are taken round-robin over users (at most one item per user per round, items
-    in a seeded random order) so that many users are represented.
-
-    Profiles are chronological, so a later query's profile can hold an earlier query's
-    article and gold headline: items whose title is the gold of any example in ``dataset``
-    are never used, as target or as profile, so heads found here can be evaluated on
-    ``dataset`` without having seen its answers.
-    """
-    from workbench.data import Example
-
-    dataset = list(dataset)
-    golds = {ex.gold for ex in dataset if ex.gold}
-    rng = np.random.default_rng(seed)
-    per_user: dict[str, list[Any]] = {}
-    seen_items: dict[str, set] = {}
-    for ex in dataset:
-        items = per_user.setdefault(ex.user_id, [])
-        seen = seen_items.setdefault(ex.user_id, set())
-        for it in ex.profile:
-            key = str(it.get("id", len(seen)))
-            if key not in seen and it.get("title") and it.get("text") and it["title"] not in golds:
-                seen.add(key)
-                items.append(it)
-    queues = {}
-    for uid, items in per_user.items():
-        if len(items) < 2:
-            continue  # leave-one-out needs at least one other item as the profile
-        order = rng.permutation(len(items))
-        queues[uid] = [(items[j], [items[i] for i in range(len(items)) if i != j]) for j in order]
-    if not queues:
-        raise ValueError("no user has two or more profile items with 'text' and 'title'; "
-                         "profile_examples needs LaMP-4-style profiles (pass examples with gold outputs instead)")
-    out: list[Any] = []
-    while len(out) < n and any(queues.values()):
-        for uid in list(queues):
-            if queues[uid] and len(out) < n:
-                item, rest = queues[uid].pop(0)
-                out.append(Example(id=f"{uid}/profile-{item.get('id')}", user_id=uid, task="lamp4",
-                                   input=item["text"], profile=tuple(rest), gold=item["title"]))
-    return out
 
 
 def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str) -> list[ScoringExample]:
@@ -132,14 +88,6 @@ def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str) ->
 
 # ---- scoring one example with reuse -------------------------------------------------------
 
-def _truncate_cache(cache: Any, length: int) -> None:
-    # A masked pass appends its positions to the shared prompt cache; cut them off again.
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
-
-
 class _Scorer:
     """NLL of one example's target under any head mask, reusing what the mask can't change."""
 
@@ -160,7 +108,7 @@ class _Scorer:
             self.suffix = self.ids[:, self.prefix_len:]
             self.cache = self._prefix_cache()
             logits = bridge.run_with_hooks(self.suffix, fwd_hooks=store, past_key_values=self.cache)
-            _truncate_cache(self.cache, self.prefix_len)
+            truncate_kv_cache(self.cache, self.prefix_len)
         self.base = self._nll(logits)
 
     def _store(self, layer: int):
@@ -169,20 +117,13 @@ class _Scorer:
 
         return store
 
-    def _slice_hook(self):
-        last = f"blocks.{self.model.n_layers - 1}.hook_resid_post"
-        first = self.start - 1
-
-        def keep_target_positions(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            return x[:, first:-1]
-
-        return (last, keep_target_positions)
+    def _slice_hook(self) -> tuple[str, Any]:
+        # The positions that predict the target: the last prompt token up to the last but one.
+        return last_positions_hook(self.model.n_layers, self.start - 1, self.ids.shape[1] - self.start)
 
     def _prefix_cache(self) -> Any:
         if self.prefix_len == 0:
-            from transformers import DynamicCache
-
-            return DynamicCache()
+            return empty_kv_cache()
         _, cache = self.model.bridge(self.ids[:, : self.prefix_len], return_type="logits_and_cache")
         return cache
 
@@ -205,7 +146,7 @@ class _Scorer:
         if self.reuse:
             with mask:
                 logits = run_from_layer(bridge, self.resid[low], low, past_key_values=self.cache)
-            _truncate_cache(self.cache, self.prefix_len)
+            truncate_kv_cache(self.cache, self.prefix_len)
         else:  # from scratch: the prompt prefix unmasked, then the output positions masked
             cache = self._prefix_cache()
             with mask:
@@ -243,18 +184,11 @@ def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: 
     hooks = [("hook_embed", leaf)] + [(f"blocks.{L}.attn.hook_z", keep_z(L)) for L in range(model.n_layers)]
     if how == "uniform":
         hooks += [(f"blocks.{L}.attn.hook_v", keep_v(L)) for L in range(model.n_layers)]
-    params = [p for p in bridge.parameters() if p.requires_grad]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            logits = bridge.run_with_hooks(ids, fwd_hooks=hooks)
-            lp = logits[0, start - 1:-1].float().log_softmax(-1)
-            nll = -lp.gather(-1, ids[0, start:, None]).mean()
-            nll.backward()
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    with frozen_parameters(bridge), torch.enable_grad():
+        logits = bridge.run_with_hooks(ids, fwd_hooks=hooks)
+        lp = logits[0, start - 1:-1].float().log_softmax(-1)
+        nll = -lp.gather(-1, ids[0, start:, None]).mean()
+        nll.backward()
     lo = 0 if scope == "all" else start - 1
     hi = ids.shape[1] - 1  # the last position predicts nothing that is scored
     out = np.zeros((model.n_layers, model.n_heads))
@@ -275,148 +209,6 @@ def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: 
             alt = running.repeat_interleave(group, dim=1)
         out[L] = ((alt - z) * g).sum(dim=(0, 2)).cpu().numpy()
     return out
-
-
-# ---- the result -------------------------------------------------------------------------------
-
-class PreferenceScores:
-    """PCS of every head, with the settings and data it came from.
-
-    ``.frame``: one row per head — ``layer``, ``head``, ``pcs`` (mean over examples),
-    ``std`` (over examples) and ``n``. ``.per_example``: ``[n_examples, n_layers, n_heads]``.
-    """
-
-    def __init__(self, per_example: np.ndarray, meta: dict):
-        self.per_example = np.asarray(per_example, dtype=float)
-        self.meta = dict(meta)
-        n, L, H = self.per_example.shape
-        layers, heads = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
-        self.frame = pd.DataFrame({
-            "layer": layers.ravel(), "head": heads.ravel(),
-            "pcs": self.per_example.mean(0).ravel(),
-            "std": (self.per_example.std(0, ddof=1) if n > 1 else np.zeros((L, H))).ravel(),
-            "n": n,
-        })
-
-    # facts
-    @property
-    def model(self) -> str:
-        return self.meta["model"]
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """Mean PCS as ``[n_layers, n_heads]``."""
-        return self.per_example.mean(0)
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def __repr__(self) -> str:
-        m = self.meta
-        top = ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in self._top_values(3))
-        return (f"PreferenceScores({m['model']}: {m['how']} masking, scope={m['scope']}, mode={m['mode']}, "
-                f"{self.per_example.shape[0]} examples; top: {top})")
-
-    def _repr_html_(self) -> str:
-        m = self.meta
-        head = (f"<p><b>Preference heads</b> · {m['model']} · {m['how']} masking · scope {m['scope']} · "
-                f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
-        return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(index=False, float_format="{:.4f}".format)
-
-    # selection
-    def _top_values(self, k: int) -> list[tuple[tuple[int, int], float]]:
-        df = self.frame.sort_values(["pcs", "layer", "head"], ascending=[False, True, True]).head(k)
-        return [((int(r.layer), int(r.head)), float(r.pcs)) for r in df.itertuples()]
-
-    def top(self, k: int) -> list[tuple[int, int]]:
-        """The ``k`` heads with the highest PCS, best first, as ``(layer, head)`` pairs."""
-        if not 0 < k <= len(self.frame):
-            raise ValueError(f"k={k} must be between 1 and the number of heads ({len(self.frame)})")
-        return [h for h, _ in self._top_values(k)]
-
-    def top_percent(self, p: float) -> list[tuple[int, int]]:
-        """The top ``p`` percent of heads (at least one): ``top_percent(4)`` is the DPS authors' 4%."""
-        if not 0 < p <= 100:
-            raise ValueError(f"p={p} is a percentage in (0, 100], e.g. 4 for the top 4% of heads")
-        return self.top(max(1, math.ceil(len(self.frame) * p / 100)))
-
-    def weights(self, k: int) -> dict[tuple[int, int], float]:
-        """Partial-mask weights for the top ``k`` heads: ``max(pcs, 0) / max(pcs)`` (the
-        authors' max-normalisation), for weighted DPS."""
-        vals = dict(self._top_values(k))
-        peak = max(vals.values())
-        if peak <= 0:
-            raise ValueError("no head has a positive PCS; there is nothing to weight")
-        return {h: max(v, 0.0) / peak for h, v in vals.items()}
-
-    def for_users(self, users: Iterable[str]) -> "PreferenceScores":
-        """The same scores averaged over the examples of ``users`` only (e.g. to check stability)."""
-        users = set(map(str, users))
-        keep = [i for i, u in enumerate(self.meta["example_users"]) if u in users]
-        if not keep:
-            raise ValueError("none of these users has examples in these scores")
-        meta = {**self.meta, "example_ids": [self.meta["example_ids"][i] for i in keep],
-                "example_users": [self.meta["example_users"][i] for i in keep]}
-        return PreferenceScores(self.per_example[keep], meta)
-
-    # figures
-    def heatmap(self, title: str | None = None):
-        """Plotly heatmap, layers x heads; hover shows PCS, its spread and n."""
-        import plotly.graph_objects as go
-
-        L, H = self.matrix.shape
-        std = self.frame["std"].to_numpy().reshape(L, H)
-        m = self.matrix
-        bound = float(np.abs(m).max()) or 1.0
-        fig = go.Figure(go.Heatmap(
-            z=m, x=[f"H{h}" for h in range(H)], y=list(range(L)), customdata=std,
-            colorscale="RdBu_r", zmid=0, zmin=-bound, zmax=bound, colorbar=dict(title="PCS<br>(nats)"),
-            hovertemplate="layer %{y}, head %{x}<br>PCS %{z:.4f} nats/token<br>std %{customdata:.4f}"
-                          f"<br>n = {self.per_example.shape[0]}<extra></extra>",
-        ))
-        meta = self.meta
-        fig.update_layout(
-            title=title or (f"Preference Contribution Score per head<br><sup>{meta['model']}, {meta['how']} masking, "
-                            f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)</sup>"),
-            xaxis_title="head", yaxis_title="layer", template="plotly_white",
-            height=max(360, 18 * L + 120), width=max(420, 60 * H + 220),
-            margin=dict(l=60, r=20, t=60, b=50),
-        )
-        fig.update_yaxes(dtick=max(1, L // 15))
-        return fig
-
-    # persistence
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the scores and everything they came from as JSON; refuses to replace a file."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": _FORMAT, "meta": self.meta, "per_example": self.per_example.round(6).tolist()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, model: Model | str | None = None) -> "PreferenceScores":
-        """Read scores saved with :meth:`save`; with ``model``, refuse scores of another model."""
-        path = Path(path)
-        try:
-            payload = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path} does not exist; compute scores with workbench.preference_scores "
-                                    "or `workbench heads`") from None
-        if payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a saved PreferenceScores file (format {payload.get('format')!r})")
-        scores = cls(np.asarray(payload["per_example"]), payload["meta"])
-        if model is not None:
-            name = model if isinstance(model, str) else model.name
-            shape = None if isinstance(model, str) else (model.n_layers, model.n_heads)
-            if name != scores.model or (shape and shape != scores.matrix.shape):
-                raise ValueError(f"{path} holds scores of {scores.model!r} ({scores.matrix.shape[0]} layers x "
-                                 f"{scores.matrix.shape[1]} heads), not of {name!r}; recompute them for this model")
-        return scores
 
 
 # ---- the main entry point -----------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Prompt formats for personalised generation.
+"""Prompt formats for personalised generation: rendering an example and its user's history.
+
+Owns :func:`build_prompt` (a LaMP example with its top-ranked profile items, fitted to the
+model's context), :func:`headline_prompt` (a headline request after a given history) and
+:func:`first_line`. What each task's prompt says comes from its spec in
+:mod:`workbench.tasks`; which items are shown comes from :mod:`workbench.retrieval`.
 
 At 135M parameters the format matters: showing a user's earlier items as earlier chat
 turns (user: the article -> assistant: its headline) beats listing them inside one
@@ -10,7 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-HEADLINE_INSTRUCTION = "Write a headline for this article:\n{text}"
+from workbench.retrieval import rank_profile
+from workbench.tasks import GENERIC, TASKS, prompt_tasks
+from workbench.tasks import task_text  # re-exported for existing callers (and used by build_prompt)
+
+# headline_prompt asks what LaMP-4's item prompt asks, so the two cannot drift apart.
+HEADLINE_INSTRUCTION = TASKS["lamp4"].instruction
 
 
 def headline_prompt(model: Any, article: str, history: Iterable[dict] = ()) -> Any:
@@ -45,26 +55,6 @@ def first_line(text: str) -> str:
 
 # ---- per-task prompts for LaMP-style examples ---------------------------------------------
 
-# Instruction prefixes of the LaMP inputs; the text after them is what the task is about.
-_LAMP_PREFIXES = {
-    "lamp4": "Generate a headline for the following article: ",
-    "lamp5": "Generate a title for the following abstract of a paper: ",
-    "lamp7": "Paraphrase the following tweet without any explanation before or after it: ",
-}
-_TASKS = {
-    # task: (instruction for one item, history field shown to the model as the "input", field as the "output")
-    "lamp4": ("Write a headline for this article:\n{text}", "text", "title"),
-    "lamp5": ("Write a title for this paper abstract:\n{text}", "abstract", "title"),
-}
-
-
-def task_text(example: Any) -> str:
-    """The input with LaMP's instruction prefix removed (the article, abstract or tweet)."""
-    prefix = _LAMP_PREFIXES.get(example.task, "")
-    text = example.input
-    return text[len(prefix):] if prefix and text.startswith(prefix) else text
-
-
 def _chat_or_text(model: Any, turns: list[tuple[str, str]], final: str) -> Any:
     if getattr(model, "has_chat_template", False):
         msgs: list[dict] = []
@@ -77,18 +67,19 @@ def _chat_or_text(model: Any, turns: list[tuple[str, str]], final: str) -> Any:
 
 def _render(model: Any, example: Any, text: str, items: list[dict]) -> Any:
     task = example.task
-    if task in _TASKS:
-        instruction, src, out = _TASKS[task]
-        turns = [(instruction.format(text=it.get(src, "")), it.get(out, "")) for it in items]
-        return _chat_or_text(model, turns, instruction.format(text=text))
-    if task == "lamp7":
-        request = f"Paraphrase this tweet in my own style, without any explanation:\n{text}"
+    spec = TASKS.get(task, GENERIC)
+    if spec.prompt_style == "turns":
+        turns = [(spec.instruction.format(text=it.get(spec.input_field, "")), it.get(spec.output_field, ""))
+                 for it in items]
+        return _chat_or_text(model, turns, spec.instruction.format(text=text))
+    if spec.prompt_style == "list":
+        request = spec.instruction.format(text=text)
         if items:
-            mine = "\n".join(f"- {it.get('text', '')}" for it in items)
-            request = f"Here are tweets I wrote before:\n{mine}\n\n{request}"
+            mine = "\n".join(f"- {it.get(spec.input_field, '')}" for it in items)
+            request = f"{spec.history_intro}\n{mine}\n\n{request}"
         return _chat_or_text(model, [], request)
     raise ValueError(
-        f"no prompt format for task {task!r} yet (generation tasks lamp4, lamp5, lamp7 are supported); "
+        f"no prompt format for task {task!r} yet (generation tasks {', '.join(prompt_tasks())} are supported); "
         "write one with headline_prompt as a model, or pass your own prompt to model.generate"
     )
 
@@ -102,8 +93,6 @@ def build_prompt(model: Any, example: Any, k: int = 5, by: str = "bm25", reserve
     dropped one at a time, then the input text itself is cut; what was dropped is reported
     in the returned info dict (``k_used``, ``items_dropped``, ``input_truncated``), never silent.
     """
-    from workbench.data import rank_profile
-
     items = rank_profile(example, k=k, by=by) if k > 0 else []
     text = task_text(example)
     limit = model.n_ctx - reserve

@@ -1,0 +1,225 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Which history tokens matter? Token effects and SteerX steering
+#
+# When a model writes a headline *for a user*, it reads the user's earlier articles and headlines.
+# Most of those tokens are just content; a few carry the user's style or interests. This notebook
+#
+# 1. measures the **causal effect of every history token** on the user's headline,
+# 2. separates **preference-driven** tokens from tokens any headline needs (difference in effects),
+# 3. lets the model turn the top tokens into a **description** of the user, and
+# 4. builds **steering vectors** from that description (SteerX) or from the whole history, and
+#    compares the outputs.
+#
+# SteerX is arXiv 2510.22256; its text was not available to us, so the estimator, selection rule,
+# description prompt and vector constructions here are *our reading* of the abstract (see the
+# docstring of `workbench.steerx`).
+
+# %% [markdown]
+# ## 1. A real user and their prompt
+#
+# We use LaMP-4 news headlines: each user has a *profile* (earlier articles with the headline they
+# wrote) and queries (a new article). The `rag` prompt shows the user's top-3 profile items as earlier
+# chat turns, then the new article.
+
+# %%
+import pandas as pd
+import workbench as wb
+from workbench.data import load_lamp4_news
+from workbench.tracing import trace_example, trace_tokens, example_prompt
+
+model = wb.load_model()
+data = load_lamp4_news()
+query = data[0]
+prompt, items, article, generic_prompt = example_prompt(model, query, k=3)
+pd.DataFrame(items)[["text", "title"]].rename(columns={"text": "article", "title": "the user's headline"})
+
+# %% [markdown]
+# ## 2. The effect of one token
+#
+# The effect of history token *i* on an output *y* is how much the log-likelihood of *y* drops
+# when the token is deleted:
+#
+# $$\text{effect}_i = \log p(y \mid \text{prompt}) - \log p(y \mid \text{prompt without token } i)$$
+#
+# averaged over the output's tokens (nats per token). Here *y* is the headline the user really wrote
+# for this article — fine for *explaining* a known example (never use a query's gold headline to build
+# something you then evaluate on it).
+#
+# Computing it **exactly** needs one forward pass per deleted token. `mode="exact"` saves about half
+# of that: tokens before *i* never see token *i*, so their keys and values (the KV cache) are computed
+# once and shared, and only the part after *i* is re-run. Deleting a token is the same as zeroing its
+# column of the attention mask (positions are re-derived) — the tests check this.
+#
+# The **fast** estimate `mode="attn"` puts a gate on every query's attention to each history token
+# (gate 0 = deleted) and takes the gradient of log p(y) with respect to all gates in one backward pass.
+# It approximates the exact effects (rank correlation ≈ 0.4–0.65 on SmolLM2, see
+# `benchmarks/bench_tracing.py`) at a fraction of the cost, so we use it here and check it against the
+# exact numbers for a few tokens below.
+#
+# With `generic=True` we also trace the model's own headline *without* the history; the column
+# `effect_diff = effect − effect_generic` keeps tokens that push towards **this user's** headline,
+# not towards any headline.
+
+# %%
+effects = trace_example(model, query, k=3, mode="attn", generic=True, progress=False)
+print("user's headline:   ", effects.meta["target"])
+print("generic headline:  ", effects.meta["generic_target"])
+effects
+
+# %% [markdown]
+# Hover a token for its value. Red tokens raise the user's headline (more than the generic one),
+# blue tokens lower it. The same numbers as a figure, one bar per token:
+
+# %%
+effects.figure(by="diff")
+
+# %% [markdown]
+# Effects add up to words (`by_word`: sum of the word's token effects, a first-order estimate of
+# deleting the whole word) and to profile items (`by_item`, split into article and title):
+
+# %%
+effects.by_item(by="diff").round(4)
+
+# %%
+effects.by_word(by="diff").head(10)[["item", "part", "text", "score"]].round(4)
+
+# %% [markdown]
+# ### Checking the fast estimate against exact deletions
+#
+# Exact tracing of all ~200 history tokens takes a few minutes on a laptop CPU; we check the 8 tokens
+# the fast estimate ranks highest and 8 it ranks lowest. The signs of the two columns should mostly agree.
+
+# %%
+ranked = effects.frame.sort_values("effect")
+check = sorted(ranked["position"].head(8).tolist() + ranked["position"].tail(8).tolist())
+exact = trace_tokens(model, prompt, query.gold, items=items, positions=check, mode="exact", progress=False)
+cmp = exact.frame[["position", "token", "effect"]].rename(columns={"effect": "exact"})
+cmp["fast (attn)"] = effects.frame.set_index("position").loc[check, "effect"].to_numpy()
+print("sign agreement:", float(((cmp["exact"] > 0) == (cmp["fast (attn)"] > 0)).mean()))
+cmp.round(4)
+
+# %% [markdown]
+# ## 3. Preference-driven tokens → a description
+#
+# `select` keeps the units with the largest positive effect: `top_k=`, `top_p=` (the fewest words
+# that hold a share p of the total positive effect) or `threshold=`. SteerX then asks the model to
+# describe the user from those words. The prompt is `workbench.steerx.DESCRIBE_PROMPT` (change it by
+# passing `prompt=`):
+
+# %%
+from workbench.steerx import DESCRIBE_PROMPT, describe_preferences
+print(DESCRIBE_PROMPT)
+
+# %%
+selected = effects.select(top_k=15, by="diff")
+description = describe_preferences(model, selected)
+print("words:", ", ".join(selected["text"]))
+print("description:", description)
+
+# %% [markdown]
+# For steering we don't trace a query's gold headline. `steerx_description` traces the user's **own
+# history** leave-one-out: the most recent item's article is the input, the headline they wrote for it
+# is the output, the other items are the history. It caches the result on disk.
+
+# %%
+from workbench.history import user_history
+from workbench.steerx import steerx_description
+
+history = user_history(list(data.by_user(query.user_id)))   # items shared by all the user's queries
+pref = steerx_description(model, history, query.user_id, n_traces=1, top_k=15)
+pref
+
+# %% [markdown]
+# ## 4. Explore: pick a user and a selection threshold
+#
+# The dropdown traces another user's query (a few seconds); the slider changes the selection
+# threshold (nats per token) and underlines the selected words.
+
+# %%
+import ipywidgets as widgets
+from IPython.display import HTML, display
+
+first_query = {}
+for ex in data:
+    first_query.setdefault(ex.user_id, ex)
+users = list(first_query)[:8]
+traced = {}
+
+def show(user, threshold):
+    if user not in traced:
+        traced[user] = trace_example(model, first_query[user], k=3, mode="attn", generic=True, progress=False)
+    te = traced[user]
+    sel = te.select(threshold=threshold, by="diff")
+    display(HTML(te.html(by="diff", selected=sel)))
+    print(f"{len(sel)} words selected:", ", ".join(sel["text"].head(20)))
+
+user_pick = widgets.Dropdown(options=users, value=users[0], description="user")
+thr = widgets.FloatSlider(value=0.01, min=0.0, max=0.05, step=0.0025, description="threshold", readout_format=".4f")
+out = widgets.interactive_output(show, {"user": user_pick, "threshold": thr})
+display(widgets.HBox([user_pick, thr]), out)
+
+# %% [markdown]
+# ## 5. Steering vectors: SteerX vs all history
+#
+# **CAA** (contrastive activation addition): run the model on the new article *with* a preference
+# context and *without* it, and take the difference of the mean activations at one layer over the
+# article's tokens. The SteerX vector uses the description as the context (a system message); the
+# all-history twin uses the whole history as earlier chat turns. Everything else is the same.
+#
+# `SteeringVector.apply(model, scale)` is a context manager around `wb.steer`: while it is active,
+# `scale × vector` is added to the residual stream after that layer, at every position.
+
+# %%
+from workbench.caa import caa_vectors
+
+layer = model.n_layers // 2
+v_steerx = caa_vectors(model, pref.description, [article], [layer])[layer]
+v_all = caa_vectors(model, history[-12:], [article], [layer])[layer]
+v_steerx, v_all
+
+# %%
+from workbench.prompts import first_line
+
+def headline(p, vector=None, scale=1.0):
+    if vector is None:
+        return first_line(model.generate(p, max_new_tokens=24))
+    with vector.apply(model, scale=scale):
+        return first_line(model.generate(p, max_new_tokens=24))
+
+pd.DataFrame([
+    {"prompt": "generic (article only)", "headline": headline(generic_prompt)},
+    {"prompt": "rag (3 history items)", "headline": headline(prompt)},
+    {"prompt": "generic + steerx-caa vector", "headline": headline(generic_prompt, v_steerx)},
+    {"prompt": "generic + caa-all vector", "headline": headline(generic_prompt, v_all)},
+    {"prompt": "the user's real headline", "headline": query.gold},
+])
+
+# %% [markdown]
+# ## 6. In the benchmark
+#
+# The four runner methods — `caa-all`, `steerx-caa`, `opt-all`, `steerx-opt` — build one vector per
+# user (cached under `~/.cache/workbench/steerx/`) and steer the `rag` prompt. `opt-*` vectors are
+# fitted with a few Adam steps (norm-bounded): `opt-all` to the user's history headlines,
+# `steerx-opt` to reproduce what the description does. Compare them with `rag` and `generic`:
+#
+# ```
+# workbench bench --task lamp4 --model smollm2-135m --methods generic,rag,caa-all,steerx-caa,opt-all,steerx-opt --out results/steerx
+# ```
+#
+# `workbench.sweeps.steering_sweep(model, "steerx-caa", dev_split(data), layers=[...], scales=[...])` picks the
+# layer and scale on leak-free dev examples made from users' histories.

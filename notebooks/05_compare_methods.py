@@ -1,0 +1,203 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Comparing every method on the same users
+#
+# Notebooks 02–04 each built one way to personalize. Here they meet: the same model
+# (SmolLM2-135M-Instruct), the same LaMP-4 news users, the same greedy decoding and the same
+# metrics (ROUGE-1, ROUGE-L, METEOR against the headline the author really wrote).
+#
+# | method | what it does | notebook |
+# |---|---|---|
+# | `generic` | the article alone — the floor | 01 |
+# | `rag` | the user's 5 most similar earlier articles + headlines as earlier chat turns — **the bar to beat** | 01 |
+# | `dps` | `rag`, decoded with Differential Preference Steering (contrast with the top 4% preference heads masked) | 02 |
+# | `caa-all` / `steerx-caa` | `rag`, steered by a CAA vector from ALL history / from the SteerX description | 03 |
+# | `opt-all` / `steerx-opt` | the same with a vector *optimised* on the history / on the description | 03 |
+# | `fints` / `fints+rag` / `caa-user` | the article (or `rag`), steered by per-input Fints vectors / the user's mean vector | 04 |
+# | `caa-all+dps`, `steerx-caa+dps` | a steering vector **and** DPS decoding at once | this one |
+#
+# Running all of them on all 207 queries takes hours on a laptop CPU, so part 1 reads the
+# results of `workbench bench` runs saved in `results/` (predictions and scores, with the exact
+# commands and settings that produced them). Part 3 runs the methods live on one query, including
+# a combination, so you can see the mechanics.
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+import workbench as wb
+from workbench.compare import best_covered, comparison_table, format_table, load_results, per_user
+from workbench.data import load_lamp4_news
+from workbench.figures import paired_figure, per_user_figure, results_figure
+
+pd.set_option("display.max_colwidth", 120)
+ROOT = Path(wb.__file__).resolve().parent.parent
+data = load_lamp4_news()
+results = load_results(ROOT / "results" / "lamp4-news_smollm2-135m.csv", dataset=data)
+source = results.attrs["source"]
+print(source["model"], source["task"], source["split"], "|", source["machine"])
+pd.Series(source["n_per_method"], name="queries run").to_frame().T
+
+# %% [markdown]
+# ## 1. One table
+#
+# Runs grow a few queries at a time and resume when cut off (the JSON beside the CSV says which
+# commands produced what), so a saved result can be partial. A fair table only uses the queries
+# **every** row has: `comparison_table` restricts to them and says how many (`n`), and
+# `best_covered` keeps the methods that have covered the most queries and names any still behind.
+# In the saved results every method has run on all 207 queries, so nothing is left out.
+#
+# Each row has the mean and a 95% bootstrap interval, and — more useful — the **paired**
+# difference to `rag` on the same queries: per-query differences, averaged, with their own
+# interval, plus how many queries the method won, tied and lost. Two methods whose intervals
+# overlap can still differ clearly when compared pair by pair.
+
+# %%
+families = {
+    "all methods": ["generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-opt",
+                    "fints", "fints+rag", "caa-user", "caa-all+dps", "steerx-caa+dps"],
+}
+ran = set(results["method"])
+methods, behind = best_covered(results, families["all methods"])
+table = comparison_table(results, methods, baseline="rag")
+print(f"{table.attrs['n']} queries, the {len(methods)} methods that covered them all; "
+      f"still behind: {behind or 'none'}")
+table[["method", "n", "rouge1", "rougeL", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag",
+       "wins_vs_rag", "losses_vs_rag"]].round(4)
+
+# %%
+paired_figure(table)
+
+# %% [markdown]
+# The same, family by family, each on the queries *its* methods share (so a family that has run
+# further gets a larger `n` and tighter intervals):
+
+# %%
+for name, ms in {"SteerX vs its all-history twins": ["generic", "rag", "caa-all", "steerx-caa", "opt-all", "steerx-opt"],
+                 "Fints and its baseline": ["generic", "rag", "fints", "fints+rag", "caa-user"],
+                 "DPS and the combinations": ["generic", "rag", "dps", "caa-all+dps", "steerx-caa+dps"]}.items():
+    ms = [m for m in ms if m in ran]
+    print(f"### {name}")
+    print(format_table(comparison_table(results, ms)))
+    print()
+
+# %%
+results_figure(table)
+
+# %% [markdown]
+# ## 2. Per user: where each method wins and loses
+#
+# Averages hide users. Below, every column is a user, every row a method, and the colour is the
+# method's mean ROUGE-1 for that user minus `rag`'s. Users are sorted by how much the methods
+# help them on average: on the left, users every method hurts (usually ones whose retrieved
+# history already fits well), on the right, users the steering helps.
+
+# %%
+users = per_user(results, methods)
+per_user_figure(users, baseline="rag")
+
+# %%
+diff = users.drop(columns="rag").sub(users["rag"], axis=0)
+pd.DataFrame({"users won": (diff > 0).sum(), "users lost": (diff < 0).sum(),
+              "best user": diff.idxmax(), "gain there": diff.max().round(3),
+              "worst user": diff.idxmin(), "loss there": diff.min().round(3)})
+
+# %% [markdown]
+# What do the outputs look like where the best-performing steering method wins most? Gold
+# headline, `rag` and that method side by side:
+
+# %%
+best = table[table["method"] != "rag"].sort_values("diff_vs_rag").iloc[-1]["method"]
+u = diff[best].idxmax()
+side = results[(results["user_id"] == u) & results["method"].isin(["rag", best])]
+side.pivot_table(index=["id", "gold"], columns="method", values="prediction", aggfunc="first")
+
+# %% [markdown]
+# ## 3. Live: the methods on one query, and a combination
+#
+# `run_bench` takes method names *or* method objects with their settings. The combination
+# `steerx-caa+dps` adds the SteerX vector while decoding with DPS; its heads come from the
+# preference scores saved in `results/` (computed exactly as notebook 02 explains, on
+# leave-one-out examples of the users' own histories — recomputing them takes minutes).
+# Everything is greedy, so these outputs are the same on every run.
+
+# %%
+import tempfile
+from workbench.bench import run_bench
+from workbench.methods.combined import SteerxCaaDps
+from workbench.methods import GenerationSettings, make_methods
+
+model = wb.load_model()
+user = data.users()[1]
+queries = data.by_user(user)[:1]   # one query keeps this cell to a minute or two on a CPU
+settings = GenerationSettings()
+heads = str(ROOT / "results" / "pcs_lamp4-news_smollm2-135m.json")
+methods_live = make_methods(["generic", "rag", "steerx-caa"], settings) + [SteerxCaaDps(settings, heads_file=heads)]
+live = run_bench(model, queries, methods_live, tempfile.mkdtemp(), progress=True)
+live.outputs[["method", "id", "prediction", "gold", "rouge1"]]
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# Greedy decoding: the rag headline for this query is a fixed string.
+print(live.outputs.query("method == 'rag'")["prediction"].iloc[0])
+
+# %% [markdown]
+# The description SteerX wrote for this user (it built the steering vector from it) and the
+# heads DPS masked:
+
+# %%
+row = live.outputs.query("method == 'steerx-caa+dps'").iloc[0]
+print(row["description"])
+print("masked heads:", row["heads"])
+
+# %% [markdown]
+# ## Exercises
+#
+# **1.** Is `caa-user` better than `fints` — i.e. does choosing vectors *per input* help? Use
+# the saved results: restrict to the queries both have, compute per-query differences, and
+# bootstrap an interval.
+#
+# **2.** `dps` lost to `rag` on average. Is there any user it helps? How many, and is that more
+# than you would expect if it were just noise? (Hint: how many users does `generic` — which
+# sees no history at all — "beat" `rag` on?)
+#
+# **3.** The table uses only the queries all methods share. Why is it wrong to compare a method
+# measured on 207 queries with another measured on the first 60?
+#
+# Worked answers follow — try first.
+
+# %%
+# Answer 1: a paired comparison on the shared queries.
+pair = comparison_table(results, ["fints", "caa-user"], baseline="fints")
+r = pair.set_index("method").loc["caa-user"]
+print(f"caa-user - fints: {r['diff_vs_fints']:+.4f} [{r['diff_lo_vs_fints']:+.4f}, {r['diff_hi_vs_fints']:+.4f}] "
+      f"over {int(r['n'])} queries; wins/ties/losses {int(r['wins_vs_fints'])}/{int(r['ties_vs_fints'])}/{int(r['losses_vs_fints'])}")
+print("An interval that excludes 0 is evidence; one that straddles 0 says: no difference detected at this n.")
+
+# %%
+# Answer 2: count users helped, against the same count for a method that cannot use the history.
+u2 = per_user(results, ["rag", "dps", "generic"])
+helped = {m: int((u2[m] > u2["rag"]).sum()) for m in ["dps", "generic"]}
+print(helped, "of", len(u2), "users")
+print("Users 'helped' by generic set the noise floor: with ~3 queries per user, a per-user win is mostly chance.")
+
+# %% [markdown]
+# *Answer 3.* The queries differ: the first 60 belong to the first 20 users, whose headlines may
+# be easier or harder than the rest. A difference between the two numbers mixes the methods'
+# difference with the difference between query sets. Restricting to shared queries (and pairing
+# them) removes the second.

@@ -1,0 +1,186 @@
+"""Small helpers every module shares: hashing, atomic files, disk caches, frozen parameters,
+empty KV caches and their truncation, and top-k / top-p selection.
+
+Internal to the package (the leading underscore of the module), but the names inside are
+public so that modules import them without reaching into each other's private names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+HASH_CHARS = 16
+"""Hex characters kept of a SHA-256 for cache keys: 64 bits, no collision in any realistic cache."""
+
+
+# ---- hashing ----------------------------------------------------------------------------------
+
+def stable_hash(obj: Any, length: int | None = HASH_CHARS) -> str:
+    """SHA-256 of ``obj``'s canonical JSON: the same on every run, machine and Python
+    (``hash()`` is salted per process). ``length=None`` keeps all 64 hex characters."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest if length is None else digest[:length]
+
+
+def slug(text: str, limit: int = 80) -> str:
+    """``text`` as a safe file-name part (model names hold ``/``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))[:limit]
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    A reader (or a run killed half-way) never sees a half-written file, and two writers never
+    share a temporary name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another path")
+
+
+def cache_file(kind: str, model_name: str, name: str) -> Path:
+    """Where a derived artifact of ``kind`` for ``model_name`` lives in the workbench cache."""
+    from workbench._cache import cache_root
+
+    return cache_root() / kind / slug(model_name) / name
+
+
+def cached(path: Path, load: Callable[[Path], T], build: Callable[[], T], save: Callable[[T, Path], Any],
+           enabled: bool = True) -> T:
+    """``load(path)`` if a sound entry is there, else ``build()`` and ``save`` it (atomically).
+
+    A damaged entry (any error while loading) is rebuilt, never trusted and never fatal.
+    """
+    if enabled and path.exists():
+        try:
+            return load(path)
+        except Exception:  # noqa: BLE001 - a cache entry is disposable, whatever is wrong with it
+            path.unlink(missing_ok=True)
+    value = build()
+    if enabled:
+        save(value, path)
+    return value
+
+
+# ---- the model --------------------------------------------------------------------------------------
+
+@contextmanager
+def frozen_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the block, so a backward pass computes only the
+    gradients we ask for (a steering vector, an input); restored even after an exception."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def empty_kv_cache() -> Any:
+    """An empty KV cache (``transformers.DynamicCache``) for a pass to fill, then share."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def truncate_kv_cache(cache: Any, length: int) -> None:
+    """Cut a KV cache back to its first ``length`` positions (in place).
+
+    A pass run on top of a shared prefix appends its own positions; cutting them off lets the
+    next pass reuse the prefix without recomputing it.
+    """
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+def last_positions_hook(n_layers: int, lo: int, n: int) -> tuple[str, Callable]:
+    """A hook keeping positions ``lo..lo+n-1`` before the final norm and the unembedding, which
+    then run on those positions only (the vocabulary projection dominates a small model's cost)."""
+    name = f"blocks.{n_layers - 1}.hook_resid_post"
+
+    def keep(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return x[:, lo:lo + n]
+
+    return (name, keep)
+
+
+# ---- selection ------------------------------------------------------------------------------------
+
+def filter_logits(scores: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering: tokens outside get ``-inf``."""
+    if top_k:
+        kth = scores.topk(min(top_k, scores.shape[-1])).values[..., -1, None]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        probs, order = scores.softmax(-1).sort(descending=True)
+        cut = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
+        scores = scores.masked_fill(cut.scatter(-1, order, cut), float("-inf"))
+    return scores
+
+
+def n_selected(sorted_scores: "np.ndarray | list[float]", top_k: int | None = None, top_p: float | None = None,
+               threshold: float | None = None) -> int:
+    """How many of ``sorted_scores`` (best first, all > 0 for ``top_p``) one selection rule keeps.
+
+    Exactly one of ``top_k`` (the best k), ``top_p`` (the fewest whose share of the total
+    reaches p) or ``threshold`` (every score >= it) must be given.
+    """
+    given = [x is not None for x in (top_k, top_p, threshold)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one selection rule: top_k=..., top_p=... or threshold=... "
+                         "(set the others to None)")
+    s = np.asarray(sorted_scores, dtype=float)
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ValueError(f"top_k={top_k} must be >= 1")
+        return min(int(top_k), len(s))
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p={top_p} must be in (0, 1]")
+        if not len(s):
+            return 0
+        share = np.cumsum(s) / max(float(s.sum()), 1e-12)
+        return min(len(s), int(np.searchsorted(share, top_p - 1e-12) + 1))
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN; give a number")
+    return int((s >= threshold).sum())

@@ -1,0 +1,116 @@
+"""Interventions as composable objects: a list of TransformerLens hooks you can also ``with``.
+
+:class:`HookSet` is the one base of every intervention in the package (head masks, steering
+vectors). An intervention is a small value object holding ``hooks`` — ``(hook_name, fn)``
+pairs, ready for ``bridge.run_with_hooks(fwd_hooks=...)`` — and a context manager that
+installs them on the model for the duration of the block and removes exactly those hooks on
+exit, also after an exception. Interventions nest, and ``a + b`` is one intervention holding
+both (what a combined method applies: e.g. a steering vector and a head mask).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Callable, ContextManager
+
+import torch
+
+Hook = tuple[str, Callable]
+
+
+class HookSet:
+    """Hooks on one model, usable as a context manager (re-entrant) and as a hook list.
+
+    Subclasses set ``self.model`` and ``self.hooks`` and may add context managers that must
+    be active while the hooks are (:meth:`_contexts`, e.g. position tracking).
+    """
+
+    model: Any
+    hooks: list[Hook]
+
+    def _contexts(self) -> list[ContextManager]:
+        return []
+
+    def __enter__(self) -> "HookSet":
+        stack = ExitStack()
+        try:
+            for cm in self._contexts():
+                stack.enter_context(cm)
+            stack.enter_context(self.model.bridge.hooks(fwd_hooks=self.hooks))
+        except BaseException:
+            stack.close()
+            raise
+        self.__dict__.setdefault("_stacks", []).append(stack)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.__dict__["_stacks"].pop().close()
+
+    def __add__(self, other: "HookSet") -> "Interventions":
+        return Interventions([self, other])
+
+
+class Interventions(HookSet):
+    """Several interventions applied together (built by ``a + b``)."""
+
+    def __init__(self, parts: list[HookSet]):
+        flat: list[HookSet] = []
+        for p in parts:
+            flat.extend(p.parts if isinstance(p, Interventions) else [p])
+        models = {id(p.model) for p in flat}
+        if len(models) > 1:
+            raise ValueError("these interventions belong to different models; combine interventions of one model")
+        self.parts = flat
+        self.model = flat[0].model
+        self.hooks = [h for p in flat for h in p.hooks]
+
+    def _contexts(self) -> list[ContextManager]:
+        return [cm for p in self.parts for cm in p._contexts()]
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(p) for p in self.parts)
+
+
+class PositionTracker:
+    """Records the absolute position ids of the current forward pass.
+
+    With a KV cache a hook sees only the new token(s), so ``x.shape[1]`` alone can't say
+    where they sit; the rotary embedding module is always called with the true position
+    ids, so a pre-hook there tells us.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.position_ids: torch.Tensor | None = None
+        self._handles: list[Any] = []
+        self._depth = 0  # re-entrant: the same intervention may be nested in itself
+
+    def __enter__(self) -> "PositionTracker":
+        self._depth += 1
+        if self._depth > 1:
+            return self
+        bridge = self.model.bridge
+        self._handles.append(bridge.register_forward_pre_hook(self._reset))
+        rotary = getattr(bridge, "rotary_emb", None)
+        if rotary is not None:
+            self._handles.append(rotary.register_forward_pre_hook(self._record, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.position_ids = None
+
+    def _reset(self, module: Any, args: Any) -> None:
+        self.position_ids = None
+
+    def _record(self, module: Any, args: Any, kwargs: dict) -> None:
+        pos = kwargs.get("position_ids")
+        if pos is None and len(args) > 1:
+            pos = args[1]
+        if isinstance(pos, torch.Tensor):
+            self.position_ids = pos

@@ -1,0 +1,245 @@
+"""Personalization methods for the benchmark runner: one pipeline, composed of parts.
+
+Every method writes its output the same way::
+
+    prompt --> intervention (a context manager, or none) --> decoder (greedy, or DPS) --> first line
+
+and differs only in the parts it supplies:
+
+- :meth:`Method.prompt`: the prompt for one example (``rag`` shows the user's top-k items);
+- :meth:`Method.intervention`: a :class:`~workbench.hooks.HookSet` active while decoding
+  (a steering vector, a head mask) plus facts to record, or ``None``;
+- :meth:`Method.decoder`: how tokens are chosen (:data:`GREEDY`, or DPS's contrast);
+- :meth:`Method.prepare_run` / :meth:`Method.prepare_user`: state built once per run (e.g.
+  preference heads) or per user (e.g. a steering vector), handed to ``intervention``.
+
+A combination (:class:`Combination`) is one method's prompt and intervention with another's
+decoder. No method rewrites :meth:`Method.generate`. Settings are dataclass fields, and
+:meth:`Method.describe` (what a run records) comes from them. A new method::
+
+    @register_method
+    @dataclass
+    class MyMethod(Method):
+        name = "my-method"
+        uses_profile = True
+        scale: float = 2.0
+        def prepare_user(self, model, user_id, examples):
+            return build_my_vector(model, examples)          # once per user
+        def intervention(self, model, example, state):
+            return state.apply(model, scale=self.scale), {}
+
+Register it with ``@register_method`` and ``workbench bench --methods my-method`` runs it on
+the same examples, with the same model and scoring, as every other method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Protocol
+
+from workbench.hooks import HookSet
+from workbench.model import Model
+from workbench.prompts import build_prompt, first_line
+
+METHODS: dict[str, Callable[..., "Method"]] = {}
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: make a :class:`Method` subclass available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding and prompt settings shared by all methods of one run (recorded with results)."""
+
+    max_new_tokens: int = 32
+    k: int = 5  # profile items in the prompt
+    retrieval: str = "bm25"  # or "recency"
+
+
+class Decoder(Protocol):
+    """Chooses the output tokens for a prompt (hooks active around it apply)."""
+
+    info: dict
+
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """Plain greedy decoding (``model.generate``)."""
+
+    info: dict = field(default_factory=dict)
+
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str:
+        return model.generate(prompt, max_new_tokens=max_new_tokens)
+
+
+GREEDY = Greedy()
+
+_UNRECORDED = "record"  # field metadata key: False = not part of what a run records (e.g. a cache switch)
+
+
+@dataclass
+class Method:
+    """Base class: the pipeline, with the parts of the ``generic`` method (no profile, no
+    intervention, greedy)."""
+
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    name: ClassVar[str] = "method"
+    uses_profile: ClassVar[bool] = False
+
+    # ---- the parts a method supplies ----
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        """Once per run, before any user: state shared by all users (e.g. preference heads)."""
+
+    def prepare_user(self, model: Model, user_id: str, examples: list) -> Any:
+        """Once per user, before their examples: per-user state (e.g. a steering vector)."""
+        if self.uses_profile:
+            for ex in examples:
+                ex.require_profile()
+        return None
+
+    def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
+        """The prompt for ``example`` and facts about it (items used, truncation)."""
+        k = self.settings.k if self.uses_profile else 0
+        return build_prompt(model, example, k=k, by=self.settings.retrieval, reserve=self.settings.max_new_tokens)
+
+    def intervention(self, model: Model, example: Any, state: Any) -> tuple[HookSet | None, dict]:
+        """What acts on the model while this example is decoded (or None), and facts about it."""
+        return None, {}
+
+    def decoder(self) -> Decoder:
+        return GREEDY
+
+    # ---- the pipeline ----
+    def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
+        """Prompt -> intervention -> decoder -> first line. Returns the output and the facts to
+        store with it."""
+        prompt, info = self.prompt(model, example)
+        intervention, facts = self.intervention(model, example, state)
+        decoder = self.decoder()
+        if intervention is None:
+            text = decoder.decode(model, prompt, self.settings.max_new_tokens)
+        else:
+            with intervention:
+                text = decoder.decode(model, prompt, self.settings.max_new_tokens)
+        return first_line(text), {**info, **facts, **decoder.info}
+
+    def describe(self) -> dict:
+        """The method's settings, as a run records them: name, shared settings, own fields."""
+        own = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "settings" and f.metadata.get(_UNRECORDED, True)}
+        return {"name": self.name, **asdict(self.settings), **own}
+
+    def __repr__(self) -> str:
+        own = ", ".join(f"{k}={v!r}" for k, v in self.describe().items()
+                        if k not in ("name", *asdict(self.settings)))
+        return f"{type(self).__name__}({self.name!r}{', ' + own if own else ''})"
+
+
+def unrecorded(default: Any) -> Any:
+    """A method field that does not change outputs (e.g. whether to use a disk cache), so a
+    run does not record it or refuse to resume over it."""
+    return field(default=default, metadata={_UNRECORDED: False})
+
+
+@register_method
+@dataclass
+class Generic(Method):
+    """The task input alone, no profile: the floor every personalization method must beat."""
+
+    name = "generic"
+    uses_profile = False
+
+
+@register_method
+@dataclass
+class Rag(Method):
+    """The user's top-k profile items (BM25 or recency) as earlier chat turns, then the input."""
+
+    name = "rag"
+    uses_profile = True
+
+
+@dataclass
+class Combination(Method):
+    """One method's prompt and intervention, decoded by another's decoder.
+
+    Subclasses name the two parts: ``parts = ("steerx-caa", "dps")``. Each part is built with
+    its own defaults (and the run's shared settings), so a combination can be read against
+    both of its parts in one table.
+    """
+
+    uses_profile = True
+    parts: ClassVar[tuple[str, str]] = ("", "")
+    heads_file: str | None = None  # saved PreferenceScores for the decoder's heads (default: as ``dps``)
+
+    def __post_init__(self) -> None:
+        load_plugins()
+        steering, decoding = self.parts
+        self.steering = METHODS[steering](settings=self.settings)
+        self.decoding = METHODS[decoding](settings=self.settings, heads_file=self.heads_file)
+
+    def describe(self) -> dict:
+        shared = set(asdict(self.settings))
+        inner = lambda m: {k: v for k, v in m.describe().items() if k not in shared}  # noqa: E731
+        return {"name": self.name, **asdict(self.settings), "steering": inner(self.steering),
+                "decoding": inner(self.decoding)}
+
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        self.steering.prepare_run(model, examples, dataset)
+        self.decoding.prepare_run(model, examples, dataset)
+
+    def prepare_user(self, model: Model, user_id: str, examples: list) -> Any:
+        return self.steering.prepare_user(model, user_id, examples)
+
+    def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
+        return self.steering.prompt(model, example)
+
+    def intervention(self, model: Model, example: Any, state: Any) -> tuple[HookSet | None, dict]:
+        return self.steering.intervention(model, example, state)
+
+    def decoder(self) -> Decoder:
+        return self.decoding.decoder()
+
+
+# Modules that register more methods when imported.
+PLUGIN_MODULES = ("workbench.methods.dps", "workbench.methods.steerx", "workbench.methods.fints",
+                  "workbench.methods.combined")
+
+
+def plugin_modules() -> list:
+    """The method modules that are installed, imported (importing registers their methods)."""
+    found = []
+    for mod in PLUGIN_MODULES:
+        try:
+            found.append(importlib.import_module(mod))
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plug-in exists but something it needs is missing: say so
+                raise
+    return found
+
+
+def load_plugins() -> None:
+    plugin_modules()
+
+
+def available_methods() -> list[str]:
+    """Names of every registered method (built-in and plug-in)."""
+    load_plugins()
+    return sorted(METHODS)
+
+
+def make_methods(names: list[str], settings: GenerationSettings) -> list[Method]:
+    """The methods ``names``, built with the run's shared ``settings``."""
+    load_plugins()
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {sorted(METHODS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"method listed twice in {names}")
+    return [METHODS[n](settings=settings) for n in names]

@@ -1,0 +1,85 @@
+"""The ``dps`` and ``dps-raw`` methods: the ``rag`` prompt decoded with DPS.
+
+The preference heads are found once per run (PCS, uniform masking, output scope, exact) on
+leave-one-out examples built from the run's users' own history items — never a query's gold
+output — and cached on disk per model, data and settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from workbench._util import cache_file, cached, stable_hash
+from workbench.dps import DpsDecoder
+from workbench.methods import Decoder, Method, register_method
+from workbench.model import Model
+
+
+@register_method
+@dataclass
+class Dps(Method):
+    """The ``rag`` prompt decoded with DPS, heads found once per run from users' histories.
+
+    Differs from the authors' decoding in one documented way: the adaptive plausibility
+    constraint (``plausibility=0.1``) — without it SmolLM2's outputs collapse into garbage
+    (see :func:`workbench.dps.dps_generate`); ``dps-raw`` is the unconstrained version.
+
+    Preference heads: PCS (uniform masking, output scope, exact) over ``pcs_examples``
+    leave-one-out examples built from the run's users' profile items (never the queries'
+    gold outputs); the top ``top_percent`` % are masked. ``heads_file``: take the heads from
+    saved :class:`~workbench.pcs.PreferenceScores` instead.
+    """
+
+    name = "dps"
+    uses_profile = True
+    top_percent: float = 4.0
+    alpha: Any = "entropy"
+    plausibility: float | None = 0.1
+    pcs_examples: int = 40
+    heads_file: str | None = None
+
+    def describe(self) -> dict:
+        # The masking and the PCS scope are fixed by the method; recorded so a reader sees them.
+        return {**super().describe(), "how": "uniform", "scope": "output"}
+
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        from workbench.pcs import PreferenceScores
+
+        if self.heads_file:
+            scores = PreferenceScores.load(self.heads_file, model=model)
+        else:
+            scores = cached_profile_scores(model, examples, n=self.pcs_examples, k=self.settings.k,
+                                           retrieval=self.settings.retrieval)
+        self.scores = scores
+        self.heads = scores.top_percent(self.top_percent)
+
+    def decoder(self) -> Decoder:
+        return DpsDecoder(tuple(self.heads), alpha=self.alpha, plausibility=self.plausibility)
+
+
+@register_method
+@dataclass
+class DpsRaw(Dps):
+    """DPS exactly as the authors decode: entropy alpha, no plausibility constraint."""
+
+    name = "dps-raw"
+    plausibility: float | None = None
+
+
+def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
+                          progress: bool = True) -> Any:
+    """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
+    from workbench.history import profile_examples
+    from workbench.pcs import PreferenceScores, preference_scores
+
+    items = profile_examples(examples, n=n, k=k, by=retrieval)
+    key = stable_hash([model.name, str(model.dtype), k, retrieval, [(ex.id, ex.gold, len(ex.profile)) for ex in items]])
+    path = cache_file("pcs", model.name, f"{key}.json")
+
+    def build() -> Any:
+        return preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k,
+                                 retrieval=retrieval, progress=progress, data="profile leave-one-out")
+
+    return cached(path, lambda p: PreferenceScores.load(p, model=model), build,
+                  lambda scores, p: scores.save(p, overwrite=True))

@@ -1,0 +1,119 @@
+"""Fints methods: per-item vectors of a user, mixed per input and added while decoding.
+
+``fints`` steers the input alone, ``fints+rag`` the ``rag`` prompt (the authors' main
+setting), and ``caa-user`` the input alone with the plain mean of the user's item vectors
+(the same vectors without input awareness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from workbench._util import stable_hash
+from workbench.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, fints_steer, \
+    picked, sample_vectors
+from workbench.hooks import HookSet
+from workbench.methods import Method, register_method
+from workbench.model import Model
+from workbench.pairs import contrastive_pairs
+from workbench.steering import SteeringVector
+
+# fints, fints+rag and caa-user of one run need the same vectors: computed once per process.
+_VECTOR_MEMO: dict[tuple, SampleVectors] = {}
+_MEMO_LIMIT = 256
+
+
+@dataclass
+class FintsMethod(Method):
+    """Shared machinery: pairs and vectors once per user, a mix per example."""
+
+    uses_profile = True
+    rag: ClassVar[bool] = False
+    layer: int | None = None  # None: default_layer(model)
+    scale: float = DEFAULT_SCALE
+    top_k: int = 5
+    tau: float = 0.1
+    weighting: str = "softmax"
+    attn_site: str = "attn_out"
+    mlp_site: str = "mlp_out"
+    max_items: int = 8
+    select: str = "query"
+    n_others: int = 5
+    threshold: float = 0.15
+    seed: int = 0
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["rag_prompt"] = self.rag
+        if self.layer is None:
+            d["layer"] = f"default ({DEFAULT_LAYER} of 30)"
+        return d
+
+    def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
+        from workbench.prompts import build_prompt
+
+        return build_prompt(model, example, k=self.settings.k if self.rag else 0, by=self.settings.retrieval,
+                            reserve=self.settings.max_new_tokens)
+
+    def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
+        self._others = list(dataset) if dataset is not None else list(examples)
+
+    def prepare_user(self, model: Model, user_id: str, examples: list) -> SampleVectors:
+        super().prepare_user(model, user_id, examples)
+        others = getattr(self, "_others", None) or examples
+        pairs = contrastive_pairs(model, examples, others, max_items=self.max_items, select=self.select,
+                                  n_others=self.n_others, threshold=self.threshold, seed=self.seed)
+        layer = default_layer(model) if self.layer is None else self.layer
+        key = (id(model), model.name, layer, self.attn_site, self.mlp_site,
+               stable_hash(pairs[["item_id", "text", "positive", "negative", "kept", "others"]].to_dict("records"),
+                           length=None))
+        if key not in _VECTOR_MEMO:
+            if len(_VECTOR_MEMO) > _MEMO_LIMIT:
+                _VECTOR_MEMO.clear()
+            _VECTOR_MEMO[key] = sample_vectors(model, pairs, layer, self.attn_site, self.mlp_site)
+        return _VECTOR_MEMO[key]
+
+    def mix(self, vectors: SampleVectors, example: Any) -> SteeringVector:
+        """The steering vector for ``example`` from the user's item vectors."""
+        return aggregate(vectors, example, k=self.top_k, tau=self.tau, weighting=self.weighting)
+
+    def intervention(self, model: Model, example: Any, state: SampleVectors) -> tuple[HookSet | None, dict]:
+        mine = state.for_example(example)
+        if not len(mine):  # every pair filtered out: say so and write unsteered
+            return None, {"fints_items": "", "fints_weights": "", "steered": False}
+        mix = self.mix(mine, example)
+        used = picked(mix)
+        return fints_steer(model, mix, self.scale), {
+            "fints_items": ";".join(used["item_id"].astype(str)),
+            "fints_weights": ";".join(f"{w:.3f}" for w in used["weight"]), "steered": True}
+
+
+@register_method
+@dataclass
+class Fints(FintsMethod):
+    """The task input alone, steered by the user's input-aware Fints vectors."""
+
+    name = "fints"
+    rag = False
+
+
+@register_method
+@dataclass
+class FintsRag(FintsMethod):
+    """The ``rag`` prompt steered by Fints vectors (the authors' main setting)."""
+
+    name = "fints+rag"
+    rag = True
+
+
+@register_method
+@dataclass
+class CaaUser(FintsMethod):
+    """The task input alone, steered by the mean of the user's item vectors (no input awareness)."""
+
+    name = "caa-user"
+    rag = False
+
+    def mix(self, vectors: SampleVectors, example: Any) -> SteeringVector:
+        return vectors.user_mean()

@@ -1,0 +1,156 @@
+"""The result of a head scoring: :class:`PreferenceScores`, the Preference Contribution Score
+of every attention head with the settings and data it came from — ranking (``top``,
+``top_percent``, ``weights``), per-user subsets, a heatmap, and saving / loading as JSON.
+
+Computed by :func:`workbench.pcs.preference_scores`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from workbench._util import atomic_write_text, refuse_overwrite
+from workbench.model import Model
+
+_FORMAT = "workbench.preference_scores/1"
+
+
+class PreferenceScores:
+    """PCS of every head, with the settings and data it came from.
+
+    ``.frame``: one row per head — ``layer``, ``head``, ``pcs`` (mean over examples),
+    ``std`` (over examples) and ``n``. ``.per_example``: ``[n_examples, n_layers, n_heads]``.
+    """
+
+    def __init__(self, per_example: np.ndarray, meta: dict):
+        self.per_example = np.asarray(per_example, dtype=float)
+        self.meta = dict(meta)
+        n, L, H = self.per_example.shape
+        layers, heads = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
+        self.frame = pd.DataFrame({
+            "layer": layers.ravel(), "head": heads.ravel(),
+            "pcs": self.per_example.mean(0).ravel(),
+            "std": (self.per_example.std(0, ddof=1) if n > 1 else np.zeros((L, H))).ravel(),
+            "n": n,
+        })
+
+    # facts
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Mean PCS as ``[n_layers, n_heads]``."""
+        return self.per_example.mean(0)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __repr__(self) -> str:
+        m = self.meta
+        top = ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in self._top_values(3))
+        return (f"PreferenceScores({m['model']}: {m['how']} masking, scope={m['scope']}, mode={m['mode']}, "
+                f"{self.per_example.shape[0]} examples; top: {top})")
+
+    def _repr_html_(self) -> str:
+        m = self.meta
+        head = (f"<p><b>Preference heads</b> · {m['model']} · {m['how']} masking · scope {m['scope']} · "
+                f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
+        return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(index=False, float_format="{:.4f}".format)
+
+    # selection
+    def _top_values(self, k: int) -> list[tuple[tuple[int, int], float]]:
+        df = self.frame.sort_values(["pcs", "layer", "head"], ascending=[False, True, True]).head(k)
+        return [((int(r.layer), int(r.head)), float(r.pcs)) for r in df.itertuples()]
+
+    def top(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` heads with the highest PCS, best first, as ``(layer, head)`` pairs."""
+        if not 0 < k <= len(self.frame):
+            raise ValueError(f"k={k} must be between 1 and the number of heads ({len(self.frame)})")
+        return [h for h, _ in self._top_values(k)]
+
+    def top_percent(self, p: float) -> list[tuple[int, int]]:
+        """The top ``p`` percent of heads (at least one): ``top_percent(4)`` is the DPS authors' 4%."""
+        if not 0 < p <= 100:
+            raise ValueError(f"p={p} is a percentage in (0, 100], e.g. 4 for the top 4% of heads")
+        return self.top(max(1, math.ceil(len(self.frame) * p / 100)))
+
+    def weights(self, k: int) -> dict[tuple[int, int], float]:
+        """Partial-mask weights for the top ``k`` heads: ``max(pcs, 0) / max(pcs)`` (the
+        authors' max-normalisation), for weighted DPS."""
+        vals = dict(self._top_values(k))
+        peak = max(vals.values())
+        if peak <= 0:
+            raise ValueError("no head has a positive PCS; there is nothing to weight")
+        return {h: max(v, 0.0) / peak for h, v in vals.items()}
+
+    def for_users(self, users: Iterable[str]) -> "PreferenceScores":
+        """The same scores averaged over the examples of ``users`` only (e.g. to check stability)."""
+        users = set(map(str, users))
+        keep = [i for i, u in enumerate(self.meta["example_users"]) if u in users]
+        if not keep:
+            raise ValueError("none of these users has examples in these scores")
+        meta = {**self.meta, "example_ids": [self.meta["example_ids"][i] for i in keep],
+                "example_users": [self.meta["example_users"][i] for i in keep]}
+        return PreferenceScores(self.per_example[keep], meta)
+
+    # figures
+    def heatmap(self, title: str | None = None):
+        """Plotly heatmap, layers x heads; hover shows PCS, its spread and n."""
+        import plotly.graph_objects as go
+
+        L, H = self.matrix.shape
+        std = self.frame["std"].to_numpy().reshape(L, H)
+        m = self.matrix
+        bound = float(np.abs(m).max()) or 1.0
+        fig = go.Figure(go.Heatmap(
+            z=m, x=[f"H{h}" for h in range(H)], y=list(range(L)), customdata=std,
+            colorscale="RdBu_r", zmid=0, zmin=-bound, zmax=bound, colorbar=dict(title="PCS<br>(nats)"),
+            hovertemplate="layer %{y}, head %{x}<br>PCS %{z:.4f} nats/token<br>std %{customdata:.4f}"
+                          f"<br>n = {self.per_example.shape[0]}<extra></extra>",
+        ))
+        meta = self.meta
+        fig.update_layout(
+            title=title or (f"Preference Contribution Score per head<br><sup>{meta['model']}, {meta['how']} masking, "
+                            f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)</sup>"),
+            xaxis_title="head", yaxis_title="layer", template="plotly_white",
+            height=max(360, 18 * L + 120), width=max(420, 60 * H + 220),
+            margin=dict(l=60, r=20, t=60, b=50),
+        )
+        fig.update_yaxes(dtick=max(1, L // 15))
+        return fig
+
+    # persistence
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the scores and everything they came from as JSON; refuses to replace a file."""
+        path = Path(path)
+        refuse_overwrite(path, overwrite)
+        payload = {"format": _FORMAT, "meta": self.meta, "per_example": self.per_example.round(6).tolist()}
+        return atomic_write_text(path, json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: str | Path, model: Model | str | None = None) -> "PreferenceScores":
+        """Read scores saved with :meth:`save`; with ``model``, refuse scores of another model."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} does not exist; compute scores with workbench.preference_scores "
+                                    "or `workbench heads`") from None
+        if payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved PreferenceScores file (format {payload.get('format')!r})")
+        scores = cls(np.asarray(payload["per_example"]), payload["meta"])
+        if model is not None:
+            name = model if isinstance(model, str) else model.name
+            shape = None if isinstance(model, str) else (model.n_layers, model.n_heads)
+            if name != scores.model or (shape and shape != scores.matrix.shape):
+                raise ValueError(f"{path} holds scores of {scores.model!r} ({scores.matrix.shape[0]} layers x "
+                                 f"{scores.matrix.shape[1]} heads), not of {name!r}; recompute them for this model")
+        return scores
