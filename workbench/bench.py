@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 import workbench
+from workbench._util import atomic_write_text
 from workbench.methods import GenerationSettings, Method, make_methods
 from workbench.model import Model
 
@@ -51,7 +52,7 @@ class BenchResult:
         return results_figure(self.summary)
 
 
-def _read_done(path: Path) -> dict[tuple[str, str], dict]:
+def read_outputs(path: Path) -> dict[tuple[str, str], dict]:
     """Finished records of an earlier run; a line cut short by an interruption is dropped
     from the file (so new lines don't get glued to it) and its example is recomputed."""
     done: dict[tuple[str, str], dict] = {}
@@ -99,7 +100,7 @@ def _check_run_file(out: Path, run_info: dict) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         old = json.loads(run_file.read_text())
-        keys = ("model", "task", "data", "split", "settings")
+        keys = ("model", "task", "data", "split", "settings", "users")
         diff = [k for k in keys if old.get(k) != run_info.get(k)]
         # A run may grow or be looked at in part (--n larger or smaller): the examples must be a
         # prefix of one another, in the same order, or the two runs are different experiments.
@@ -123,7 +124,7 @@ def _check_run_file(out: Path, run_info: dict) -> None:
         run_info["methods"] = sorted(set(old.get("methods", [])) | set(run_info["methods"]))
         run_info["method_settings"] = {**old_ms, **new_ms}
         run_info["example_ids"], run_info["n"] = longer, len(longer)
-    run_file.write_text(json.dumps(run_info, indent=2))
+    atomic_write_text(run_file, json.dumps(run_info, indent=2))
 
 
 def run_bench(
@@ -134,6 +135,7 @@ def run_bench(
     n: int | None = None,
     settings: GenerationSettings | None = None,
     progress: bool = True,
+    users: dict | None = None,
 ) -> BenchResult:
     """Run ``methods`` on the first ``n`` examples of ``dataset`` and score them.
 
@@ -144,6 +146,8 @@ def run_bench(
         out_dir: where outputs and results go; an earlier run with the same settings resumes.
         n: how many examples (file order); None = all.
         settings: decoding/prompt settings shared by every method.
+        users: which users ``dataset`` was cut to (e.g. ``{"users": "eval", "fraction": 0.33}``),
+            recorded with the run; a directory of a run on other users is refused.
     """
     from tqdm.auto import tqdm
 
@@ -172,12 +176,13 @@ def run_bench(
         "method_settings": {m.name: m.describe() for m in ms},
         "settings": {"max_new_tokens": settings.max_new_tokens, "k": settings.k, "retrieval": settings.retrieval,
                      "decoding": "greedy"},
+        "users": users,
         "workbench": workbench.__version__,
         "python": platform.python_version(),
     }
     _check_run_file(out, run_info)
     outputs_path = out / "outputs.jsonl"
-    done = _read_done(outputs_path)
+    done = read_outputs(outputs_path)
     _fill_missing_meteor(outputs_path, done)
 
     by_user: dict[str, list] = {}

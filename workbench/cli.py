@@ -58,20 +58,88 @@ def _load_dataset(args: argparse.Namespace) -> tuple[Any, Path]:
     return dataset, Path(data_dir)
 
 
+def _methods_for_run(args: argparse.Namespace, settings: Any, model_name: str) -> list:
+    """The run's methods with their settings: defaults, then ``--tuned``, then ``--set`` (every
+    name and value checked before the model loads or anything runs)."""
+    from workbench.methods import make_methods
+    from workbench.settings import apply_all, parse_assignments
+    from workbench.tuning import load_tuned
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
+    methods = make_methods(names, settings)
+    changes = parse_assignments(args.set or [])
+    if getattr(args, "tuned", None):
+        tuned = load_tuned(args.tuned, model_name)
+        clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in tuned.get(m, {})]
+        if clash:
+            raise ValueError(f"--set {clash} would override settings chosen in {args.tuned}; drop one of the two")
+        apply_all(methods, {m: fs for m, fs in tuned.items() if m in names})
+    apply_all(methods, changes)
+    return methods
+
+
+def _users(args: argparse.Namespace, dataset: Any) -> tuple[Any, dict | None]:
+    from workbench.splits import split_users
+
+    if args.users == "all":
+        return dataset, None
+    return split_users(dataset, args.users, args.fraction), {"users": args.users, "fraction": args.fraction}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import workbench as wb
     from workbench.bench import format_summary, run_bench
     from workbench.methods import GenerationSettings
 
     dataset, _ = _load_dataset(args)
-    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"{model}\n{dataset!r}")
+    dataset, users = _users(args, dataset)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
-    result = run_bench(model, dataset, [m.strip() for m in args.methods.split(",") if m.strip()],
-                       args.out, n=args.n, settings=settings)
+    methods = _methods_for_run(args, settings, args.model)
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"{model}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
+    result = run_bench(model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
     print()
     print(format_summary(result.summary))
     print(f"\noutputs: {args.out}/outputs.jsonl   table: {args.out}/results.csv   chart: {args.out}/results.html")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import workbench as wb
+    from workbench.methods import GenerationSettings, make_methods
+    from workbench.settings import parse_assignments
+    from workbench.splits import describe_split
+    from workbench.tuning import parse_grid, save_tuned, tune
+
+    dataset, _ = _load_dataset(args)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    grids = parse_grid(args.grid or [])
+    fixed = parse_assignments(args.set or [])
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
+    make_methods(names, settings)  # unknown names fail here, before the model loads
+    stray = [m for m in [*grids, *fixed] if m not in names]
+    if stray:
+        raise ValueError(f"--grid/--set name method(s) {stray} that are not in --methods {names}")
+    out = Path(args.out)
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    split = describe_split(dataset, args.fraction)
+    print(f"{model}\n{dataset!r}\ntuning users: {split['tune_users']} ({split['tune_examples']} examples); "
+          f"evaluation users kept apart: {split['eval_users']}")
+    results = []
+    for name in names:
+        res = tune(model, dataset, name, grids.get(name, {}), out, metric=args.metric, fraction=args.fraction,
+                   n=args.n, settings=settings, fixed=fixed.get(name))
+        results.append(res)
+        res.figure().write_html(out / f"grid-{name.replace('+', '_')}.html", include_plotlyjs="cdn")
+        print(res)
+        about = {"model": model.name, "data": str(getattr(dataset, "path", "")), "split": dataset.split,
+                 "users": {"users": "tune", **split}, "metric": args.metric, "n": args.n,
+                 "settings": {"max_new_tokens": settings.max_new_tokens, "k": settings.k, "retrieval": settings.retrieval},
+                 "command": "workbench " + " ".join(sys.argv[1:])}
+        save_tuned(results, out / "tuned.json", about)  # after each method, so a cut-off tune keeps what it chose
+    print(f"\nchosen settings: {out / 'tuned.json'}   apply with: workbench bench --tuned {out / 'tuned.json'} --users eval")
     return 0
 
 
@@ -106,6 +174,14 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_setting_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE",
+                   help="a method setting, e.g. --set dps.alpha=0.5 (repeatable; see each method's fields)")
+    p.add_argument("--users", default="all", choices=["tune", "eval", "all"],
+                   help="run on the tuning users, the evaluation users, or all (default)")
+    p.add_argument("--fraction", default=1 / 3, type=float, help="share of users that are tuning users (default 1/3)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,7 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results", type=Path)
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default=None)
+    _add_setting_args(b)
+    b.add_argument("--tuned", default=None, type=Path, help="tuned.json from `workbench tune`: use its chosen settings")
     b.set_defaults(func=_cmd_bench)
+    t = sub.add_parser("tune", help="choose methods' settings on the tuning users (never the evaluation users)")
+    t.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
+    t.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
+    t.add_argument("--split", default="dev")
+    t.add_argument("--model", default="smollm2-135m")
+    t.add_argument("--methods", required=True, help="comma-separated method names")
+    t.add_argument("--grid", action="append", metavar="METHOD.FIELD=V1,V2,...",
+                   help="values to try for one setting (repeatable); every combination is run")
+    t.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="a setting fixed at every grid point")
+    t.add_argument("--metric", default="rouge1", choices=["rouge1", "rougeL", "meteor"])
+    t.add_argument("--fraction", default=1 / 3, type=float, help="share of users kept for tuning (default 1/3)")
+    t.add_argument("--n", default=None, type=int, help="first N tuning examples only (default: all)")
+    t.add_argument("--k", default=5, type=int)
+    t.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
+    t.add_argument("--max-new-tokens", default=32, type=int)
+    t.add_argument("--out", default="tune-results", type=Path, help="grid runs, figures and tuned.json (resumable)")
+    t.add_argument("--device", default=None)
+    t.add_argument("--dtype", default=None)
+    t.set_defaults(func=_cmd_tune)
     h = sub.add_parser("heads", help="Preference Contribution Score of every attention head, with its heatmap")
     h.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
     h.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")

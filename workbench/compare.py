@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from workbench.bench import METRICS, _read_done
+from workbench.bench import METRICS, read_outputs
 from workbench.metrics import bootstrap_ci
 
 _SAME = ("model", "task", "split", "settings")
@@ -51,7 +51,7 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
             diff = [k for k in _SAME if info.get(k) != first[1].get(k)]
             if diff:
                 raise ValueError(f"{d} and {first[0]} differ in {', '.join(diff)}; their results are not comparable")
-        recs = list(_read_done(d / "outputs.jsonl").values())
+        recs = list(read_outputs(d / "outputs.jsonl").values())
         if recs:
             frames.append(pd.DataFrame(recs).assign(run=str(d)))
     if not frames:

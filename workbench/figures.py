@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -141,4 +143,21 @@ def per_user_figure(users: pd.DataFrame, baseline: str = "rag", title: str | Non
     fig.update_layout(title=title or f"Per user: mean score minus {baseline} (users sorted by the average difference)",
                       xaxis_title="user", template="plotly_white", height=160 + 28 * diff.shape[1],
                       margin=dict(l=120, r=20, t=60, b=60))
+    return fig
+
+
+def tuning_figure(result: Any, title: str | None = None) -> go.Figure:
+    """One method's tuning grid: the metric of every point with its 95% interval; the chosen
+    point in colour (a :class:`workbench.tuning.TuningResult`)."""
+    pts = result.points
+    fields = [c for c in pts.columns if c not in ("n", result.metric, "lo", "hi", "run", "chosen")]
+    labels = [", ".join(f"{f}={row[f]}" for f in fields) for _, row in pts.iterrows()]
+    fig = go.Figure(go.Bar(
+        x=labels, y=pts[result.metric],
+        error_y=dict(type="data", array=pts["hi"] - pts[result.metric], arrayminus=pts[result.metric] - pts["lo"]),
+        marker_color=["#d62728" if c else "#9e9e9e" for c in pts["chosen"]],
+        hovertemplate="%{x}<br>" + result.metric + " %{y:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=title or f"Tuning {result.method} on the tuning users ({result.metric}; red = chosen)",
+                      yaxis_title=f"{result.metric} (mean, 95% interval)", template="plotly_white", height=420)
     return fig
