@@ -70,12 +70,16 @@ def _methods_for_run(args: argparse.Namespace, settings: Any, model_name: str) -
         raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
     methods = make_methods(names, settings)
     changes = parse_assignments(args.set or [])
-    if getattr(args, "tuned", None):
-        tuned = load_tuned(args.tuned, model_name)
-        clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in tuned.get(m, {})]
-        if clash:
-            raise ValueError(f"--set {clash} would override settings chosen in {args.tuned}; drop one of the two")
-        apply_all(methods, {m: fs for m, fs in tuned.items() if m in names})
+    tuned: dict = {}
+    for path in getattr(args, "tuned", None) or []:
+        for method, chosen in load_tuned(path, model_name).items():
+            if method in tuned:
+                raise ValueError(f"{method} is tuned in two of the --tuned files; keep one")
+            tuned[method] = chosen
+    clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in tuned.get(m, {})]
+    if clash:
+        raise ValueError(f"--set {clash} would override settings chosen by tuning (--tuned); drop one of the two")
+    apply_all(methods, {m: fs for m, fs in tuned.items() if m in names})
     apply_all(methods, changes)
     return methods
 
@@ -111,11 +115,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from workbench.methods import GenerationSettings, make_methods
     from workbench.settings import parse_assignments
     from workbench.splits import describe_split
-    from workbench.tuning import parse_grid, save_tuned, tune
+    from workbench.tuning import DEFAULT_GRIDS, parse_grid, save_tuned, tune
 
     dataset, _ = _load_dataset(args)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     grids = parse_grid(args.grid or [])
+    untunable = [m for m in names if m not in grids and m not in DEFAULT_GRIDS]
+    if untunable:
+        raise ValueError(f"{untunable} have no declared grid (workbench.tuning.DEFAULT_GRIDS); give one with --grid")
     fixed = parse_assignments(args.set or [])
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
     make_methods(names, settings)  # unknown names fail here, before the model loads
@@ -129,7 +136,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
           f"evaluation users kept apart: {split['eval_users']}")
     results = []
     for name in names:
-        res = tune(model, dataset, name, grids.get(name, {}), out, metric=args.metric, fraction=args.fraction,
+        res = tune(model, dataset, name, grids.get(name, DEFAULT_GRIDS.get(name)), out, metric=args.metric, fraction=args.fraction,
                    n=args.n, settings=settings, fixed=fixed.get(name))
         results.append(res)
         res.figure().write_html(out / f"grid-{name.replace('+', '_')}.html", include_plotlyjs="cdn")
@@ -211,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default=None)
     _add_setting_args(b)
-    b.add_argument("--tuned", default=None, type=Path, help="tuned.json from `workbench tune`: use its chosen settings")
+    b.add_argument("--tuned", action="append", type=Path,
+                   help="tuned.json from `workbench tune`: use its chosen settings (repeatable, one file per tune run)")
     b.set_defaults(func=_cmd_bench)
     t = sub.add_parser("tune", help="choose methods' settings on the tuning users (never the evaluation users)")
     t.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
@@ -220,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="smollm2-135m")
     t.add_argument("--methods", required=True, help="comma-separated method names")
     t.add_argument("--grid", action="append", metavar="METHOD.FIELD=V1,V2,...",
-                   help="values to try for one setting (repeatable); every combination is run")
+                   help="values to try for one setting (repeatable); every combination is run "
+                        "(default: the method's declared grid, workbench.tuning.DEFAULT_GRIDS)")
     t.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="a setting fixed at every grid point")
     t.add_argument("--metric", default="rouge1", choices=["rouge1", "rougeL", "meteor"])
     t.add_argument("--fraction", default=1 / 3, type=float, help="share of users kept for tuning (default 1/3)")

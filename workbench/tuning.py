@@ -32,6 +32,23 @@ from workbench.splits import TUNE_FRACTION, split_users
 TUNED_FORMAT = "workbench.tuned/1"
 TIE_DECIMALS = 4
 
+# The grid each method is tuned over when ``--grid`` does not say otherwise: small, so that
+# every method gets the same treatment within a CPU budget, and each includes the default.
+# ``None`` for a layer is the method's own default layer (the middle one; Fints: 22 of 30).
+DEFAULT_GRIDS: dict[str, dict[str, list]] = {
+    "dps": {"alpha": [0.5, 1.0, "entropy"], "top_percent": [2.0, 4.0]},
+    "caa-all": {"scale": [0.5, 1.0, 2.0], "layer": [None, 20]},
+    "steerx-caa": {"scale": [0.5, 1.0, 2.0], "layer": [None, 20]},
+    "opt-all": {"opt_radius": [0.25, 0.5]},
+    "steerx-opt": {"opt_radius": [0.25, 0.5]},
+    "fints+rag": {"scale": [0.5, 1.0, 2.0], "layer": [None, 15]},
+    "fints": {"scale": [0.5, 1.0, 2.0]},
+    "caa-user": {"scale": [0.5, 1.0, 2.0]},
+    "caa-all+dps": {"steering.scale": [0.5, 1.0], "decoding.alpha": [0.5, "entropy"]},
+    "steerx-caa+dps": {"steering.scale": [0.5, 1.0], "decoding.alpha": [0.5, "entropy"]},
+}
+"""Methods without a grid here (``generic``, ``rag``, ``dps-raw``: the authors' settings) are not tuned."""
+
 
 def parse_grid(items: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     """``["dps.alpha=0.5,1,entropy"]`` -> ``{"dps": {"alpha": ["0.5", "1", "entropy"]}}``."""
@@ -89,11 +106,19 @@ def _point_label(point: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items()) or "defaults"
 
 
+def default_of(defaults: Mapping[str, Any], key: str) -> Any:
+    """A setting's default from a method's ``describe()``; ``steering.scale`` reads a part's."""
+    head, dot, rest = key.partition(".")
+    if dot:
+        return default_of(defaults.get(head, {}), rest)
+    return defaults.get(key)
+
+
 def choose(points: pd.DataFrame, metric: str, defaults: Mapping[str, Any], fields: Sequence[str]) -> int:
     """The index of the winning row: best mean ``metric``; ties (to :data:`TIE_DECIMALS`) to the
     row with the fewest fields away from ``defaults``, then the first listed."""
     def away(row: pd.Series) -> int:
-        return sum(str(row[f]) != str(defaults.get(f)) for f in fields)
+        return sum(str(row[f]) != str(default_of(defaults, f)) for f in fields)
 
     ranked = sorted(points.index, key=lambda i: (-round(float(points.loc[i, metric]), TIE_DECIMALS),
                                                   away(points.loc[i]), i))
@@ -143,7 +168,7 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     best = choose(table, metric, defaults, list(grid))
     table["chosen"] = table.index == best
     chosen = {k: rows[best][k] for k in grid}  # from the rows: a table column would turn None into NaN
-    return TuningResult(method, metric, table, chosen, {k: defaults.get(k) for k in grid})
+    return TuningResult(method, metric, table, chosen, {k: default_of(defaults, k) for k in grid})
 
 
 def save_tuned(results: Sequence[TuningResult], path: str | Path, about: Mapping[str, Any]) -> Path:
