@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import tempfile
 from contextlib import contextmanager
@@ -70,8 +71,128 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
 
 
 def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the path of a file to write")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another path")
+
+
+def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Raise a clear error unless ``path`` is, or can be created as, a directory we may write in.
+
+    Checked before any slow work starts, so that a bad ``--out`` fails in a second, not after
+    the model has loaded or the analysis has run. Nothing is created.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a directory; choose a directory (or a new name)")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path} is not writable (no write permission in {existing}); "
+                              "choose a directory you can write to")
+    return path
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first name not taken yet (for keeping
+    copies whose natural names, e.g. a time stamp to the second, can collide)."""
+    candidate, i = path, 1
+    while candidate.exists():
+        i += 1
+        candidate = path.with_name(f"{path.name}-{i}")
+    return candidate
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_file(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON in ``path``; a missing, unreadable or damaged file is an error naming the path,
+    what the file should have been and how to get a good one (``fix``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {fix}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not {what}; give the file's path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not {what}: it is damaged or another kind of file "
+                         f"({type(e).__name__}: {e}); {fix}") from None
+
+
+def load_torch_file(path: str | Path, what: str, fix: str) -> Any:
+    """``torch.load`` of ``path`` with only tensors and plain data allowed (``weights_only``:
+    a file can't run code); a missing, damaged or foreign file is an error naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {fix}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not {what}; give the file's path")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever torch says about it
+        raise ValueError(f"{path} is not {what}: it could not be read ({type(e).__name__}); {fix}") from None
+
+
+# ---- checking arguments ------------------------------------------------------------------------------
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int, or a ValueError naming ``name``: a whole number (numpy ints too, not
+    bools or floats such as 2.5) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} must be a whole number (int), got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} must be <= {maximum}")
+    return value
+
+
+def check_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 above: float | None = None) -> float:
+    """``value`` as a finite float, or a ValueError naming ``name``: a real number (not a bool,
+    string, NaN or inf), ``>= minimum``, ``<= maximum`` and ``> above`` where given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} must be a number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name}={value!r} must be a finite number (not NaN or inf)")
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum:g}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name}={value} must be <= {maximum:g}")
+    if above is not None and not x > above:
+        raise ValueError(f"{name}={value} must be > {above:g}")
+    return x
+
+
+def check_sampling(temperature: Any, top_p: Any, top_k: Any, do_sample: bool, seed: Any = None) -> None:
+    """The sampling arguments of a generation call: ``temperature > 0`` (when sampling), ``top_p``
+    in (0, 1], ``top_k >= 1``, an int ``seed`` (each None = not used)."""
+    if do_sample:
+        check_number("temperature", temperature, above=0)
+    if top_p is not None:
+        p = check_number("top_p", top_p)
+        if not 0 < p <= 1:
+            raise ValueError(f"top_p={top_p} must be in (0, 1] (the probability mass kept, e.g. 0.9)")
+    if top_k is not None:
+        check_int("top_k", top_k, minimum=1)
+    if seed is not None:
+        check_int("seed", seed)
 
 
 def cache_file(kind: str, model_name: str, name: str) -> Path:

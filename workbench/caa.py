@@ -10,6 +10,7 @@ activation by exactly the measured difference.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 import torch
@@ -95,6 +96,8 @@ def caa_vectors(model: Model, preference: "str | Sequence[dict]", articles: Sequ
     ``preference``: a description (str) or the history items (ALL-history baseline).
     ``articles``: the inputs to average over (e.g. the user's new articles).
     """
+    if isinstance(layers, (numbers.Integral, str)):
+        raise ValueError(f"layers={layers!r}: give a list of layers, e.g. [{layers}]")
     layers = list(layers)
     check_site(model, layers, site)
     articles = [a for a in articles if a]

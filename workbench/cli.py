@@ -23,7 +23,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import workbench as wb
     from workbench.demo import run_demo
+    from workbench.loading import check_load_args
+    from workbench.report import Report
 
+    # Everything that can be wrong with the arguments fails here, not after minutes of analysis.
+    check_load_args(args.model, args.device, args.dtype)
+    Report.check_target(args.out, overwrite=args.force)
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", flush=True)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
@@ -58,6 +63,22 @@ def _load_dataset(args: argparse.Namespace) -> tuple[Any, Path]:
     return dataset, Path(data_dir)
 
 
+def _method_names(args: argparse.Namespace) -> list[str]:
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
+    return names
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """The arguments every model command shares, checked before any data or model is read."""
+    from workbench._util import check_writable_dir
+    from workbench.loading import check_load_args
+
+    check_load_args(args.model, args.device, args.dtype)
+    check_writable_dir(args.out, "--out directory")
+
+
 def _methods_for_run(args: argparse.Namespace, settings: Any, model_name: str) -> list:
     """The run's methods with their settings: defaults, then ``--tuned``, then ``--set`` (every
     name and value checked before the model loads or anything runs)."""
@@ -65,9 +86,7 @@ def _methods_for_run(args: argparse.Namespace, settings: Any, model_name: str) -
     from workbench.settings import apply_all, parse_assignments
     from workbench.tuning import load_tuned
 
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not names:
-        raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
+    names = _method_names(args)
     methods = make_methods(names, settings)
     changes = parse_assignments(args.set or [])
     tuned: dict = {}
@@ -94,13 +113,15 @@ def _users(args: argparse.Namespace, dataset: Any) -> tuple[Any, dict | None]:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import workbench as wb
-    from workbench.bench import format_summary, run_bench
+    from workbench.bench import check_run, format_summary, run_bench
     from workbench.methods import GenerationSettings
 
-    dataset, _ = _load_dataset(args)
-    dataset, users = _users(args, dataset)
+    _check_common(args)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
     methods = _methods_for_run(args, settings, args.model)
+    dataset, _ = _load_dataset(args)
+    dataset, users = _users(args, dataset)
+    check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
     result = run_bench(model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
@@ -112,13 +133,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     import workbench as wb
+    from workbench._util import atomic_write
     from workbench.methods import GenerationSettings, make_methods
-    from workbench.settings import parse_assignments
+    from workbench.settings import apply_settings, parse_assignments
     from workbench.splits import describe_split
-    from workbench.tuning import DEFAULT_GRIDS, parse_grid, save_tuned, tune
+    from workbench.tuning import DEFAULT_GRIDS, grid_points, parse_grid, save_tuned, tune
 
-    dataset, _ = _load_dataset(args)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    _check_common(args)
+    names = _method_names(args)
     grids = parse_grid(args.grid or [])
     untunable = [m for m in names if m not in grids and m not in DEFAULT_GRIDS]
     if untunable:
@@ -129,6 +151,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     stray = [m for m in [*grids, *fixed] if m not in names]
     if stray:
         raise ValueError(f"--grid/--set name method(s) {stray} that are not in --methods {names}")
+    for name in names:  # every grid value is a valid setting, before the model loads
+        for point in grid_points(grids.get(name, DEFAULT_GRIDS.get(name))):
+            apply_settings(make_methods([name], settings)[0], {**fixed.get(name, {}), **point})
+    dataset, _ = _load_dataset(args)
     out = Path(args.out)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     split = describe_split(dataset, args.fraction)
@@ -139,7 +165,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         res = tune(model, dataset, name, grids.get(name, DEFAULT_GRIDS.get(name)), out, metric=args.metric, fraction=args.fraction,
                    n=args.n, settings=settings, fixed=fixed.get(name))
         results.append(res)
-        res.figure().write_html(out / f"grid-{name.replace('+', '_')}.html", include_plotlyjs="cdn")
+        figure = res.figure()
+        atomic_write(out / f"grid-{name.replace('+', '_')}.html", lambda tmp: figure.write_html(tmp, include_plotlyjs="cdn"))
         print(res)
         about = {"model": model.name, "data": str(getattr(dataset, "path", "")), "split": dataset.split,
                  "users": {"users": "tune", **split}, "metric": args.metric, "n": args.n,
@@ -152,27 +179,31 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_heads(args: argparse.Namespace) -> int:
     import workbench as wb
+    from workbench._util import atomic_write
     from workbench.history import profile_examples
     from workbench.pcs import preference_scores
 
-    dataset, data_dir = _load_dataset(args)
+    _check_common(args)
     out = Path(args.out)
     target = out / "scores.json"
     if target.exists() and not args.force:
         raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
-    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"{model}\n{dataset!r}")
+    dataset, data_dir = _load_dataset(args)
     if args.source == "profile":
         examples = profile_examples(dataset, n=args.n, k=args.k)
         label = f"{data_dir} ({args.split}), profile leave-one-out"
     else:
         examples = [ex for ex in dataset if ex.profile][: args.n]
         label = f"{data_dir} ({args.split}), query golds"
+        if not examples:
+            raise ValueError(f"no query in {data_dir} ({args.split}) has a profile; --source gold needs some")
+    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"{model}\n{dataset!r}")
     scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k, data=label)
-    out.mkdir(parents=True, exist_ok=True)
     scores.save(target, overwrite=args.force)
-    scores.heatmap().write_html(out / "heatmap.html", include_plotlyjs=True)
-    scores.frame.sort_values("pcs", ascending=False).to_csv(out / "heads.csv", index=False)
+    heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
+    atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))
+    atomic_write(out / "heads.csv", lambda tmp: table.to_csv(tmp, index=False))
     print(f"\n{scores}\n({scores.meta['seconds']:.0f} s)")
     print("\nTop heads (PCS = NLL increase in nats/token when masked):")
     for row in scores.frame.sort_values("pcs", ascending=False).head(args.top).itertuples():
@@ -181,39 +212,72 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whole_number(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (argparse turns the error into a usage message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {minimum}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+_count = _whole_number(1)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} must be strictly between 0 and 1 (the share of users kept for tuning)")
+    return value
+
+
 def _add_setting_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE",
                    help="a method setting, e.g. --set dps.alpha=0.5 (repeatable; see each method's fields)")
     p.add_argument("--users", default="all", choices=["tune", "eval", "all"],
                    help="run on the tuning users, the evaluation users, or all (default)")
-    p.add_argument("--fraction", default=1 / 3, type=float, help="share of users that are tuning users (default 1/3)")
+    p.add_argument("--fraction", default=1 / 3, type=_fraction, help="share of users that are tuning users (default 1/3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    # Also accepted after the command (`workbench bench ... --debug`); SUPPRESS keeps a flag
+    # given before the command from being reset by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("models", help="list the models workbench knows and whether each loads offline here")
+    m = sub.add_parser("models", parents=[common], help="list the models workbench knows and whether each loads offline here")
     m.set_defaults(func=_cmd_models)
-    d = sub.add_parser("demo", help="generic vs personalized output and per-layer head masking, as an HTML report")
+    d = sub.add_parser("demo", parents=[common], help="generic vs personalized output and per-layer head masking, as an HTML report")
     d.add_argument("--model", default="smollm2-135m", help="model name or local checkpoint dir (default: smollm2-135m)")
     d.add_argument("--out", default="workbench-report", type=Path, help="report directory (default: ./workbench-report)")
     d.add_argument("--how", default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)")
-    d.add_argument("--max-new-tokens", default=32, type=int)
+    d.add_argument("--max-new-tokens", default=32, type=_count)
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
     d.add_argument("--dtype", default=None, help="float32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
     d.add_argument("--force", action="store_true", help="replace an existing report instead of keeping it under previous/")
     d.set_defaults(func=_cmd_demo)
-    b = sub.add_parser("bench", help="run personalization methods on LaMP-format data and compare them")
+    b = sub.add_parser("bench", parents=[common], help="run personalization methods on LaMP-format data and compare them")
     b.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
     b.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: $WORKBENCH_LAMP4_DIR "
                    "or ../shared/data/lamp4-news)")
     b.add_argument("--split", default="dev")
     b.add_argument("--model", default="smollm2-135m")
-    b.add_argument("--n", default=None, type=int, help="first N examples (default: all)")
+    b.add_argument("--n", default=None, type=_count, help="first N examples (default: all)")
     b.add_argument("--methods", default="generic,rag", help="comma-separated method names")
-    b.add_argument("--k", default=5, type=int, help="profile items in the prompt (default 5)")
+    b.add_argument("--k", default=5, type=_count, help="profile items in the prompt (default 5)")
     b.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
-    b.add_argument("--max-new-tokens", default=32, type=int)
+    b.add_argument("--max-new-tokens", default=32, type=_count)
     b.add_argument("--out", default="bench-results", type=Path)
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default=None)
@@ -221,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tuned", action="append", type=Path,
                    help="tuned.json from `workbench tune`: use its chosen settings (repeatable, one file per tune run)")
     b.set_defaults(func=_cmd_bench)
-    t = sub.add_parser("tune", help="choose methods' settings on the tuning users (never the evaluation users)")
+    t = sub.add_parser("tune", parents=[common], help="choose methods' settings on the tuning users (never the evaluation users)")
     t.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
     t.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
     t.add_argument("--split", default="dev")
@@ -232,29 +296,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the method's declared grid, workbench.tuning.DEFAULT_GRIDS)")
     t.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="a setting fixed at every grid point")
     t.add_argument("--metric", default="rouge1", choices=["rouge1", "rougeL", "meteor"])
-    t.add_argument("--fraction", default=1 / 3, type=float, help="share of users kept for tuning (default 1/3)")
-    t.add_argument("--n", default=None, type=int, help="first N tuning examples only (default: all)")
-    t.add_argument("--k", default=5, type=int)
+    t.add_argument("--fraction", default=1 / 3, type=_fraction, help="share of users kept for tuning (default 1/3)")
+    t.add_argument("--n", default=None, type=_count, help="first N tuning examples only (default: all)")
+    t.add_argument("--k", default=5, type=_count)
     t.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
-    t.add_argument("--max-new-tokens", default=32, type=int)
+    t.add_argument("--max-new-tokens", default=32, type=_count)
     t.add_argument("--out", default="tune-results", type=Path, help="grid runs, figures and tuned.json (resumable)")
     t.add_argument("--device", default=None)
     t.add_argument("--dtype", default=None)
     t.set_defaults(func=_cmd_tune)
-    h = sub.add_parser("heads", help="Preference Contribution Score of every attention head, with its heatmap")
+    h = sub.add_parser("heads", parents=[common], help="Preference Contribution Score of every attention head, with its heatmap")
     h.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
     h.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
     h.add_argument("--split", default="dev")
     h.add_argument("--model", default="smollm2-135m")
-    h.add_argument("--n", default=50, type=int, help="examples to average over (default 50)")
+    h.add_argument("--n", default=50, type=_count, help="examples to average over (default 50)")
     h.add_argument("--source", default="profile", choices=["profile", "gold"],
                    help="profile: leave-one-out over users' earlier items (default; never reads evaluation golds); "
                         "gold: the split's queries and gold outputs")
     h.add_argument("--how", default="uniform", choices=["uniform", "zero"], help="masking (default: uniform, as DPS)")
     h.add_argument("--scope", default="output", choices=["output", "all"], help="positions masked (default: output)")
     h.add_argument("--mode", default="exact", choices=["exact", "fast", "naive"])
-    h.add_argument("--k", default=5, type=int, help="profile items in each prompt (default 5)")
-    h.add_argument("--top", default=11, type=int, help="how many top heads to print")
+    h.add_argument("--k", default=5, type=_count, help="profile items in each prompt (default 5)")
+    h.add_argument("--top", default=11, type=_count, help="how many top heads to print")
     h.add_argument("--out", default="heads-results", type=Path)
     h.add_argument("--force", action="store_true", help="replace existing scores in --out")
     h.add_argument("--device", default=None)
@@ -263,14 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a user can fix: bad arguments and data (ValueError, DataError), files (OSError: missing,
+# not writable, a directory where a file belongs, ...), a model that is not available
+# (ModelNotAvailableError, a RuntimeError). Anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, OSError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, RuntimeError) as e:
+    except _USER_ERRORS as e:
+        if args.debug:
+            raise
         # Bad input is the user's to fix: say what and how, without a traceback.
-        print(f"workbench: error: {e}", file=sys.stderr)
+        print(f"workbench: error: {_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("workbench: interrupted (bench and tune resume where they stopped when run again)", file=sys.stderr)
+        return 130
+
+
+def _message(e: BaseException) -> str:
+    # An OSError from the system says only "[Errno 13] Permission denied: 'x'": name the kind too.
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

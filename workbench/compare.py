@@ -24,10 +24,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from workbench.bench import METRICS, read_outputs
+from workbench._util import atomic_write, atomic_write_text
+from workbench.bench import METRICS, read_outputs, read_run_info
 from workbench.metrics import bootstrap_ci
 
 _SAME = ("model", "task", "split", "settings")
+_SAME_IF_RECORDED = ("dtype", "data_files")  # older run.json files lack them: compared where both have them
 
 
 def load_runs(*dirs: str | Path) -> pd.DataFrame:
@@ -44,11 +46,12 @@ def load_runs(*dirs: str | Path) -> pd.DataFrame:
         run_file = d / "run.json"
         if not run_file.exists():
             raise FileNotFoundError(f"{d} is not a benchmark directory (no run.json); run `workbench bench --out {d}`")
-        info = json.loads(run_file.read_text())
+        info = read_run_info(d)
         if first is None:
             first = (d, info)
         else:
             diff = [k for k in _SAME if info.get(k) != first[1].get(k)]
+            diff += [k for k in _SAME_IF_RECORDED if k in info and k in first[1] and info[k] != first[1][k]]
             if diff:
                 raise ValueError(f"{d} and {first[0]} differ in {', '.join(diff)}; their results are not comparable")
         recs = list(read_outputs(d / "outputs.jsonl").values())
@@ -166,9 +169,9 @@ def save_results(outputs: pd.DataFrame, path: str | Path, source: dict, overwrit
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     cols = [c for c in ("method", "id", "user_id", "prediction", *METRICS, "seconds", "prompt_tokens") if c in outputs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    outputs[cols].sort_values(["method", "id"]).to_csv(path, index=False)
-    path.with_suffix(".json").write_text(json.dumps(source, indent=1, ensure_ascii=False))
+    table = outputs[cols].sort_values(["method", "id"])
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(source, indent=1, ensure_ascii=False))
     return path
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
+from workbench._util import file_sha256, stable_hash
 from workbench.tasks import GENERIC, STRING_FIELDS, TASKS
 
 # Ranking belongs to workbench.retrieval; these two stay importable from here because the
@@ -108,14 +109,26 @@ class Dataset:
     ``users()``, ``by_user(uid)``, ``with_profile()`` and ``to_frame()``.
     """
 
-    def __init__(self, examples: Iterable[Example], task: str, split: str = "", path: str | Path = ""):
+    def __init__(self, examples: Iterable[Example], task: str, split: str = "", path: str | Path = "",
+                 files: dict[str, str] | None = None):
         self.examples = list(examples)
         self.task = task
         self.split = split
         self.path = str(path)
+        # {file name: SHA-256} of the files the loader read: what a benchmark run records, so
+        # that a run is never resumed on data that changed under the same path.
+        self.files = dict(files or {})
 
     def _subset(self, examples: Iterable[Example]) -> Dataset:
-        return Dataset(examples, self.task, self.split, self.path)
+        return Dataset(examples, self.task, self.split, self.path, self.files)
+
+    def fingerprint(self) -> dict[str, str]:
+        """``{file name: SHA-256}`` of the data files this dataset was read from; for a dataset
+        built in code (no files), one hash of all its examples under ``"(examples)"``."""
+        if self.files:
+            return dict(self.files)
+        rows = [[ex.id, ex.user_id, ex.task, ex.input, list(ex.profile), ex.gold] for ex in self.examples]
+        return {"(examples)": stable_hash(rows, length=None)}
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -162,7 +175,7 @@ class Dataset:
     def _repr_html_(self) -> str:
         head = (f"<p><b>{html.escape(self.task)}</b> · split {html.escape(self.split or '-')} · "
                 f"{len(self)} examples · {len(self.users())} users · {html.escape(self.path)}</p>")
-        return head + self.to_frame().head(10).to_html(index=False)
+        return head + self.to_frame().head(10).to_html(index=False, escape=True)
 
 
 # ---- validation helpers --------------------------------------------------------------------
@@ -177,6 +190,9 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise _err(path, f"not UTF-8 text ({e.reason} at byte {e.start})",
                    "this should be a JSON file; download it again") from None
+    except OSError as e:  # a directory of that name, no permission to read, ...
+        raise _err(path, f"cannot be read ({type(e).__name__}: {e.strerror or e})",
+                   "make it a readable JSON file") from None
 
 
 def _norm_task(task: Any) -> str:
@@ -280,8 +296,13 @@ def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> 
         >>> ds = load_lamp("LaMP_4/", split="dev")      # doctest: +SKIP
     """
     path = Path(path).expanduser()
+    if not isinstance(split, str) or not re.fullmatch(r"[\w.-]+", split) or split.strip(".") == "":
+        raise DataError(f"split={split!r} is not a split name; use the prefix of the files, e.g. 'dev' for "
+                        "dev_questions.json ('train', 'dev', 'test')")
     qfile, ofile = path / f"{split}_questions.json", path / f"{split}_outputs.json"
     where_to_get = (f"get LaMP from {LAMP_URL} (or set ${DATA_ENV} / pass --data to a LaMP-format directory)")
+    if path.is_file():
+        raise DataError(f"{path} is a file; pass the directory that holds {qfile.name} (a LaMP-format directory)")
     if not path.is_dir():
         raise DataError(f"data directory {path} does not exist (looking for {qfile.name}). Fix: {where_to_get}")
     if not qfile.exists():
@@ -318,7 +339,8 @@ def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> 
                        record, "id")
         profile = _check_profile(q["profile"], task, qfile, record)
         examples.append(Example(qid, user, task, q["input"], profile, None if golds is None else golds[qid]))
-    return Dataset(examples, task, split, path)
+    read = [qfile] + ([ofile] if golds is not None else [])
+    return Dataset(examples, task, split, path, {f.name: file_sha256(f) for f in read})
 
 
 def _read_outputs(ofile: Path, task: str | None) -> tuple[str, dict[str, str]]:
@@ -395,7 +417,7 @@ def load_longlamp(path: str | Path, task: str = "longlamp") -> Dataset:
             profile = [{k: v for k, v in it.items() if v is not None} if isinstance(it, dict) else it
                        for it in profile.tolist()]
         examples.append(Example(rid, user, task, r["input"], _check_profile(profile, task, path, record), r["output"]))
-    return Dataset(examples, task, "", path)
+    return Dataset(examples, task, "", path, {path.name: file_sha256(path)})
 
 
 def _read_records(path: Path) -> list:
@@ -410,15 +432,19 @@ def _read_records(path: Path) -> list:
         return [{k: v for k, v in rec.items() if not (v is None or (isinstance(v, float) and v != v))}
                 for rec in pd.read_parquet(path).to_dict("records")]
     if path.suffix == ".jsonl":
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")  # as iterating the file: not at U+2028
+        except UnicodeDecodeError as e:
+            raise _err(path, f"not UTF-8 text ({e.reason} at byte {e.start})",
+                       "this should be a JSON lines file; download it again") from None
         records = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise _err(path, f"not valid JSON ({e.msg})", "one JSON object per line",
-                                   f"line {lineno}") from None
+        for lineno, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise _err(path, f"not valid JSON ({e.msg})", "one JSON object per line",
+                               f"line {lineno}") from None
         return records
     records = _read_json(path)
     if not isinstance(records, list):

@@ -15,12 +15,16 @@ from typing import Any
 import pandas as pd
 
 import workbench
+from workbench._util import check_int
 from workbench.examples import EXAMPLE_USER
 from workbench.figures import layer_effect_figure
 from workbench.heads import layer_mask_effects
 from workbench.model import Model
 from workbench.prompts import first_line, headline_prompt
 from workbench.report import Report
+
+
+DEMO_MASKING = ("zero", "uniform")  # "mean" would need reference texts the demo doesn't have
 
 
 @dataclass
@@ -58,8 +62,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo analysis for ``user`` (default: the built-in example user)."""
     user = user or EXAMPLE_USER
-    if not user.get("profile"):
-        raise ValueError("the user has an empty profile; the demo needs at least one history item")
+    _check_demo_args(user, how, max_new_tokens)
     generic_prompt = headline_prompt(model, user["query"])
     personal_prompt = headline_prompt(model, user["query"], user["profile"])
     generic = first_line(model.generate(generic_prompt, max_new_tokens=max_new_tokens))
@@ -87,6 +90,22 @@ def run_demo(
                         scores=scores, dps=dps, report=Report("", {}))
     result.report = build_report(result, user, model)
     return result
+
+
+def _check_demo_args(user: Any, how: str, max_new_tokens: Any) -> None:
+    """Everything the demo needs from its arguments, checked before the model runs."""
+    if how not in DEMO_MASKING:
+        raise ValueError(f"how={how!r}: the demo masks heads with one of {DEMO_MASKING}")
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    if not isinstance(user, dict) or not isinstance(user.get("query"), str):
+        raise ValueError("user must be a dict with a 'query' (the new article, a string) and a 'profile' "
+                         "(a list of {'text', 'title'} items), like workbench.examples.EXAMPLE_USER")
+    if not user.get("profile"):
+        raise ValueError("the user has an empty profile; the demo needs at least one history item")
+    bad = [i for i, it in enumerate(user["profile"])
+           if not isinstance(it, dict) or not isinstance(it.get("text"), str) or not isinstance(it.get("title"), str)]
+    if bad:
+        raise ValueError(f"profile item(s) {bad} of the user need a 'text' and a 'title' (strings)")
 
 
 def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_tokens: int, progress: bool):

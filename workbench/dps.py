@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from workbench._util import filter_logits
+from workbench._util import check_int, check_number, check_sampling, filter_logits
 from workbench.heads import HeadMask, mask_heads
 from workbench.model import Model
 
@@ -60,6 +60,23 @@ def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
         raise ValueError("heads is empty; DPS needs at least one preference head to mask "
                          "(e.g. preference_scores(...).top_percent(4))")
     return mask
+
+
+def _check_dps_args(alpha: Any, alpha_cap: Any, max_new_tokens: Any, plausibility: Any) -> int:
+    """Every DPS setting checked before any work (NaN would otherwise turn every score NaN, and
+    the output into an empty string)."""
+    if isinstance(alpha, str):
+        if alpha != "entropy":
+            raise ValueError(f"alpha={alpha!r}: give a number >= 0 or 'entropy'")
+    else:
+        check_number("alpha", alpha, minimum=0)
+    if alpha_cap is not None:
+        check_number("alpha_cap", alpha_cap, minimum=0)
+    if plausibility is not None:
+        beta = check_number("plausibility", plausibility)
+        if not 0 < beta <= 1:
+            raise ValueError(f"plausibility={plausibility} must be in (0, 1], e.g. 0.1 (or None for no constraint)")
+    return check_int("max_new_tokens", max_new_tokens, minimum=1)
 
 
 @torch.no_grad()
@@ -107,17 +124,8 @@ def dps_generate(
         >>> heads = scores.top_percent(4)                                   # doctest: +SKIP
         >>> dps_generate(model, prompt, heads, alpha="entropy", max_new_tokens=32)  # doctest: +SKIP
     """
-    if isinstance(alpha, str):
-        if alpha != "entropy":
-            raise ValueError(f"alpha={alpha!r}: give a number >= 0 or 'entropy'")
-    elif alpha < 0:
-        raise ValueError(f"alpha={alpha} must be >= 0 (0 = plain decoding)")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if plausibility is not None and not 0 < plausibility <= 1:
-        raise ValueError(f"plausibility={plausibility} must be in (0, 1], e.g. 0.1 (or None for no constraint)")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0 when sampling")
+    max_new_tokens = _check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
+    check_sampling(temperature, top_p, top_k, do_sample, seed)
     mask = _as_mask(model, heads, how)
     row_mask = mask.row_hooks(slice(1, 2))
     bridge = model.bridge

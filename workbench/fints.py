@@ -53,6 +53,7 @@ Example::
 from __future__ import annotations
 
 import html
+import numbers
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench._util import atomic_torch_save, refuse_overwrite
+from workbench._util import atomic_torch_save, check_int, load_torch_file, refuse_overwrite
 from workbench.model import Model
 from workbench.pairs import contrastive_pairs, is_example, item_id, select_items
 from workbench.retrieval import bm25_scores
@@ -156,7 +157,7 @@ class SampleVectors:
         df = self.items[["item_id", "positive", "negative", "rougeL"]].copy()
         df["|attn|"] = self.attn.norm(dim=1).numpy()
         df["|mlp|"] = self.mlp.norm(dim=1).numpy()
-        return f"<p>{html.escape(repr(self))}</p>" + df.to_html(index=False, float_format="{:.3f}".format)
+        return f"<p>{html.escape(repr(self))}</p>" + df.to_html(index=False, float_format="{:.3f}".format, escape=True)
 
     def subset(self, item_ids: Iterable[str]) -> "SampleVectors":
         """Only the items whose id is in ``item_ids`` (order kept)."""
@@ -198,14 +199,20 @@ class SampleVectors:
     @classmethod
     def load(cls, path: str | Path, model: Model | None = None) -> "SampleVectors":
         """Read a file written by :meth:`save`; with ``model``, refuse vectors of another model."""
-        d = torch.load(Path(path), weights_only=True)
-        if d.get("format") != "workbench.fints.SampleVectors/1":
-            raise ValueError(f"{path} is not a workbench Fints vectors file (format {d.get('format')!r})")
-        if model is not None and d["model_name"] != model.name:
-            raise ValueError(f"{path} holds vectors of model {d['model_name']!r}, not {model.name!r}; "
+        path = Path(path)
+        fix = "build them with sample_vectors and save them with .save(path)"
+        d = load_torch_file(path, "a workbench Fints vectors file", fix)
+        if not isinstance(d, dict) or d.get("format") != "workbench.fints.SampleVectors/1":
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{path} is not a workbench Fints vectors file (format {found!r}); {fix}")
+        if model is not None and d.get("model_name") != model.name:
+            raise ValueError(f"{path} holds vectors of model {d.get('model_name')!r}, not {model.name!r}; "
                              "vectors only make sense in the model they came from — rebuild them with sample_vectors")
-        return cls(d["attn"], d["mlp"], pd.DataFrame(json.loads(d["items"])), d["model_name"], int(d["layer"]),
-                   d["attn_site"], d["mlp_site"], d["user_id"], json.loads(d["settings"]))
+        try:
+            return cls(d["attn"], d["mlp"], pd.DataFrame(json.loads(d["items"])), d["model_name"], int(d["layer"]),
+                       d["attn_site"], d["mlp_site"], d["user_id"], json.loads(d["settings"]))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path} is a damaged Fints vectors file ({type(e).__name__}: {e}); {fix}") from None
 
 
 def sample_vectors(
@@ -227,7 +234,11 @@ def sample_vectors(
     _check_sites(attn_site, mlp_site)
     if layer is None:
         layer = default_layer(model)
-    layers = [layer] if isinstance(layer, int) else [int(L) for L in layer]
+    single = isinstance(layer, numbers.Integral)
+    layers = [layer] if single else list(layer) if isinstance(layer, Iterable) and not isinstance(layer, str) else [layer]
+    if any(isinstance(L, bool) or not isinstance(L, numbers.Integral) for L in layers):
+        raise ValueError(f"layer={layer!r}: give a whole number (or a list of them)")
+    layers = [int(L) for L in layers]
     bad = [L for L in layers if not 0 <= L < model.n_layers]
     if bad:
         raise ValueError(f"layer(s) {bad} out of range: {model.name!r} has layers 0..{model.n_layers - 1}")
@@ -250,7 +261,7 @@ def sample_vectors(
                             items, model.name, L, attn_site, mlp_site, str(pairs.attrs.get("user_id", "")),
                             dict(pairs.attrs.get("settings", {})))
            for L in layers}
-    return out[layers[0]] if isinstance(layer, int) else out
+    return out[layers[0]] if single else out
 
 
 # ---- 3. input-aware aggregation -----------------------------------------------------------
@@ -286,8 +297,7 @@ def aggregate(
 
     if weighting not in ("softmax", "uniform"):
         raise ValueError(f"weighting={weighting!r}: use 'softmax' or 'uniform'")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = check_int("k", k, minimum=1)
     if weighting == "softmax" and not tau > 0:
         raise ValueError(f"tau must be > 0 for softmax weighting, got {tau}")
     if is_example(query):

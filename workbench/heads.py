@@ -26,6 +26,7 @@ query head is masked on its own and the shared keys/values are left intact.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
@@ -40,17 +41,28 @@ HOW = ("zero", "mean", "uniform")
 Head = tuple[int, int]
 
 
+def _is_index(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _normalise_heads(model: Model, heads: Any) -> dict[Head, float]:
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise ValueError(f"heads must be (layer, head) pairs or a {{(layer, head): weight}} mapping, "
+                         f"got {type(heads).__name__}")
     if isinstance(heads, Mapping):
         items = list(heads.items())
     else:
-        if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, int) for x in heads):
+        if isinstance(heads, tuple) and len(heads) == 2 and all(_is_index(x) for x in heads):
             heads = [heads]  # a single (layer, head) pair
         items = [(h, 1.0) for h in heads]
     out: dict[Head, float] = {}
     for h, w in items:
         if not (isinstance(h, (tuple, list)) and len(h) == 2):
             raise ValueError(f"each head must be a (layer, head) pair, got {h!r}")
+        if not all(_is_index(x) for x in h):
+            # int(1.7) would silently mask head 1: an index must be a whole number.
+            raise ValueError(f"head {tuple(h)!r}: layer and head must be whole numbers (ints), "
+                             f"got {type(h[0]).__name__} and {type(h[1]).__name__}")
         layer, head = int(h[0]), int(h[1])
         if not 0 <= layer < model.n_layers:
             raise ValueError(
@@ -62,7 +74,12 @@ def _normalise_heads(model: Model, heads: Any) -> dict[Head, float]:
                 f"head {head} (in layer {layer}) is out of range: {model.name!r} has heads "
                 f"0..{model.n_heads - 1} per layer (layers 0..{model.n_layers - 1})"
             )
-        w = float(w)
+        try:
+            if isinstance(w, (bool, str, bytes)):
+                raise TypeError
+            w = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"mask weight for head ({layer}, {head}) must be a number in [0, 1], got {w!r}") from None
         if not 0.0 <= w <= 1.0:
             raise ValueError(f"mask weight for head ({layer}, {head}) must be in [0, 1], got {w}")
         # Listing a head twice means masking it once, at the larger weight.
@@ -249,6 +266,10 @@ def layer_mask_effects(
     from workbench._reuse import run_from_layer
     from workbench.model import logprobs_of
 
+    if how not in HOW:
+        raise ValueError(f"how={how!r} is not a masking mode; use one of {HOW}")
+    if how == "mean" and reference is None:
+        raise ValueError("how='mean' needs reference=... (texts or token ids to average each head's output over)")
     ids, start = model.prompt_and_target(prompt, target)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.n_layers)]
     logits, cache = model.bridge.run_with_cache(ids, names_filter=names)

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from workbench._util import check_int
+
 # The history fields a user's history is made of when the task does not say otherwise
 # (LaMP-4: the article and the user's headline); :func:`held_out_example` asks the task.
 INPUT_FIELD = "text"
@@ -96,6 +98,8 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
     ``dataset`` without having seen its answers. (``k``, ``by`` and ``model`` are accepted
     for call compatibility; the prompt is built later, by whoever scores the examples.)
     """
+    check_int("n", n, minimum=1)
+    check_int("seed", seed)
     dataset = list(dataset)
     task = _task_of(dataset)
     source, target = _fields(task)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -148,6 +149,10 @@ def _resolve_device(device: Any) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was requested but torch sees no CUDA GPU "
@@ -246,7 +251,7 @@ def load_hf(name: str = DEFAULT_MODEL, dtype: Any = None, device: Any = None, pr
 
 
 def _hf_from_path_or_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     known = ", ".join(KNOWN_MODELS)
     path = Path(name).expanduser()
@@ -266,8 +271,12 @@ def _hf_from_path_or_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
                 f"{str(path)!r} has no config.json and no .gguf file, so it is not a Hugging Face "
                 "checkpoint; pass a directory written by save_pretrained, or one of: " + known
             )
-        tok = AutoTokenizer.from_pretrained(path)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with _checkpoint_errors(path, "config.json"):
+            AutoConfig.from_pretrained(path)  # a broken config is named as such, not as a tokenizer error
+        with _checkpoint_errors(path, "tokenizer"):
+            tok = AutoTokenizer.from_pretrained(path)
+        with _checkpoint_errors(path, "model"):
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return hf.eval(), tok, str(path.resolve())
     if "/" not in name or name.startswith((".", "/", "~")):
         raise ValueError(
@@ -285,6 +294,31 @@ def _hf_from_path_or_hub(name: str, dtype: torch.dtype) -> tuple[Any, Any, str]:
             f"(model.save_pretrained(dir)) or one of the embedded models: {known}."
         ) from e
     return hf.eval(), tok, f"hub:{name}"
+
+
+@contextmanager
+def _checkpoint_errors(path: Path, part: str) -> Iterator[None]:
+    # transformers reports a broken or incomplete checkpoint with whatever failed deep inside
+    # (a JSON error, a missing vocabulary file, ...): say which directory and part, and what to do.
+    try:
+        yield
+    except (ImportError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here means the checkpoint can't be used
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"could not load the {part} from checkpoint directory {path} ({type(e).__name__}: {first}). "
+            "Fix: pass a complete directory written by model.save_pretrained(dir) and tokenizer.save_pretrained(dir) "
+            "(config.json, the weights and the tokenizer files)"
+        ) from e
+
+
+def check_load_args(name: Any, device: Any = None, dtype: Any = None) -> None:
+    """Raise a clear ValueError for a model name, device or dtype :func:`load_model` would refuse,
+    without loading anything (so a command can check its arguments before slow work starts)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}; known names: {', '.join(KNOWN_MODELS)}")
+    _resolve_dtype(dtype, _resolve_device(device))
 
 
 def load_model(name: str = DEFAULT_MODEL, device: Any = None, dtype: Any = None, progress: bool = True):
@@ -308,8 +342,7 @@ def load_model(name: str = DEFAULT_MODEL, device: Any = None, dtype: Any = None,
     """
     from workbench.model import Model
 
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model name must be a non-empty string, got {name!r}; known names: {', '.join(KNOWN_MODELS)}")
+    check_load_args(name, device, dtype)
     hf, tok, source = load_hf(name, dtype=dtype, device=device, progress=progress)
     spec = KNOWN_MODELS.get(name)
     return Model.from_hf(hf, tok, name=name, source=source, hf_name=spec.hf_name if spec else name)

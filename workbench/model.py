@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
+from workbench._util import check_int, check_sampling
+
 Messages = Sequence[dict]
 Prompt = "str | Messages | torch.Tensor"
 
@@ -122,8 +124,9 @@ class Model:
         (``chat=True``) or never (``chat=False``, BOS prepended).
         """
         if isinstance(prompt, torch.Tensor):
-            ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-            return ids.to(self.device)
+            return self._check_ids(prompt).to(self.device)
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ValueError(f"a prompt is text, a list of chat messages or token ids, got {type(prompt).__name__}")
         if not isinstance(prompt, str):
             text = self.format_chat(prompt)
         elif chat or (chat is None and self.has_chat_template):
@@ -133,6 +136,20 @@ class Model:
         # The template already contains the BOS-like markers; don't add another.
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         return ids.to(self.device)
+
+    def _check_ids(self, prompt: torch.Tensor) -> torch.Tensor:
+        # Bad ids would fail deep inside the embedding (or index out of range on a GPU).
+        ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
+        if ids.dim() != 2 or 0 in ids.shape:
+            raise ValueError(f"token ids must have shape [pos] or [1, pos] with pos >= 1, got {tuple(prompt.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be integers, got a {ids.dtype} tensor; encode text with model.encode")
+        vocab = int(getattr(self.bridge.cfg, "d_vocab", 0) or 0)
+        vocab = vocab if vocab > 0 else 2**62  # a config without the vocabulary size: no upper bound
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"token ids must be in 0..{vocab - 1} ({self.name!r}'s vocabulary), got "
+                             f"{int(ids.min())}..{int(ids.max())}")
+        return ids
 
     def check_fits(self, n_tokens: int, extra: int = 0, what: str = "prompt") -> None:
         """Raise a clear ``ValueError`` when ``n_tokens + extra`` exceeds the context window."""
@@ -172,9 +189,9 @@ class Model:
                         temperature: float = 1.0, top_p: float | None = None, top_k: int | None = None,
                         seed: int | None = None) -> torch.Tensor:
         """Like :meth:`generate` on token ids ``[1, pos]``; returns the new ids (stop token excluded)."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = ids.to(self.device)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+        check_sampling(temperature, top_p, top_k, do_sample, seed)
+        ids = self._check_ids(ids).to(self.device)
         self.check_fits(ids.shape[-1], max_new_tokens)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                       top_k=top_k, eos_token_id=self.stop_token_ids, stop_at_eos=True, verbose=False)
@@ -192,6 +209,8 @@ class Model:
 
     def prompt_and_target(self, prompt: Any, target: str, chat: bool | None = None) -> tuple[torch.Tensor, int]:
         """Token ids of ``prompt`` followed by ``target`` and the index where the target starts."""
+        if not isinstance(target, str):
+            raise ValueError(f"target must be text (str), got {type(target).__name__}")
         p = self.encode(prompt, chat=chat)
         t = self.tokenizer(target, add_special_tokens=False, return_tensors="pt").input_ids.to(self.device)
         if t.shape[-1] == 0:

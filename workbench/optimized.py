@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from workbench._reuse import run_from_layer
-from workbench._util import frozen_parameters
+from workbench._util import check_int, check_number, frozen_parameters
 from workbench.caa import encode_prompt, preference_context
 from workbench.model import Model
 from workbench.steering import SITES, SteeringVector, check_site, read_site
@@ -59,8 +59,10 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
     items = [it for it in items if it.get("text") and it.get("title")]
     if not items:
         raise ValueError("no history items with 'text' and 'title' to fit the vector to")
-    if steps < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
+    check_int("steps", steps, minimum=1)
+    check_number("radius", radius, above=0)
+    if lr is not None:
+        check_number("lr", lr, above=0)
     bridge = model.bridge
     seqs, spans, teach = [], [], []
     for it in items:

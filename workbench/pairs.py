@@ -127,7 +127,7 @@ class _PairCache:
                 data = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError):
                 data = {}  # damaged: regenerate rather than trust it
-            if data.get("model") == model.name and data.get("format") == PAIR_FORMAT:
+            if isinstance(data, dict) and data.get("model") == model.name and data.get("format") == PAIR_FORMAT:
                 self.records = data.get("records", {})
 
     def get(self, key: str) -> dict | None:

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from workbench._reuse import run_from_layer
-from workbench._util import empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache
+from workbench._util import check_int, empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache
 from workbench.heads import HOW, head_means, mask_heads
 from workbench.history import profile_examples  # re-exported for existing callers
 from workbench.model import Model
@@ -257,6 +257,11 @@ def preference_scores(
         raise ValueError(f"scope={scope!r}: use 'output' (mask where the output is produced) or 'all'")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
+    k = check_int("k", k, minimum=0)
+    if retrieval not in ("bm25", "recency"):
+        raise ValueError(f"retrieval={retrieval!r}: use 'bm25' or 'recency'")
+    if how == "mean" and reference is None:
+        raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
     items = _scoring_examples(model, examples, k, retrieval)
     means = None
     if how == "mean":

@@ -7,6 +7,7 @@ Computed by :func:`workbench.pcs.preference_scores`.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from workbench._util import atomic_write_text, refuse_overwrite
+from workbench._util import atomic_write_text, check_int, check_number, read_json_file, refuse_overwrite
 from workbench.model import Model
 
 _FORMAT = "workbench.preference_scores/1"
+_META_KEYS = ("model", "how", "scope", "mode")  # what every view of the scores names
 
 
 class PreferenceScores:
@@ -30,6 +32,12 @@ class PreferenceScores:
 
     def __init__(self, per_example: np.ndarray, meta: dict):
         self.per_example = np.asarray(per_example, dtype=float)
+        if self.per_example.ndim != 3 or 0 in self.per_example.shape:
+            raise ValueError(f"per_example must be [n_examples, n_layers, n_heads], none of them 0; "
+                             f"got shape {self.per_example.shape}")
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"meta lacks {missing}; PreferenceScores records {list(_META_KEYS)}")
         self.meta = dict(meta)
         n, L, H = self.per_example.shape
         layers, heads = np.meshgrid(np.arange(L), np.arange(H), indexing="ij")
@@ -60,10 +68,12 @@ class PreferenceScores:
                 f"{self.per_example.shape[0]} examples; top: {top})")
 
     def _repr_html_(self) -> str:
-        m = self.meta
+        # Every field may come from a loaded file: escaped, so a file can't put markup in a notebook.
+        m = {k: html.escape(str(m)) for k, m in self.meta.items()}
         head = (f"<p><b>Preference heads</b> · {m['model']} · {m['how']} masking · scope {m['scope']} · "
                 f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
-        return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(index=False, float_format="{:.4f}".format)
+        return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(
+            index=False, float_format="{:.4f}".format, escape=True)
 
     # selection
     def _top_values(self, k: int) -> list[tuple[tuple[int, int], float]]:
@@ -72,12 +82,14 @@ class PreferenceScores:
 
     def top(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` heads with the highest PCS, best first, as ``(layer, head)`` pairs."""
+        k = check_int("k", k)
         if not 0 < k <= len(self.frame):
             raise ValueError(f"k={k} must be between 1 and the number of heads ({len(self.frame)})")
         return [h for h, _ in self._top_values(k)]
 
     def top_percent(self, p: float) -> list[tuple[int, int]]:
         """The top ``p`` percent of heads (at least one): ``top_percent(4)`` is the DPS authors' 4%."""
+        p = check_number("p", p)
         if not 0 < p <= 100:
             raise ValueError(f"p={p} is a percentage in (0, 100], e.g. 4 for the top 4% of heads")
         return self.top(max(1, math.ceil(len(self.frame) * p / 100)))
@@ -139,14 +151,17 @@ class PreferenceScores:
     def load(cls, path: str | Path, model: Model | str | None = None) -> "PreferenceScores":
         """Read scores saved with :meth:`save`; with ``model``, refuse scores of another model."""
         path = Path(path)
+        fix = "compute scores with workbench.preference_scores or `workbench heads`, and save them with .save(path)"
+        payload = read_json_file(path, "a saved PreferenceScores file", fix)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise ValueError(f"{path} is not a saved PreferenceScores file (format {found!r}); {fix}")
         try:
-            payload = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path} does not exist; compute scores with workbench.preference_scores "
-                                    "or `workbench heads`") from None
-        if payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a saved PreferenceScores file (format {payload.get('format')!r})")
-        scores = cls(np.asarray(payload["per_example"]), payload["meta"])
+            scores = cls(np.asarray(payload["per_example"], dtype=float), payload["meta"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is a damaged PreferenceScores file ({type(e).__name__}: {e}); {fix}") from None
+        if not np.isfinite(scores.per_example).all():
+            raise ValueError(f"{path} is a damaged PreferenceScores file (NaN or inf scores); {fix}")
         if model is not None:
             name = model if isinstance(model, str) else model.name
             shape = None if isinstance(model, str) else (model.n_layers, model.n_heads)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from workbench._util import atomic_write_text, check_writable_dir, free_path
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.5}
@@ -74,31 +76,54 @@ class Report:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    @staticmethod
+    def check_target(out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Raise a clear error if a report can't be saved in ``out_dir`` (a file, not writable, or
+        holding an ``index.html`` workbench did not write) — before the analysis runs."""
+        out = check_writable_dir(out_dir, "report directory")
+        index = out / "index.html"
+        if index.is_dir():
+            raise IsADirectoryError(f"{index} is a directory; choose another --out directory")
+        if index.exists() and not overwrite and not (out / "report.json").exists():
+            raise FileExistsError(
+                f"{index} exists and was not written by workbench; choose another --out "
+                "directory or pass overwrite=True (--force) to replace it"
+            )
+        return out
+
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write ``index.html`` and ``report.json`` into ``out_dir``; returns the index path.
 
         An earlier workbench report there is moved to ``out_dir/previous/<time>/`` (never
-        silently replaced) unless ``overwrite=True``; a directory holding other files
-        named ``index.html`` is refused.
+        silently replaced; two saves in one second get ``<time>-2``, ...) unless
+        ``overwrite=True``; a directory holding other files named ``index.html`` is refused.
+        Both files are written atomically.
         """
-        out = Path(out_dir)
+        out = self.check_target(out_dir, overwrite)
         index, meta_file = out / "index.html", out / "report.json"
+        page = self.to_html()
+        record = {"title": self.title, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.meta}
+        meta_text = json.dumps(record, indent=2, default=str)
         if index.exists() and not overwrite:
-            if not meta_file.exists():
-                raise FileExistsError(
-                    f"{index} exists and was not written by workbench; choose another --out "
-                    "directory or pass overwrite=True (--force) to replace it"
-                )
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(meta_file.stat().st_mtime))
-            keep = out / "previous" / stamp
-            keep.mkdir(parents=True, exist_ok=True)
+            keep = _new_dir(out / "previous" / stamp)
             for f in (index, meta_file):
-                shutil.move(str(f), keep / f.name)
+                os.replace(f, keep / f.name)  # same file system: a rename, never a partial copy
             self.kept_previous = keep
         else:
             self.kept_previous = None
-        out.mkdir(parents=True, exist_ok=True)
-        index.write_text(self.to_html(), encoding="utf-8")
-        record = {"title": self.title, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.meta}
-        meta_file.write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_text(index, page)
+        atomic_write_text(meta_file, meta_text)
         return index
+
+
+def _new_dir(path: Path) -> Path:
+    """Create ``path`` (or ``path-2``, ``path-3``, ... if taken, also by a process saving at the
+    same moment) and return it."""
+    while True:
+        candidate = free_path(path)
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue

@@ -90,7 +90,7 @@ def fints_section(model: Model, example_user: dict | None = None) -> tuple[str, 
         with fints_steer(model, vecs.user_mean(), DEFAULT_SCALE):
             rows.append(("caa-user", first_line(model.generate(plain, max_new_tokens=32))))
         table = "<p>Items the aggregation picked for this input:</p>" + picked(agg).to_html(
-            index=False, float_format="{:.3f}".format)
+            index=False, float_format="{:.3f}".format, escape=True)
     else:
         table = "<p>Every contrastive pair was filtered out (the model already writes like this user).</p>"
     body = "".join(f"<tr><td>{html.escape(m)}</td><td>{html.escape(t)}</td></tr>" for m, t in rows)

@@ -39,11 +39,11 @@ import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Mapping, Sequence
+from typing import Any, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 
-from workbench._util import atomic_torch_save, refuse_overwrite
+from workbench._util import atomic_torch_save, check_int, load_torch_file, refuse_overwrite
 from workbench.hooks import HookSet, PositionTracker
 from workbench.model import Model
 
@@ -79,7 +79,10 @@ def check_site(model: Model, layers: Sequence[int], site: str) -> None:
     if site not in SITES:
         raise ValueError(f"site={site!r} is not a steering site; use one of {list(SITES)}")
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < model.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise ValueError(f"layer {layer!r} must be a whole number (int): {model.name!r} has layers "
+                             f"0..{model.n_layers - 1}")
+        if not 0 <= layer < model.n_layers:
             raise ValueError(f"layer {layer!r} is out of range: {model.name!r} has layers 0..{model.n_layers - 1}")
 
 
@@ -108,13 +111,40 @@ def _as_vector(model: Model, vector: Any) -> torch.Tensor:
     return v.to(model.device, model.dtype)
 
 
-def _check_positions(positions: Any) -> "list[int] | slice | None":
-    if positions is None or isinstance(positions, slice):
+def _check_positions(positions: Any, model: Model) -> "list[int] | slice | None":
+    """``None``, a slice, or a list of absolute token positions, each within the model's
+    context (a position past it would never be reached: the steering would silently do nothing)."""
+    if positions is None:
+        return None
+    last = model.n_ctx - 1
+    if isinstance(positions, slice):
+        for part in ("start", "stop", "step"):
+            value = getattr(positions, part)
+            if value is not None:
+                check_int(f"positions.{part}", value, minimum=1 if part == "step" else 0)
+        if positions.start is not None and positions.start > last:
+            raise ValueError(f"positions={positions!r} starts after {model.name!r}'s context "
+                             f"(positions 0..{last}); it would steer nothing")
         return positions
-    positions = [int(p) for p in ([positions] if isinstance(positions, int) else positions)]
-    if any(p < 0 for p in positions):
-        raise ValueError("positions are absolute token indices (>= 0); use slice(start, None) for 'from start on'")
-    return positions
+    if isinstance(positions, torch.Tensor):
+        positions = positions.flatten().tolist()
+    if isinstance(positions, numbers.Integral) and not isinstance(positions, bool):
+        positions = [positions]
+    if isinstance(positions, (str, bytes)) or not isinstance(positions, Iterable):
+        raise ValueError(f"positions must be None, a slice or a list of token positions, got {type(positions).__name__}")
+    checked = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral):
+            raise ValueError(f"positions are whole token indices, got {p!r} ({type(p).__name__})")
+        if p < 0:
+            raise ValueError("positions are absolute token indices (>= 0); use slice(start, None) for 'from start on'")
+        if p > last:
+            raise ValueError(f"position {p} is outside {model.name!r}'s context (positions 0..{last}); "
+                             "it would never be steered")
+        checked.append(int(p))
+    if not checked:
+        raise ValueError("positions=[] steers nothing; pass None to steer every position")
+    return checked
 
 
 class Steer(HookSet):
@@ -190,6 +220,8 @@ class Steer(HookSet):
 
 def _check_scale(scale: Any) -> float:
     try:
+        if isinstance(scale, (str, bytes, bool)):
+            raise TypeError
         s = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"scale={scale!r} must be a number") from None
@@ -224,7 +256,7 @@ def steer(
         ...     print(model.generate("Tell me about your weekend."))
     """
     check_site(model, [layer], site)
-    return Steer(model, [(int(layer), site, _as_vector(model, vector), _check_scale(scale))], _check_positions(positions))
+    return Steer(model, [(int(layer), site, _as_vector(model, vector), _check_scale(scale))], _check_positions(positions, model))
 
 
 @dataclass
@@ -245,6 +277,8 @@ class SteeringVector:
         if not self.vectors:
             raise ValueError("a SteeringVector needs at least one (layer, site) entry")
         for (layer, site), v in self.vectors.items():
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"the vector at layer {layer} {site} must be a torch tensor, got {type(v).__name__}")
             if site not in SITES:
                 raise ValueError(f"site={site!r} is not a steering site; use one of {list(SITES)}")
             if v.dim() != 1:
@@ -315,7 +349,7 @@ class SteeringVector:
             check_site(model, [layer], site)
         entries = [(int(layer), site, _as_vector(model, v), scales.get(site, scale))
                    for (layer, site), v in self.vectors.items()]
-        return Steer(model, entries, _check_positions(positions))
+        return Steer(model, entries, _check_positions(positions, model))
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the vectors and their provenance (``torch.save``, atomically); refuses to
@@ -332,21 +366,17 @@ class SteeringVector:
         """Read a vector saved with :meth:`save`; with ``model``, refuse one built on another
         model (a :class:`Model` also moves the vectors to its device and dtype)."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; build a vector with caa_vectors / optimized_vector")
-        try:
-            d = torch.load(path, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever torch says
-            raise ValueError(f"{path} is not a saved SteeringVector (it could not be read: {type(e).__name__})") from None
+        fix = "build a vector with caa_vectors / optimized_vector and save it with .save(path)"
+        d = load_torch_file(path, "a saved SteeringVector", fix)
         if not isinstance(d, dict) or d.get("format") not in (_FORMAT, _OLD_FORMAT):
-            raise ValueError(f"{path} is not a saved SteeringVector")
+            raise ValueError(f"{path} is not a saved SteeringVector (no workbench steering-vector format in it); {fix}")
         try:
             if d["format"] == _OLD_FORMAT:
                 vectors = {(int(d["layer"]), d["site"]): d["vector"]}
             else:
                 vectors = {(int(e["layer"]), e["site"]): e["vector"] for e in d["entries"]}
             vec = cls(vectors, d["model"], json.loads(d["built"]))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"{path} is a damaged SteeringVector file ({type(e).__name__}: {e})") from None
         if isinstance(model, str):
             if model != vec.model:

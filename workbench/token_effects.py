@@ -144,9 +144,9 @@ class TokenEffects:
         m = self.meta
         what = {"effect": "effect on the output", "effect_diff": "effect minus effect on the generic output",
                 "effect_generic": "effect on the generic output"}[col]
-        head = (f"<p><b>Token effects</b> · {html.escape(m['model'])} · {m['mode']} · {what} "
-                f"({m['reduce']} log p, nats; colour scale &plusmn;{bound:.3g}) · output: "
-                f"<i>{html.escape(m['target'])}</i></p>")
+        head = (f"<p><b>Token effects</b> · {html.escape(str(m['model']))} · {html.escape(str(m['mode']))} · {what} "
+                f"({html.escape(str(m['reduce']))} log p, nats; colour scale &plusmn;{bound:.3g}) · output: "
+                f"<i>{html.escape(str(m['target']))}</i></p>")
         return head + "<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>" + "".join(parts_html) + "</div>"
 
     def _repr_html_(self) -> str:

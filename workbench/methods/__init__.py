@@ -38,11 +38,13 @@ import importlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
 
+from workbench._util import check_int
 from workbench.hooks import HookSet
 from workbench.model import Model
 from workbench.prompts import build_prompt, first_line
 
 METHODS: dict[str, Callable[..., "Method"]] = {}
+RETRIEVALS = ("bm25", "recency")
 
 
 def register_method(cls: type) -> type:
@@ -58,6 +60,14 @@ class GenerationSettings:
     max_new_tokens: int = 32
     k: int = 5  # profile items in the prompt
     retrieval: str = "bm25"  # or "recency"
+
+    def __post_init__(self) -> None:
+        # Checked when made, so a bad value fails before a run writes anything: k=0 would turn
+        # every profile method into `generic`, a negative k would drop items from the end.
+        check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        check_int("k", self.k, minimum=1)
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval={self.retrieval!r}: use one of {RETRIEVALS}")
 
 
 class Decoder(Protocol):
@@ -236,6 +246,10 @@ def available_methods() -> list[str]:
 
 def make_methods(names: list[str], settings: GenerationSettings) -> list[Method]:
     """The methods ``names``, built with the run's shared ``settings``."""
+    if isinstance(names, str):
+        raise ValueError(f"give method names as a list, e.g. [{names!r}], not a string")
+    if not names:
+        raise ValueError(f"no methods given; name at least one of {available_methods()}")
     load_plugins()
     unknown = [n for n in names if n not in METHODS]
     if unknown:

@@ -1,0 +1,97 @@
+"""The comparison table on the evaluation users, every method at its tuned settings.
+
+    python tools/eval_table.py --tuned runs/tune-a/tuned.json --tuned runs/tune-b/tuned.json \
+        --runs runs/eval-tuned --out results/lamp4-news_smollm2-135m_eval.csv
+
+For each method, its settings are the ones ``workbench tune`` chose on the tuning users.
+Where they equal the method's defaults, its evaluation-user predictions are the saved ones
+(``--saved``, the full run at default settings: greedy decoding is deterministic and
+``tools/identity_check.py`` re-checks that the code still reproduces them); otherwise they
+must come from a run at the tuned settings on the evaluation users (``--runs``), and the tool
+prints the command that makes it. Writes the table (predictions and scores, no gold texts)
+and a ``.json`` saying where every method's rows came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SAVED = ROOT / "results" / "lamp4-news_smollm2-135m.csv"
+METHODS = ("generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-opt", "fints", "fints+rag",
+           "caa-user", "caa-all+dps", "steerx-caa+dps")
+
+
+def _is_default(method: str, chosen: dict) -> bool:
+    from workbench.methods import GenerationSettings, make_methods
+    from workbench.tuning import default_of
+
+    defaults = make_methods([method], GenerationSettings())[0].describe()
+    return all(str(v) == str(default_of(defaults, k)) for k, v in chosen.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tuned", action="append", type=Path, required=True)
+    ap.add_argument("--runs", action="append", type=Path, default=[], help="runs at tuned settings, --users eval")
+    ap.add_argument("--saved", type=Path, default=SAVED)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--overwrite", action="store_true")
+    args = ap.parse_args(argv)
+
+    from workbench.compare import comparison_table, format_table, load_results, load_runs, save_results
+    from workbench.data import load_lamp4_news
+    from workbench.splits import describe_split, split_users
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    tuned, files = {}, {}
+    for path in args.tuned:
+        d = json.loads(path.read_text())
+        for m, info in d["methods"].items():
+            tuned[m], files[m] = info, str(path)
+    data = load_lamp4_news()
+    eval_ids = {ex.id for ex in split_users(data, "eval")}
+    saved = load_results(args.saved)
+    runs = load_runs(*args.runs) if args.runs else pd.DataFrame(columns=saved.columns)
+    frames, provenance, missing = [], {}, []
+    for m in names:
+        chosen = tuned.get(m, {}).get("chosen", {})
+        if _is_default(m, chosen):
+            rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
+            source = f"{args.saved.name} (tuned settings = defaults{'' if m in tuned else '; not tuned'})"
+        else:
+            rows = runs[(runs["method"] == m) & runs["id"].isin(eval_ids)] if len(runs) else runs
+            source = f"re-run at the tuned settings in {', '.join(map(str, args.runs)) or '(no --runs)'}"
+        if len(rows) < len(eval_ids):
+            missing.append(m)
+            sets = " ".join(f"--set {m}.{k}={v}" for k, v in chosen.items())
+            print(f"{m}: {len(rows)}/{len(eval_ids)} evaluation predictions; make them with\n"
+                  f"  OMP_NUM_THREADS=1 workbench bench --methods {m} --users eval {sets} --out runs/eval-tuned")
+        frames.append(rows)
+        provenance[m] = {"settings": chosen, "grid": tuned.get(m, {}).get("points"), "tuned_in": files.get(m),
+                         "source": source, "n": len(rows)}
+    if missing:
+        print(f"not complete: {missing}")
+        return 1
+    outputs = pd.concat(frames, ignore_index=True)
+    table = comparison_table(outputs, names, baseline="rag")
+    print(format_table(table))
+    about = {"model": "smollm2-135m", "task": "lamp4", "split": "dev", "data": "lamp4-news",
+             "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
+             "tuned_files": [str(p) for p in args.tuned], "exported": str(date.today()),
+             "settings": {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
+    save_results(outputs, args.out, about, overwrite=args.overwrite)
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
