@@ -54,8 +54,9 @@ def test_set_reads_values_by_field_type():
 
 @pytest.mark.parametrize("item, message", [
     ("dps.alpah=0.5", "no setting 'alpah'; its settings are: .*alpha"),
-    ("fints.layer=eighteen", "fints.layer='eighteen': expected int or none"),
-    ("fints.scale=nan", "expected float"),
+    ("fints.layer=eighteen", "fints.layer='eighteen': expected a whole number or none"),
+    ("dps.alpha=nan", "dps.alpha='nan': expected a finite number or a word"),
+    ("fints.scale=nan", "expected a finite number"),
     ("caa-all.on=both", "on='both'"),
     ("nosuch.alpha=1", "not in this run"),
     ("caa-all+dps.middle.scale=2", "no part 'middle'"),

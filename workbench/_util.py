@@ -96,6 +96,14 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path} is not writable (no write permission in {existing}); "
                               "choose a directory you can write to")
+    try:
+        # Permission bits don't tell everything (root, read-only mounts, /proc): try for real,
+        # with a file that is gone again at once.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise PermissionError(f"{what} {path} is not writable ({existing}: {e.strerror}); "
+                              "choose a directory you can write to") from None
     return path
 
 

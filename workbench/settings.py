@@ -76,7 +76,9 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
                 return int(x) if x.is_integer() and "." not in text and "e" not in text.lower() else x
         except ValueError as e:
             problems.append(f"{kind} ({e})")
-    expected = " or ".join(kinds) + (" or none" if "None" in str(annotation) else "")
+    names = {"Any": "a finite number or a word (e.g. entropy)", "int": "a whole number", "float": "a finite number",
+             "bool": "true or false", "str": "text"}
+    expected = " or ".join(names.get(k, k) for k in kinds) + (" or none" if "None" in str(annotation) else "")
     raise ValueError(f"{where}={value!r}: expected {expected}")
 
 
