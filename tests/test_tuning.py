@@ -38,6 +38,16 @@ def test_split_is_deterministic_disjoint_and_about_a_third(news):
         user_side("u1", fraction=1.5)
 
 
+def test_a_cut_dataset_keeps_the_whole_for_other_users_data(news):
+    # Fints draws other users' items for its negatives from the whole dataset, so a user's
+    # vectors do not depend on which side of the split the run was cut to.
+    tune = split_users(news, "tune")
+    assert tune.whole is news and tune[:3].whole is news and news.whole is news
+    fints = make_methods(["fints"], GenerationSettings())[0]
+    fints.prepare_run(None, list(tune)[:3], tune)
+    assert len(fints._others) == len(news) > len(tune)
+
+
 # ---- settings from text --------------------------------------------------------------------
 
 def test_set_reads_values_by_field_type():

@@ -110,8 +110,12 @@ class Dataset:
     """
 
     def __init__(self, examples: Iterable[Example], task: str, split: str = "", path: str | Path = "",
-                 files: dict[str, str] | None = None):
+                 files: dict[str, str] | None = None, whole: Dataset | None = None):
         self.examples = list(examples)
+        # The dataset as loaded, before any cut (filter, slice, user split): what a method may
+        # draw other users' data from (Fints' negatives), so that cutting a run to some users
+        # changes whose queries are answered, not what the method sees.
+        self.whole: Dataset = whole if whole is not None else self
         self.task = task
         self.split = split
         self.path = str(path)
@@ -120,7 +124,7 @@ class Dataset:
         self.files = dict(files or {})
 
     def _subset(self, examples: Iterable[Example]) -> Dataset:
-        return Dataset(examples, self.task, self.split, self.path, self.files)
+        return Dataset(examples, self.task, self.split, self.path, self.files, whole=self.whole)
 
     def fingerprint(self) -> dict[str, str]:
         """``{file name: SHA-256}`` of the data files this dataset was read from; for a dataset

@@ -20,7 +20,7 @@ from workbench.examples import EXAMPLE_USER
 from workbench.figures import layer_effect_figure
 from workbench.heads import layer_mask_effects
 from workbench.model import Model
-from workbench.prompts import first_line, headline_prompt
+from workbench.prompts import first_line, first_line_complete, generate_line, headline_prompt
 from workbench.report import Report
 
 
@@ -65,8 +65,8 @@ def run_demo(
     _check_demo_args(user, how, max_new_tokens)
     generic_prompt = headline_prompt(model, user["query"])
     personal_prompt = headline_prompt(model, user["query"], user["profile"])
-    generic = first_line(model.generate(generic_prompt, max_new_tokens=max_new_tokens))
-    personalized = first_line(model.generate(personal_prompt, max_new_tokens=max_new_tokens))
+    generic = generate_line(model, generic_prompt, max_new_tokens=max_new_tokens)
+    personalized = generate_line(model, personal_prompt, max_new_tokens=max_new_tokens)
     if not personalized:
         raise RuntimeError("the model produced an empty personalized headline; try a larger max_new_tokens")
     effects = layer_mask_effects(model, personal_prompt, personalized, how=how, progress=progress)
@@ -124,7 +124,7 @@ def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_to
                                data=f"example user {user.get('user_id', '')}: history leave-one-out")
     # The same decoding as the `dps` method: unconstrained, SmolLM2's DPS output collapses.
     dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(4), alpha="entropy",
-                                  plausibility=0.1, max_new_tokens=max_new_tokens))
+                                  plausibility=0.1, max_new_tokens=max_new_tokens, until=first_line_complete))
     return scores, dps
 
 

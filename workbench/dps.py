@@ -23,7 +23,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
@@ -98,6 +98,7 @@ def dps_generate(
     seed: int | None = None,
     chat: bool | None = None,
     details: bool = False,
+    until: Callable[[str], bool] | None = None,
 ) -> "str | DpsOutput":
     """Generate with Differential Preference Steering.
 
@@ -119,6 +120,8 @@ def dps_generate(
         do_sample, temperature, top_p, top_k, seed: sampling from ``softmax(score / T)``;
             greedy by default.
         details: return a :class:`DpsOutput` with per-step alpha and what changed.
+        until: stop once this returns True for the text so far (e.g.
+            :func:`workbench.prompts.first_line_complete`); earlier tokens are unchanged.
 
     Example:
         >>> heads = scores.top_percent(4)                                   # doctest: +SKIP
@@ -182,6 +185,8 @@ def dps_generate(
             if tok in stops:
                 break
             out.append(tok)
+            if until is not None and until(model.tokenizer.decode(out, skip_special_tokens=True)):
+                break
             nxt = torch.tensor([[tok], [tok]], device=ids.device)
     text = model.tokenizer.decode(out, skip_special_tokens=True).strip()
     if details:
@@ -207,6 +212,6 @@ class DpsDecoder:
     def info(self) -> dict:
         return {"heads": self.heads_label}
 
-    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str:
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
         return dps_generate(model, prompt, list(self.heads), alpha=self.alpha, how=self.how,
-                            plausibility=self.plausibility, max_new_tokens=max_new_tokens)
+                            plausibility=self.plausibility, max_new_tokens=max_new_tokens, until=until)

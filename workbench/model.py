@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -173,21 +173,26 @@ class Model:
         top_p: float | None = None,
         top_k: int | None = None,
         seed: int | None = None,
+        until: Callable[[str], bool] | None = None,
     ) -> str:
         """Continue ``prompt`` and return only the new text.
 
         Greedy (deterministic) unless ``do_sample=True``; with sampling, ``seed`` makes
         the draw repeatable. Hooks active in the surrounding context (``mask_heads``,
-        ``steer``) apply to every step, including KV-cached ones.
+        ``steer``) apply to every step, including KV-cached ones. ``until`` stops decoding
+        early, once it returns True for the text so far (e.g.
+        :func:`workbench.prompts.first_line_complete`); the tokens before that point are
+        the same as without it.
         """
         ids = self.encode(prompt, chat=chat)
         return self.tokenizer.decode(self.generate_tokens(ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                                          top_p=top_p, top_k=top_k, seed=seed), skip_special_tokens=True).strip()
+                                                          top_p=top_p, top_k=top_k, seed=seed, until=until),
+                                     skip_special_tokens=True).strip()
 
     @torch.no_grad()
     def generate_tokens(self, ids: torch.Tensor, max_new_tokens: int = 64, *, do_sample: bool = False,
                         temperature: float = 1.0, top_p: float | None = None, top_k: int | None = None,
-                        seed: int | None = None) -> torch.Tensor:
+                        seed: int | None = None, until: Callable[[str], bool] | None = None) -> torch.Tensor:
         """Like :meth:`generate` on token ids ``[1, pos]``; returns the new ids (stop token excluded)."""
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
         check_sampling(temperature, top_p, top_k, do_sample, seed)
@@ -195,12 +200,21 @@ class Model:
         self.check_fits(ids.shape[-1], max_new_tokens)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                       top_k=top_k, eos_token_id=self.stop_token_ids, stop_at_eos=True, verbose=False)
-        if do_sample and seed is not None:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(seed)
+        if until is not None:
+            if not callable(until):
+                raise ValueError(f"until must be a function of the text so far (str -> bool), got {type(until).__name__}")
+            kwargs["stopping_criteria"] = _text_stop(self.tokenizer, ids.shape[-1], until)
+        # The prompt's pass needs the next-token logits of its last position only; the
+        # vocabulary projection of every other position is most of a small model's prefill
+        # (Hugging Face's generate skips it the same way). Later steps have one position.
+        last_only = (f"blocks.{self.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])
+        with self.bridge.hooks(fwd_hooks=[last_only]):
+            if do_sample and seed is not None:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    out = self.bridge.generate(ids, **kwargs)
+            else:
                 out = self.bridge.generate(ids, **kwargs)
-        else:
-            out = self.bridge.generate(ids, **kwargs)
         new = out[0, ids.shape[-1]:]
         stops = torch.isin(new, torch.tensor(self.stop_token_ids, device=new.device))
         if stops.any():
@@ -233,6 +247,20 @@ class Model:
     def nll(self, prompt: Any, target: str, chat: bool | None = None) -> float:
         """Mean negative log-likelihood (nats per token) of ``target`` given ``prompt``."""
         return float(-self.target_logprobs(prompt, target, chat=chat).mean())
+
+
+def _text_stop(tokenizer: Any, start: int, until: Callable[[str], bool]) -> Any:
+    """A Hugging Face stopping criterion (what TransformerLens' ``generate`` accepts): stop once
+    ``until`` holds for the new text. It checks decoded text, not token ids, because a line
+    break can be part of a larger token."""
+    from transformers import StoppingCriteria
+
+    class TextStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **_: Any) -> torch.Tensor:
+            done = [bool(until(tokenizer.decode(row[start:], skip_special_tokens=True))) for row in input_ids]
+            return torch.tensor(done, device=input_ids.device)
+
+    return TextStop()
 
 
 def logprobs_of(logits: torch.Tensor, ids: torch.Tensor, start: int) -> torch.Tensor:

@@ -188,7 +188,7 @@ def contrastive_pairs(
     from tqdm.auto import tqdm
 
     from workbench.metrics import rouge_scorer
-    from workbench.prompts import first_line, headline_prompt
+    from workbench.prompts import generate_line, headline_prompt
 
     if not threshold >= 0:
         raise ValueError(f"threshold={threshold} is a ROUGE-L F limit; use a number >= 0 (the authors use 0.15)")
@@ -218,7 +218,7 @@ def contrastive_pairs(
         key = _sha([model.name, settings, item["text"], item["title"], [[o["text"], o["title"]] for o in shown]])
         rec = store.get(key)
         if rec is None:
-            negative = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
+            negative = generate_line(model, prompt, max_new_tokens=max_new_tokens)
             rouge = float(rouge_scorer().score(item["title"], negative)["rougeL"].fmeasure) if negative else 1.0
             rec = {"negative": negative, "rougeL": rouge}
             store.put(key, rec)

@@ -53,6 +53,25 @@ def first_line(text: str) -> str:
     return ""
 
 
+_LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+def first_line_complete(text: str) -> bool:
+    """Whether :func:`first_line` of ``text`` can no longer change as more text is appended:
+    a non-empty line has been ended by a line break. Decoding stops there (``until=``), since
+    every method keeps only the first line."""
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            return line[-1] in _LINE_ENDS
+    return False
+
+
+def generate_line(model: Any, prompt: Any, max_new_tokens: int = 32, **kwargs: Any) -> str:
+    """:func:`first_line` of ``model.generate(prompt, ...)``, decoding only until that line is
+    complete (the same line as decoding all ``max_new_tokens``, in fewer steps)."""
+    return first_line(model.generate(prompt, max_new_tokens=max_new_tokens, until=first_line_complete, **kwargs))
+
+
 # ---- per-task prompts for LaMP-style examples ---------------------------------------------
 
 def _chat_or_text(model: Any, turns: list[tuple[str, str]], final: str) -> Any:

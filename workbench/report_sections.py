@@ -22,7 +22,7 @@ def steerx_section(model: Model, example_user: dict | None = None) -> tuple[str,
     from workbench.caa import caa_vectors
     from workbench.examples import EXAMPLE_USER
     from workbench.steerx import steerx_description
-    from workbench.prompts import first_line, headline_prompt
+    from workbench.prompts import generate_line, headline_prompt
     from workbench.tracing import trace_example
 
     user = example_user or EXAMPLE_USER
@@ -32,11 +32,11 @@ def steerx_section(model: Model, example_user: dict | None = None) -> tuple[str,
     desc = steerx_description(model, history, str(user.get("user_id", "example")), progress=False)
     layer = model.n_layers // 2
     vec = caa_vectors(model, desc.description, [user["query"]], [layer])[layer]
-    generic = first_line(model.generate(headline_prompt(model, user["query"]), max_new_tokens=32))
+    generic = generate_line(model, headline_prompt(model, user["query"]), max_new_tokens=32)
     rag_prompt = headline_prompt(model, user["query"], history)
-    rag = first_line(model.generate(rag_prompt, max_new_tokens=32))
+    rag = generate_line(model, rag_prompt, max_new_tokens=32)
     with vec.apply(model, scale=1.0):
-        steered = first_line(model.generate(rag_prompt, max_new_tokens=32))
+        steered = generate_line(model, rag_prompt, max_new_tokens=32)
     out = pd.DataFrame([{"output": "generic (article only)", "headline": generic},
                         {"output": "rag (history in the prompt)", "headline": rag},
                         {"output": f"rag + steerx-caa (layer {layer}, scale 1)", "headline": steered},
@@ -65,7 +65,7 @@ def fints_section(model: Model, example_user: dict | None = None) -> tuple[str, 
     from workbench.fints import DEFAULT_SCALE, aggregate, fints_steer, picked, sample_vectors
     from workbench.data import Example
     from workbench.pairs import contrastive_pairs
-    from workbench.prompts import first_line, headline_prompt
+    from workbench.prompts import generate_line, headline_prompt
 
     user = example_user or EXAMPLE_USER
     t0 = time.perf_counter()
@@ -78,17 +78,17 @@ def fints_section(model: Model, example_user: dict | None = None) -> tuple[str, 
     vecs = sample_vectors(model, pairs)
     rows = []
     plain, rag = headline_prompt(model, user["query"]), headline_prompt(model, user["query"], user["profile"])
-    rows.append(("generic", first_line(model.generate(plain, max_new_tokens=32))))
-    rows.append(("rag", first_line(model.generate(rag, max_new_tokens=32))))
+    rows.append(("generic", generate_line(model, plain, max_new_tokens=32)))
+    rows.append(("rag", generate_line(model, rag, max_new_tokens=32)))
     table = ""
     if len(vecs):
         agg = aggregate(vecs, ex, k=5)
         with fints_steer(model, agg, DEFAULT_SCALE):
-            rows.append((f"fints (scale {DEFAULT_SCALE:g})", first_line(model.generate(plain, max_new_tokens=32))))
+            rows.append((f"fints (scale {DEFAULT_SCALE:g})", generate_line(model, plain, max_new_tokens=32)))
         with fints_steer(model, agg, DEFAULT_SCALE):
-            rows.append(("fints+rag", first_line(model.generate(rag, max_new_tokens=32))))
+            rows.append(("fints+rag", generate_line(model, rag, max_new_tokens=32)))
         with fints_steer(model, vecs.user_mean(), DEFAULT_SCALE):
-            rows.append(("caa-user", first_line(model.generate(plain, max_new_tokens=32))))
+            rows.append(("caa-user", generate_line(model, plain, max_new_tokens=32)))
         table = "<p>Items the aggregation picked for this input:</p>" + picked(agg).to_html(
             index=False, float_format="{:.3f}".format, escape=True)
     else:

@@ -104,7 +104,7 @@ def trace_history(model: Model, history: Sequence[dict], n: int = 2, k: int = 3,
     headline (no history, greedy) is traced too, for the difference in effects.
     """
     from workbench.retrieval import rank_profile
-    from workbench.prompts import first_line, headline_prompt
+    from workbench.prompts import generate_line, headline_prompt
     from workbench.tracing import trace_tokens
 
     if len(history) < 2:
@@ -117,7 +117,7 @@ def trace_history(model: Model, history: Sequence[dict], n: int = 2, k: int = 3,
         prompt = headline_prompt(model, held["text"], shown)
         generic = None
         if contrast:
-            generic = first_line(model.generate(headline_prompt(model, held["text"]), max_new_tokens=max_new_tokens))
+            generic = generate_line(model, headline_prompt(model, held["text"]), max_new_tokens=max_new_tokens)
             generic = generic or None
         traces.append(trace_tokens(model, prompt, held["title"], items=shown, positions=positions, mode=mode,
                                    generic_target=generic, progress=progress))

@@ -101,7 +101,7 @@ def fints_sweep(
     from tqdm.auto import tqdm
 
     from workbench.metrics import score_generation
-    from workbench.prompts import build_prompt, first_line
+    from workbench.prompts import build_prompt, generate_line
 
     if score not in ("nll", "generate"):
         raise ValueError(f"score={score!r}: use 'nll' (teacher-forced, cheap) or 'generate'")
@@ -109,7 +109,7 @@ def fints_sweep(
     def measure(prompt: Any, ex: Any) -> dict:
         if score == "nll":
             return {"nll": model.nll(prompt, ex.gold)}
-        pred = first_line(model.generate(prompt, max_new_tokens=max_new_tokens))
+        pred = generate_line(model, prompt, max_new_tokens=max_new_tokens)
         return {"prediction": pred, **score_generation(pred, ex.gold)}
 
     rows: list[dict] = []

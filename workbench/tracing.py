@@ -353,7 +353,7 @@ def trace_example(
     difference in effects; a string is used as that generic output. Other keyword arguments
     go to :func:`trace_tokens` (``mode``, ``positions``, ``reduce``, ...).
     """
-    from workbench.prompts import first_line
+    from workbench.prompts import generate_line
 
     prompt, items, _, generic_prompt = example_prompt(model, example, k=k, by=by)
     if target is None:
@@ -362,7 +362,7 @@ def trace_example(
             raise ValueError("this example has no gold output; pass target=... (e.g. the model's personalized output)")
     generic_target = None
     if generic is True:
-        generic_target = first_line(model.generate(generic_prompt, max_new_tokens=max_new_tokens)) or None
+        generic_target = generate_line(model, generic_prompt, max_new_tokens=max_new_tokens) or None
         if generic_target is None:
             raise RuntimeError("the model wrote an empty generic output; pass generic='some text' instead")
     elif isinstance(generic, str):

@@ -35,13 +35,14 @@ the same examples, with the same model and scoring, as every other method.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
 
 from workbench._util import check_int
 from workbench.hooks import HookSet
 from workbench.model import Model
-from workbench.prompts import build_prompt, first_line
+from workbench.prompts import build_prompt, first_line, first_line_complete
 
 METHODS: dict[str, Callable[..., "Method"]] = {}
 RETRIEVALS = ("bm25", "recency")
@@ -75,7 +76,8 @@ class Decoder(Protocol):
 
     info: dict
 
-    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str: ...
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
+        """The generated text; may stop early once ``until(text so far)`` holds."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class Greedy:
 
     info: dict = field(default_factory=dict)
 
-    def decode(self, model: Model, prompt: Any, max_new_tokens: int) -> str:
-        return model.generate(prompt, max_new_tokens=max_new_tokens)
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
+        return model.generate(prompt, max_new_tokens=max_new_tokens, until=until)
 
 
 GREEDY = Greedy()
@@ -128,15 +130,19 @@ class Method:
     # ---- the pipeline ----
     def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
         """Prompt -> intervention -> decoder -> first line. Returns the output and the facts to
-        store with it."""
+        store with it. Decoding stops once the first line is complete: the rest would be
+        thrown away."""
         prompt, info = self.prompt(model, example)
         intervention, facts = self.intervention(model, example, state)
         decoder = self.decoder()
+        n = self.settings.max_new_tokens
+        # A decoder written before `until` existed still works; it just decodes all n tokens.
+        stop = {"until": first_line_complete} if "until" in inspect.signature(decoder.decode).parameters else {}
         if intervention is None:
-            text = decoder.decode(model, prompt, self.settings.max_new_tokens)
+            text = decoder.decode(model, prompt, n, **stop)
         else:
             with intervention:
-                text = decoder.decode(model, prompt, self.settings.max_new_tokens)
+                text = decoder.decode(model, prompt, n, **stop)
         return first_line(text), {**info, **facts, **decoder.info}
 
     def describe(self) -> dict:

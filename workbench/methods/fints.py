@@ -57,7 +57,11 @@ class FintsMethod(Method):
                             reserve=self.settings.max_new_tokens)
 
     def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
-        self._others = list(dataset) if dataset is not None else list(examples)
+        # Other users' items for the negatives come from the whole dataset, also when the run
+        # is cut to tuning or evaluation users (otherwise the same user's vectors would depend
+        # on which side of the split the run was cut to).
+        pool = getattr(dataset, "whole", dataset)
+        self._others = list(pool) if pool is not None else list(examples)
 
     def prepare_user(self, model: Model, user_id: str, examples: list) -> SampleVectors:
         super().prepare_user(model, user_id, examples)
