@@ -199,7 +199,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
             raise ValueError(f"no query in {data_dir} ({args.split}) has a profile; --source gold needs some")
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
-    scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k, data=label)
+    scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
+                               contrast=None if args.contrast == "none" else args.contrast, data=label)
     scores.save(target, overwrite=args.force)
     heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
     atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--how", default="uniform", choices=["uniform", "zero"], help="masking (default: uniform, as DPS)")
     h.add_argument("--scope", default="output", choices=["output", "all"], help="positions masked (default: output)")
     h.add_argument("--mode", default="exact", choices=["exact", "fast", "naive"])
+    h.add_argument("--contrast", default="none", choices=["none", "history", "generic"],
+                   help="none: plain PCS; history: how much a head carries the gain from the user's history; "
+                        "generic: the user's output vs the model's generic one (twice the cost)")
     h.add_argument("--k", default=5, type=_count, help="profile items in each prompt (default 5)")
     h.add_argument("--top", default=11, type=_count, help="how many top heads to print")
     h.add_argument("--out", default="heads-results", type=Path)

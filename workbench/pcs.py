@@ -32,7 +32,7 @@ The result, :class:`~workbench.pcs_result.PreferenceScores`, lives in :mod:`work
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -46,11 +46,12 @@ from workbench.history import profile_examples  # re-exported for existing calle
 from workbench.model import Model
 from workbench.pcs_result import PreferenceScores
 
-__all__ = ["MODES", "SCOPES", "PreferenceScores", "ScoringExample", "preference_scores", "profile_examples",
+__all__ = ["CONTRASTS", "MODES", "SCOPES", "PreferenceScores", "ScoringExample", "preference_scores", "profile_examples",
            "rank_agreement", "sparsity_curve"]
 
 SCOPES = ("all", "output")
 MODES = ("exact", "fast", "naive")
+CONTRASTS = (None, "history", "generic")
 
 
 # ---- examples -------------------------------------------------------------------------------
@@ -63,10 +64,25 @@ class ScoringExample:
     user_id: str
     prompt: Any
     target: str
+    base_prompt: Any = None  # the same input without the user's history (contrast="history")
+    generic_target: str | None = None  # the model's own output without the history (contrast="generic")
+
+    def contrast_pair(self, contrast: str) -> "ScoringExample":
+        """The (prompt, target) whose head effects are subtracted under ``contrast``."""
+        if contrast == "history":
+            if self.base_prompt is None:
+                raise ValueError(f"example {self.id}: contrast='history' needs base_prompt (the prompt without "
+                                 "the user's history); pass Examples, or set it on the ScoringExample")
+            return replace(self, prompt=self.base_prompt)
+        if not self.generic_target:
+            raise ValueError(f"example {self.id}: contrast='generic' needs generic_target (the model's output "
+                             "without the history); pass Examples, or set it on the ScoringExample")
+        return replace(self, target=self.generic_target)
 
 
-def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str) -> list[ScoringExample]:
-    from workbench.prompts import build_prompt
+def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str,
+                      contrast: str | None = None) -> list[ScoringExample]:
+    from workbench.prompts import build_prompt, generate_line
 
     out = []
     for i, ex in enumerate(examples):
@@ -80,9 +96,17 @@ def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str) ->
             if k > 0:
                 ex.require_profile()
             prompt, _ = build_prompt(model, ex, k=k, by=by, reserve=0)
-            out.append(ScoringExample(ex.id, ex.user_id, prompt, ex.gold))
+            base = generic = None
+            if contrast is not None:
+                base, _ = build_prompt(model, ex, k=0, reserve=0)
+            if contrast == "generic":
+                generic = generate_line(model, base, max_new_tokens=32) or None
+            out.append(ScoringExample(ex.id, ex.user_id, prompt, ex.gold, base, generic))
     if not out:
         raise ValueError("no examples to score; pass a Dataset, Examples, or (prompt, target) pairs")
+    if contrast is not None:
+        for ex in out:
+            ex.contrast_pair(contrast)  # every example can be contrasted, checked before any work
     return out
 
 
@@ -213,6 +237,23 @@ def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: 
 
 # ---- the main entry point -----------------------------------------------------------------------
 
+def _head_effects(model: Model, ex: ScoringExample, scope: str, mode: str, how: str, means: Any, bar: Any) -> np.ndarray:
+    """``[n_layers, n_heads]``: NLL of ``ex.target`` with each head masked minus without."""
+    if mode == "fast":
+        out = _attribution(model, ex, scope, how, means)
+        bar.update(1)
+        return out
+    out = np.zeros((model.n_layers, model.n_heads))
+    with torch.no_grad():
+        scorer = _Scorer(model, ex, scope, reuse=(mode == "exact"))
+        for layer in range(model.n_layers):
+            for head in range(model.n_heads):
+                mask = mask_heads(model, [(layer, head)], how=how, reference=means)
+                out[layer, head] = scorer.masked(mask) - scorer.base
+                bar.update(1)
+    return out
+
+
 def preference_scores(
     model: Model,
     examples: Iterable[Any],
@@ -223,10 +264,24 @@ def preference_scores(
     k: int = 5,
     retrieval: str = "bm25",
     reference: Any = None,
+    contrast: str | None = None,
     progress: bool = True,
     data: str = "",
 ) -> PreferenceScores:
     """Preference Contribution Score of every attention head.
+
+    Plain PCS (``contrast=None``) is how much the user's output depends on a head — which is
+    also high for heads *every* fluent output needs. A contrastive score subtracts what the
+    head does without the user's preference:
+
+    - ``contrast="history"``: how much masking the head removes the *personalization gain*,
+      ``[NLL_m(y|x,u) - NLL(y|x,u)] - [NLL_m(y|x) - NLL(y|x)]`` (the same output, scored with
+      and without the user's history in the prompt);
+    - ``contrast="generic"``: the user's own output vs the model's generic output (greedy,
+      no history) for the same input, both with the history:
+      ``[NLL_m(y|x,u) - NLL(y|x,u)] - [NLL_m(g|x,u) - NLL(g|x,u)]``.
+
+    Both work in every mode; the contrast doubles the cost.
 
     Args:
         model: a :class:`workbench.Model`.
@@ -240,6 +295,7 @@ def preference_scores(
         mode: ``"exact"`` (each head masked in turn, unchanged computation reused), ``"fast"``
             (attribution patching: one forward + backward per example) or ``"naive"``.
         reference: texts for ``how="mean"`` (each head's mean output over them).
+        contrast: ``None`` (plain PCS), ``"history"`` or ``"generic"`` (see above).
         data: a label recorded with the scores (e.g. the dataset path).
 
     Returns:
@@ -262,7 +318,9 @@ def preference_scores(
         raise ValueError(f"retrieval={retrieval!r}: use 'bm25' or 'recency'")
     if how == "mean" and reference is None:
         raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
-    items = _scoring_examples(model, examples, k, retrieval)
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast={contrast!r}: use None (plain PCS), 'history' or 'generic'")
+    items = _scoring_examples(model, examples, k, retrieval, contrast)
     means = None
     if how == "mean":
         if reference is None:
@@ -271,24 +329,16 @@ def preference_scores(
     L, H = model.n_layers, model.n_heads
     per = np.zeros((len(items), L, H))
     t0 = time.perf_counter()
-    steps = len(items) * (1 if mode == "fast" else L * H)
-    bar = tqdm(total=steps, desc=f"PCS ({mode})", disable=not progress)
+    steps = len(items) * (1 if mode == "fast" else L * H) * (1 if contrast is None else 2)
+    bar = tqdm(total=steps, desc=f"PCS ({mode}{', contrast ' + contrast if contrast else ''})", disable=not progress)
     for i, ex in enumerate(items):
-        if mode == "fast":
-            per[i] = _attribution(model, ex, scope, how, means)
-            bar.update(1)
-            continue
-        with torch.no_grad():
-            scorer = _Scorer(model, ex, scope, reuse=(mode == "exact"))
-            for layer in range(L):
-                for head in range(H):
-                    mask = mask_heads(model, [(layer, head)], how=how, reference=means)
-                    per[i, layer, head] = scorer.masked(mask) - scorer.base
-                    bar.update(1)
+        per[i] = _head_effects(model, ex, scope, mode, how, means, bar)
+        if contrast is not None:
+            per[i] -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar)
     bar.close()
     meta = {
         "model": model.name, "n_layers": L, "n_heads": H, "how": how, "scope": scope, "mode": mode,
-        "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
+        "contrast": contrast, "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
         "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -64,13 +64,19 @@ class PreferenceScores:
     def __repr__(self) -> str:
         m = self.meta
         top = ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in self._top_values(3))
-        return (f"PreferenceScores({m['model']}: {m['how']} masking, scope={m['scope']}, mode={m['mode']}, "
+        return (f"PreferenceScores({m['model']}: {self.kind}, {m['how']} masking, scope={m['scope']}, mode={m['mode']}, "
                 f"{self.per_example.shape[0]} examples; top: {top})")
+
+    @property
+    def kind(self) -> str:
+        """``"plain PCS"`` or the contrast it was computed with (see ``preference_scores``)."""
+        c = self.meta.get("contrast")
+        return f"contrastive PCS ({c})" if c else "plain PCS"
 
     def _repr_html_(self) -> str:
         # Every field may come from a loaded file: escaped, so a file can't put markup in a notebook.
         m = {k: html.escape(str(m)) for k, m in self.meta.items()}
-        head = (f"<p><b>Preference heads</b> · {m['model']} · {m['how']} masking · scope {m['scope']} · "
+        head = (f"<p><b>Preference heads</b> · {m['model']} · {html.escape(self.kind)} · {m['how']} masking · scope {m['scope']} · "
                 f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
         return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(
             index=False, float_format="{:.4f}".format, escape=True)
@@ -130,7 +136,7 @@ class PreferenceScores:
         ))
         meta = self.meta
         fig.update_layout(
-            title=title or (f"Preference Contribution Score per head<br><sup>{meta['model']}, {meta['how']} masking, "
+            title=title or (f"Preference Contribution Score per head ({self.kind})<br><sup>{meta['model']}, {meta['how']} masking, "
                             f"{meta['scope']} positions ({meta['mode']}, {self.per_example.shape[0]} examples)</sup>"),
             xaxis_title="head", yaxis_title="layer", template="plotly_white",
             height=max(360, 18 * L + 120), width=max(420, 60 * H + 220),
@@ -169,3 +175,31 @@ class PreferenceScores:
                 raise ValueError(f"{path} holds scores of {scores.model!r} ({scores.matrix.shape[0]} layers x "
                                  f"{scores.matrix.shape[1]} heads), not of {name!r}; recompute them for this model")
         return scores
+
+
+def heatmaps(*scores: PreferenceScores, titles: Iterable[str] | None = None):
+    """Several head scorings side by side (e.g. plain vs contrastive PCS), each on its own colour
+    scale — the scorings measure different things, so their sizes are not comparable."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not scores:
+        raise ValueError("give at least one PreferenceScores")
+    shapes = {sc.matrix.shape for sc in scores}
+    if len(shapes) != 1:
+        raise ValueError(f"the scorings have different shapes {sorted(shapes)}; compare scorings of one model")
+    titles = list(titles) if titles is not None else [sc.kind for sc in scores]
+    L, H = scores[0].matrix.shape
+    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=titles, horizontal_spacing=0.12)
+    for i, sc in enumerate(scores, start=1):
+        m = sc.matrix
+        bound = float(np.abs(m).max()) or 1.0
+        fig.add_trace(go.Heatmap(
+            z=m, x=[f"H{h}" for h in range(H)], y=list(range(L)), colorscale="RdBu_r", zmid=0, zmin=-bound,
+            zmax=bound, colorbar=dict(x=i / len(scores) - 0.02, len=0.9, thickness=10),
+            hovertemplate=f"{html.escape(sc.kind)}<br>layer %{{y}}, head %{{x}}<br>%{{z:.4f}} nats/token<extra></extra>",
+        ), row=1, col=i)
+    fig.update_layout(template="plotly_white", height=max(360, 18 * L + 120), width=max(420, 60 * H + 220) * len(scores),
+                      title=f"Head scores, {scores[0].model}: plain vs contrastive")
+    fig.update_yaxes(title_text="layer", col=1)
+    return fig

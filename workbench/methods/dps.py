@@ -38,6 +38,7 @@ class Dps(Method):
     plausibility: float | None = 0.1
     pcs_examples: int = 40
     heads_file: str | None = None
+    contrast: str | None = None  # None: plain PCS; "history" / "generic": contrastive PCS (preference_scores)
 
     def describe(self) -> dict:
         # The masking and the PCS scope are fixed by the method; recorded so a reader sees them.
@@ -48,9 +49,12 @@ class Dps(Method):
 
         if self.heads_file:
             scores = PreferenceScores.load(self.heads_file, model=model)
+            if (scores.meta.get("contrast") or None) != self.contrast:
+                raise ValueError(f"{self.heads_file} holds {scores.kind}, but dps.contrast={self.contrast!r}; "
+                                 f"set dps.contrast={scores.meta.get('contrast') or 'none'} or use a file of that kind")
         else:
             scores = cached_profile_scores(model, examples, n=self.pcs_examples, k=self.settings.k,
-                                           retrieval=self.settings.retrieval)
+                                           retrieval=self.settings.retrieval, contrast=self.contrast)
         self.scores = scores
         self.heads = scores.top_percent(self.top_percent)
 
@@ -68,17 +72,18 @@ class DpsRaw(Dps):
 
 
 def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
-                          progress: bool = True) -> Any:
+                          progress: bool = True, contrast: str | None = None) -> Any:
     """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
     from workbench.history import profile_examples
     from workbench.pcs import PreferenceScores, preference_scores
 
     items = profile_examples(examples, n=n, k=k, by=retrieval)
-    key = stable_hash([model.name, str(model.dtype), k, retrieval, [(ex.id, ex.gold, len(ex.profile)) for ex in items]])
+    parts = [model.name, str(model.dtype), k, retrieval, [(ex.id, ex.gold, len(ex.profile)) for ex in items]]
+    key = stable_hash(parts + [contrast] if contrast else parts)  # plain scores keep their old cache entries
     path = cache_file("pcs", model.name, f"{key}.json")
 
     def build() -> Any:
-        return preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k,
+        return preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k, contrast=contrast,
                                  retrieval=retrieval, progress=progress, data="profile leave-one-out")
 
     return cached(path, lambda p: PreferenceScores.load(p, model=model), build,

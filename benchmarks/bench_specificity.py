@@ -1,0 +1,145 @@
+"""Are preference heads specific to preference? Masking the top-k heads of each scoring, on
+held-out users the scores never saw.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_specificity.py [--model smollm2-135m] \
+        [--n-score 20] [--n-eval 20] [--mode exact] [--out results/specificity_smollm2-135m.csv]
+
+Scores (uniform masking, output scope: the DPS regime) come from leave-one-out examples of the
+*tuning* users' histories: plain PCS on the prompt with the user's history, the same with no
+history, and their difference, the contrastive PCS (``contrast="history"``). The evaluation is
+on leave-one-out examples of the *evaluation* users: for each, the personalization gain
+``G = NLL(y|x) - NLL(y|x,u)`` of the user's own headline ``y``. Masking a head set ``S`` on both
+prompts gives ``G_S``; reported per k (1, 2, 4, 8, 16) and head set (plain top-k, contrastive
+top-k, random k over 5 draws):
+
+- ``gain_removed`` = ``sum(G - G_S) / sum(G)``: the share of the personalization gain the heads carry;
+- ``nohist_shift`` = ``mean(NLL_S(y|x) - NLL(y|x)) / mean(G)``: how much the heads matter for the
+  same headline without any history, relative to the gain — small = specific to preference.
+
+Target (issue 17): top-8 contrastive heads remove >= 50% of the gain with nohist_shift < 10%.
+Prints the table and writes it as CSV (with the model and settings in a .json beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import workbench as wb  # noqa: E402
+from workbench.data import load_lamp4_news  # noqa: E402
+from workbench.heads import mask_heads  # noqa: E402
+from workbench.history import profile_examples  # noqa: E402
+from workbench.pcs import PreferenceScores, _scoring_examples, _Scorer, preference_scores  # noqa: E402
+from workbench.splits import split_users  # noqa: E402
+
+KS = (1, 2, 4, 8, 16)
+
+
+def scorings(model, data, n: int, mode: str, cache_dir: Path) -> dict[str, PreferenceScores]:
+    """Plain, no-history and contrastive PCS on tuning users' histories (cached in cache_dir)."""
+    examples = profile_examples(split_users(data, "tune"), n=n)
+    out = {}
+    for name, k in (("plain", 5), ("no history", 0)):
+        path = cache_dir / f"{model.name}_{name.replace(' ', '-')}_{mode}_{n}.json"
+        if path.exists():
+            out[name] = PreferenceScores.load(path, model=model)
+        else:
+            out[name] = preference_scores(model, examples, mode=mode, k=k, data="tuning users, profile leave-one-out")
+            out[name].save(path)
+    meta = {**out["plain"].meta, "contrast": "history", "mode": mode}
+    out["contrastive"] = PreferenceScores(out["plain"].per_example - out["no history"].per_example, meta)
+    return out
+
+
+def evaluate(model, data, scores: dict[str, PreferenceScores], n: int, draws: int, seed: int) -> pd.DataFrame:
+    examples = profile_examples(split_users(data, "eval"), n=n)
+    items = _scoring_examples(model, examples, 5, "bm25", contrast="history")
+    rng = np.random.default_rng(seed)
+    all_heads = [(layer, head) for layer in range(model.n_layers) for head in range(model.n_heads)]
+    sets: list[tuple[str, int, int, list]] = []
+    for k in [k for k in KS if k <= len(all_heads)]:
+        sets.append(("plain PCS", k, 0, scores["plain"].top(k)))
+        sets.append(("contrastive PCS", k, 0, scores["contrastive"].top(k)))
+        for d in range(draws):
+            sets.append(("random", k, d, [all_heads[i] for i in rng.choice(len(all_heads), k, replace=False)]))
+    rows = []
+    from tqdm.auto import tqdm
+
+    for ex in tqdm(items, desc="held-out examples"):
+        with_hist = _Scorer(model, ex, "output")
+        no_hist = _Scorer(model, ex.contrast_pair("history"), "output")
+        gain = no_hist.base - with_hist.base
+        for kind, k, draw, heads in sets:
+            mask = mask_heads(model, heads, how="uniform")
+            m_with, m_no = with_hist.masked(mask), no_hist.masked(mask)
+            rows.append({"example": ex.id, "user": ex.user_id, "kind": kind, "k": k, "draw": draw, "gain": gain,
+                         "gain_masked": m_no - m_with, "nohist_shift": m_no - no_hist.base})
+    return pd.DataFrame(rows)
+
+
+def summarize(raw: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (kind, k), g in raw.groupby(["kind", "k"], sort=False):
+        per_draw = g.groupby("draw").apply(lambda d: pd.Series({
+            "gain_removed": (d.gain - d.gain_masked).sum() / d.gain.sum(),
+            "nohist_shift": d.nohist_shift.mean() / d.gain.mean()}), include_groups=False)
+        out.append({"heads": kind, "k": k, "gain_removed": per_draw.gain_removed.mean(),
+                    "gain_removed_sd": per_draw.gain_removed.std(ddof=1) if len(per_draw) > 1 else 0.0,
+                    "nohist_shift": per_draw.nohist_shift.mean(), "draws": len(per_draw)})
+    return pd.DataFrame(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n-score", type=int, default=20, help="tuning-user examples the scores average over")
+    ap.add_argument("--n-eval", type=int, default=20, help="held-out (evaluation-user) examples")
+    ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
+    ap.add_argument("--draws", type=int, default=5, help="random head sets per k")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default="runs/specificity", type=Path)
+    ap.add_argument("--out", default=None, type=Path, help="CSV of the table (default results/specificity_<model>.csv)")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    model = wb.load_model(args.model, progress=False)
+    data = load_lamp4_news()
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    scores = scorings(model, data, args.n_score, args.mode, args.cache_dir)
+    print(model)
+    for name, sc in scores.items():
+        print(f"  {name:<12} top 8: " + ", ".join(f"L{lay}H{h}" for lay, h in sc.top(8)))
+    import torch
+
+    with torch.no_grad():
+        raw = evaluate(model, data, scores, args.n_eval, args.draws, args.seed)
+    table = summarize(raw)
+    g = raw.drop_duplicates("example").gain
+    print(f"\npersonalization gain on {len(g)} held-out examples: mean {g.mean():.3f} nats/token "
+          f"(positive for {(g > 0).sum()}/{len(g)})\n")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    out = args.out or Path("results") / f"specificity_{args.model}.csv"
+    table.to_csv(out, index=False)
+    top8 = table[(table.heads == "contrastive PCS") & (table.k == min(8, table.k.max()))].iloc[0]
+    meta = {"model": args.model, "mode": args.mode, "n_score": args.n_score, "n_eval": args.n_eval,
+            "draws": args.draws, "seed": args.seed, "mean_gain": float(g.mean()), "masking": "uniform, output scope",
+            "scores_from": "tuning users' histories (leave-one-out)", "evaluated_on": "evaluation users' histories",
+            "top8": {name: [f"L{lay}H{h}" for lay, h in sc.top(8)] for name, sc in scores.items()},
+            "target_met": bool(top8.gain_removed >= 0.5 and abs(top8.nohist_shift) < 0.1),
+            "seconds": round(time.perf_counter() - t0), "command": "python benchmarks/bench_specificity.py " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    print(f"\ntop-8 contrastive: {top8.gain_removed:.0%} of the gain removed, no-history shift {top8.nohist_shift:.0%} "
+          f"of the gain -> target {'met' if meta['target_met'] else 'NOT met'} ({meta['seconds']} s); {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Contrastive PCS: a head's share of the personalization gain, not of fluency in general."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.data import Example
+from workbench.methods import GenerationSettings, make_methods
+from workbench.pcs import PreferenceScores, ScoringExample, preference_scores
+from workbench.pcs_result import heatmaps
+
+from conftest import all_hook_handles
+
+PROFILE = ({"id": "1", "text": "the cat sat on the mat", "title": "cats in paris"},
+           {"id": "2", "text": "the dog is in the city", "title": "the tower of cats"})
+EXAMPLES = [Example("q1", "u1", "lamp4", "paris is a city of the tower", PROFILE, "the cat is on the mat"),
+            Example("q2", "u2", "lamp4", "the dog sat in paris", PROFILE, "a city of dogs")]
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_history_contrast_is_personal_minus_no_history(tiny, mode):
+    contrast = preference_scores(tiny, EXAMPLES, contrast="history", mode=mode, k=2, progress=False)
+    plain = preference_scores(tiny, EXAMPLES, mode=mode, k=2, progress=False)
+    bare = preference_scores(tiny, EXAMPLES, mode=mode, k=0, progress=False)  # the same targets, no history
+    np.testing.assert_allclose(contrast.per_example, plain.per_example - bare.per_example, atol=1e-5)
+    assert np.abs(contrast.matrix).max() > 1e-4 and contrast.meta["contrast"] == "history"
+    assert "contrastive PCS (history)" in repr(contrast) and "plain PCS" in repr(plain)
+    assert all_hook_handles(tiny) == 0
+
+
+def test_generic_contrast_scores_the_models_own_output(tiny):
+    from workbench.prompts import build_prompt, generate_line
+
+    scores = preference_scores(tiny, EXAMPLES[:1], contrast="generic", k=2, progress=False)
+    ex = EXAMPLES[0]
+    prompt, _ = build_prompt(tiny, ex, k=2, reserve=0)
+    generic = generate_line(tiny, build_prompt(tiny, ex, k=0, reserve=0)[0], max_new_tokens=32)
+    own = preference_scores(tiny, [(prompt, ex.gold)], progress=False)
+    other = preference_scores(tiny, [(prompt, generic)], progress=False)
+    np.testing.assert_allclose(scores.per_example[0], own.per_example[0] - other.per_example[0], atol=1e-5)
+
+
+def test_contrast_needs_its_counterpart(tiny):
+    with pytest.raises(ValueError, match="base_prompt"):
+        preference_scores(tiny, [ScoringExample("a", "u", "the cat", "sat")], contrast="history", progress=False)
+    with pytest.raises(ValueError, match="generic_target"):
+        preference_scores(tiny, [("the cat", "sat")], contrast="generic", progress=False)
+    with pytest.raises(ValueError, match="contrast="):
+        preference_scores(tiny, EXAMPLES, contrast="users", progress=False)
+
+
+def test_contrast_is_saved_and_shown_side_by_side(tiny, tmp_path):
+    plain = preference_scores(tiny, EXAMPLES, mode="fast", k=2, progress=False)
+    contrast = preference_scores(tiny, EXAMPLES, mode="fast", k=2, contrast="history", progress=False)
+    back = PreferenceScores.load(contrast.save(tmp_path / "c.json"), model=tiny)
+    assert back.meta["contrast"] == "history" and back.kind == contrast.kind
+    fig = heatmaps(plain, contrast)
+    assert len(fig.data) == 2 and "contrastive" in fig.layout.annotations[1].text
+
+
+def test_dps_refuses_heads_of_another_kind(tiny, tmp_path):
+    path = preference_scores(tiny, EXAMPLES, mode="fast", k=2, contrast="history", progress=False).save(tmp_path / "h.json")
+    dps = make_methods(["dps"], GenerationSettings())[0]
+    dps.heads_file = str(path)
+    with pytest.raises(ValueError, match="dps.contrast"):
+        dps.prepare_run(tiny, EXAMPLES, None)
+    dps.contrast = "history"
+    dps.prepare_run(tiny, EXAMPLES, None)
+    assert dps.heads
