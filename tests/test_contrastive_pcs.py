@@ -63,8 +63,10 @@ def test_dps_refuses_heads_of_another_kind(tiny, tmp_path):
     path = preference_scores(tiny, EXAMPLES, mode="fast", k=2, contrast="history", progress=False).save(tmp_path / "h.json")
     dps = make_methods(["dps"], GenerationSettings())[0]
     dps.heads_file = str(path)
+    dps.contrast = "generic"
     with pytest.raises(ValueError, match="dps.contrast"):
         dps.prepare_run(tiny, EXAMPLES, None)
-    dps.contrast = "history"
-    dps.prepare_run(tiny, EXAMPLES, None)
-    assert dps.heads
+    for contrast in ("history", None):  # None: the file's kind, as it is
+        dps.contrast = contrast
+        dps.prepare_run(tiny, EXAMPLES, None)
+        assert dps.heads == dps.scores.top_percent(dps.top_percent)

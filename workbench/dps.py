@@ -203,6 +203,7 @@ class DpsDecoder:
     alpha: Any = "entropy"
     plausibility: float | None = None
     how: str = "uniform"
+    alpha_cap: float | None = None
 
     @property
     def heads_label(self) -> str:
@@ -213,5 +214,5 @@ class DpsDecoder:
         return {"heads": self.heads_label}
 
     def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
-        return dps_generate(model, prompt, list(self.heads), alpha=self.alpha, how=self.how,
+        return dps_generate(model, prompt, list(self.heads), alpha=self.alpha, how=self.how, alpha_cap=self.alpha_cap,
                             plausibility=self.plausibility, max_new_tokens=max_new_tokens, until=until)

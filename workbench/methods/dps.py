@@ -35,6 +35,7 @@ class Dps(Method):
     uses_profile = True
     top_percent: float = 4.0
     alpha: Any = "entropy"
+    alpha_cap: float | None = None  # with alpha="entropy": at most this much contrast per step
     plausibility: float | None = 0.1
     pcs_examples: int = 40
     heads_file: str | None = None
@@ -49,7 +50,8 @@ class Dps(Method):
 
         if self.heads_file:
             scores = PreferenceScores.load(self.heads_file, model=model)
-            if (scores.meta.get("contrast") or None) != self.contrast:
+            # contrast=None takes the file as it is (its kind is recorded with the run's heads)
+            if self.contrast is not None and (scores.meta.get("contrast") or None) != self.contrast:
                 raise ValueError(f"{self.heads_file} holds {scores.kind}, but dps.contrast={self.contrast!r}; "
                                  f"set dps.contrast={scores.meta.get('contrast') or 'none'} or use a file of that kind")
         else:
@@ -59,7 +61,7 @@ class Dps(Method):
         self.heads = scores.top_percent(self.top_percent)
 
     def decoder(self) -> Decoder:
-        return DpsDecoder(tuple(self.heads), alpha=self.alpha, plausibility=self.plausibility)
+        return DpsDecoder(tuple(self.heads), alpha=self.alpha, plausibility=self.plausibility, alpha_cap=self.alpha_cap)
 
 
 @register_method
