@@ -24,6 +24,10 @@ def test_models_lists_known_names_and_availability(capsys):
 def test_demo_writes_a_self_contained_report_and_keeps_the_previous_one(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["demo", "--model", "tiny-random", "--out", str(out), "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    # every section announces itself, numbered, with its time; the headlines come right after step 1
+    assert [f"[{i}/5]" in printed for i in range(1, 6)] == [True] * 5
+    assert printed.index("generic:") < printed.index("[2/5]") and "SteerX" in printed and "Fints" in printed
     html = (out / "index.html").read_text()
     assert "plotly" in html.lower() and "Generic vs personalized output" in html
     # the method comparison comes from the saved benchmark results, with the baseline named

@@ -33,7 +33,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"loading {args.model} ...", flush=True)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"  {model}  ({time.perf_counter() - t0:.1f} s)")
-    result = run_demo(model, how=args.how, max_new_tokens=args.max_new_tokens)
+    result = run_demo(model, how=args.how, max_new_tokens=args.max_new_tokens, log=lambda line: print(line, flush=True))
     print("\nGeneric vs personalized headline:")
     for row in result.outputs().itertuples():
         print(f"  {row.prompt:<46} {row.headline}")

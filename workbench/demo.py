@@ -8,9 +8,10 @@ masking all its heads lowers the log-likelihood of that personalized headline.
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -59,22 +60,36 @@ def run_demo(
     how: str = "zero",
     max_new_tokens: int = 32,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run the demo analysis for ``user`` (default: the built-in example user)."""
+    """Run the demo analysis for ``user`` (default: the built-in example user).
+
+    ``log``: called with a line as each step starts and with its first results (the command
+    line prints them), so a long run is never silent; progress bars come with ``progress``.
+    """
     user = user or EXAMPLE_USER
     _check_demo_args(user, how, max_new_tokens)
+    say = _Steps(log, 5)
     generic_prompt = headline_prompt(model, user["query"])
     personal_prompt = headline_prompt(model, user["query"], user["profile"])
+    say.step("headlines: from the article alone, then after the user's history")
     generic = generate_line(model, generic_prompt, max_new_tokens=max_new_tokens)
     personalized = generate_line(model, personal_prompt, max_new_tokens=max_new_tokens)
     if not personalized:
         raise RuntimeError("the model produced an empty personalized headline; try a larger max_new_tokens")
+    say.line(f"generic:      {generic}\n  personalized: {personalized}\n  the user's:   {user.get('gold', '')}")
+    say.step(f"masking each layer's heads ({model.n_layers} layers x 2 headlines)")
     effects = layer_mask_effects(model, personal_prompt, personalized, how=how, progress=progress)
     # The same sweep for the generic headline separates layers every headline needs from
     # layers the personalized one needs in particular.
     generic_effects = layer_mask_effects(model, generic_prompt, generic, how=how, progress=progress)
     effects["drop_generic"] = generic_effects["drop"].to_numpy()
+    top = effects.sort_values("drop", ascending=False).head(3)
+    say.line("largest drops: " + ", ".join(f"layer {int(r.layer)} {r.drop:+.2f}" for r in top.itertuples()))
+    say.step(f"preference heads on the user's {len(user['profile'])} history items (fast PCS), then DPS")
     scores, dps = _preference_heads(model, user, personal_prompt, max_new_tokens, progress)
+    if dps:
+        say.line(f"DPS: {dps}")
     settings = {
         "model": model.name,
         "model source": model.source,
@@ -88,8 +103,35 @@ def run_demo(
     }
     result = DemoResult(model.name, generic, personalized, user.get("gold", ""), effects, settings,
                         scores=scores, dps=dps, report=Report("", {}))
-    result.report = build_report(result, user, model)
+    result.report = build_report(result, user, model, say=say)
+    say.done()
     return result
+
+
+class _Steps:
+    """Numbered progress lines with the time each step took (nothing without a ``log``)."""
+
+    def __init__(self, log: Callable[[str], None] | None, total: int):
+        self.log, self.total, self.n, self.t = log, total, 0, None
+
+    def _finish(self) -> None:
+        if self.t is not None and self.log:
+            self.log(f"  ({time.perf_counter() - self.t:.0f} s)")
+
+    def step(self, what: str) -> None:
+        self._finish()
+        self.n += 1
+        self.t = time.perf_counter()
+        if self.log:
+            self.log(f"[{self.n}/{self.total}] {what} ...")
+
+    def line(self, text: str) -> None:
+        if self.log:
+            self.log(f"  {text}")
+
+    def done(self) -> None:
+        self._finish()
+        self.t = None
 
 
 def _check_demo_args(user: Any, how: str, max_new_tokens: Any) -> None:
@@ -128,7 +170,7 @@ def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_to
     return scores, dps
 
 
-def build_report(result: DemoResult, user: dict, model: Model | None = None) -> Report:
+def build_report(result: DemoResult, user: dict, model: Model | None = None, say: Any = None) -> Report:
     r = Report(
         "workbench demo: how a small model personalizes a headline",
         meta=result.settings,
@@ -169,8 +211,11 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None) -> 
             "is in the table above."
         )
         r.add_figure(result.scores.heatmap(), caption="Red = masking the head lowers the likelihood of the user's headlines.")
+    say = say or _Steps(None, 0)
     if model is not None:
-        _plugin_sections(r, model, user)
+        say.step("the SteerX and Fints views of the same user")
+        _plugin_sections(r, model, user, say)
+    say.step("the comparison of methods, from the saved benchmark results")
     _comparison_section(r)
     return r
 
@@ -215,11 +260,13 @@ def _comparison_section(r: Report, path: Path = RESULTS) -> None:
     r.add_figure(paired_figure(table), caption="Green: better than rag; red: worse; grey: no detectable difference.")
 
 
-def _plugin_sections(r: Report, model: Model, user: dict) -> None:
+def _plugin_sections(r: Report, model: Model, user: dict, say: Any) -> None:
     # SteerX and Fints show their own views of the same user.
     from workbench.report_sections import SECTIONS
 
     for section in SECTIONS:
+        t0 = time.perf_counter()
         title, body = section(model, user)
+        say.line(f"{title} ({time.perf_counter() - t0:.0f} s)")
         r.add_heading(title)
         r.add_text(body, raw_html=True)
