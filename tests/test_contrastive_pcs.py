@@ -70,3 +70,29 @@ def test_dps_refuses_heads_of_another_kind(tiny, tmp_path):
         dps.contrast = contrast
         dps.prepare_run(tiny, EXAMPLES, None)
         assert dps.heads == dps.scores.top_percent(dps.top_percent)
+
+
+def test_dps_heads_come_from_the_whole_dataset_and_saved_scores_are_reused(tiny, tmp_path, monkeypatch):
+    import workbench.methods.dps as dps_mod
+    from workbench.data import load_lamp4_news
+    from workbench.history import profile_examples
+
+    news = load_lamp4_news()
+    items = profile_examples(news, n=2)
+    saved = preference_scores(tiny, items, mode="exact", progress=False, data="profile leave-one-out")
+    saved.save(tmp_path / "pcs_news_tiny.json")
+    monkeypatch.setattr(dps_mod, "RESULTS", tmp_path)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    assert dps_mod.saved_scores(tiny, items, k=5, retrieval="bm25", contrast=None) is not None
+    assert dps_mod.saved_scores(tiny, items[:1], k=5, retrieval="bm25", contrast=None) is None  # other examples
+    assert dps_mod.saved_scores(tiny, items, k=3, retrieval="bm25", contrast=None) is None  # other settings
+
+    def no_compute(*a, **k):
+        raise AssertionError("the saved scores should have been used")
+
+    monkeypatch.setattr("workbench.pcs.preference_scores", no_compute)
+    for cut in (news[:2], news.filter(lambda ex: ex.user_id == news[5].user_id)):  # any cut of the data: same heads
+        dps = make_methods(["dps"], GenerationSettings())[0]
+        dps.pcs_examples = 2
+        dps.prepare_run(tiny, list(cut), cut)
+        np.testing.assert_allclose(dps.scores.per_example, saved.per_example, atol=1e-6)

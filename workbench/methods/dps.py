@@ -8,6 +8,7 @@ output — and cached on disk per model, data and settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench._util import cache_file, cached, stable_hash
@@ -55,7 +56,11 @@ class Dps(Method):
                 raise ValueError(f"{self.heads_file} holds {scores.kind}, but dps.contrast={self.contrast!r}; "
                                  f"set dps.contrast={scores.meta.get('contrast') or 'none'} or use a file of that kind")
         else:
-            scores = cached_profile_scores(model, examples, n=self.pcs_examples, k=self.settings.k,
+            # Heads are a property of the model on this data, found on the whole dataset's
+            # histories — the same heads whichever users or how many queries a run takes, so
+            # they are computed (or read from results/) once, not per run.
+            pool = getattr(dataset, "whole", None) or examples
+            scores = cached_profile_scores(model, list(pool), n=self.pcs_examples, k=self.settings.k,
                                            retrieval=self.settings.retrieval, contrast=self.contrast)
         self.scores = scores
         self.heads = scores.top_percent(self.top_percent)
@@ -85,8 +90,42 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
     path = cache_file("pcs", model.name, f"{key}.json")
 
     def build() -> Any:
+        shipped = saved_scores(model, items, k=k, retrieval=retrieval, contrast=contrast)
+        if shipped is not None:
+            print(f"preference heads of {model.name}: saved scores {shipped.meta.get('path')} (same examples and settings)")
+            return shipped
+        print(f"preference heads of {model.name}: exact PCS over {len(items)} history examples x "
+              f"{model.n_layers * model.n_heads} heads{' x 2 (contrast)' if contrast else ''}, once (the bar shows the "
+              f"time left); cached in {path} for every later run", flush=True)
         return preference_scores(model, items, how="uniform", scope="output", mode="exact", k=k, contrast=contrast,
                                  retrieval=retrieval, progress=progress, data="profile leave-one-out")
 
     return cached(path, lambda p: PreferenceScores.load(p, model=model), build,
                   lambda scores, p: scores.save(p, overwrite=True))
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def saved_scores(model: Model, items: list, k: int, retrieval: str, contrast: str | None,
+                 directory: Path | None = None) -> Any:
+    """Scores saved in ``results/`` (``pcs_*.json``) computed on exactly these examples with
+    these settings, or None."""
+    import torch
+
+    from workbench.pcs import PreferenceScores
+
+    if model.dtype != torch.float32:  # the saved scores were computed in float32
+        return None
+    directory = RESULTS if directory is None else Path(directory)
+    want = {"model": model.name, "how": "uniform", "scope": "output", "mode": "exact", "k": k, "retrieval": retrieval,
+            "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items]}
+    for path in sorted(directory.glob("pcs_*.json")) if directory.is_dir() else []:
+        try:
+            scores = PreferenceScores.load(path, model=model)
+        except ValueError:
+            continue
+        if all(scores.meta.get(key) == v for key, v in want.items()) and (scores.meta.get("contrast") or None) == contrast:
+            scores.meta["path"] = str(path)
+            return scores
+    return None
