@@ -184,6 +184,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     from workbench.pcs import preference_scores
 
     _check_common(args)
+    if not (args.verify > 0 and (args.verify < 1 or float(args.verify).is_integer())):
+        raise ValueError(f"--verify {args.verify:g}: give a share of the heads (0 < v < 1) or a whole count (>= 1)")
     out = Path(args.out)
     target = out / "scores.json"
     if target.exists() and not args.force:
@@ -199,8 +201,9 @@ def _cmd_heads(args: argparse.Namespace) -> int:
             raise ValueError(f"no query in {data_dir} ({args.split}) has a profile; --source gold needs some")
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
+    verify = int(args.verify) if args.verify >= 1 and float(args.verify).is_integer() else args.verify
     scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
-                               contrast=None if args.contrast == "none" else args.contrast, data=label)
+                               contrast=None if args.contrast == "none" else args.contrast, verify=verify, data=label)
     scores.save(target, overwrite=args.force)
     heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
     atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))
@@ -317,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "gold: the split's queries and gold outputs")
     h.add_argument("--how", default="uniform", choices=["uniform", "zero"], help="masking (default: uniform, as DPS)")
     h.add_argument("--scope", default="output", choices=["output", "all"], help="positions masked (default: output)")
-    h.add_argument("--mode", default="exact", choices=["exact", "fast", "naive"])
+    h.add_argument("--mode", default="exact", choices=["exact", "fast", "verified", "naive"],
+                   help="exact: every head masked; fast: attribution estimate; verified: fast, then the "
+                        "--verify heads it rates largest recomputed exactly")
+    h.add_argument("--verify", type=float, default=0.25,
+                   help="with --mode verified: share of heads (0-1) or count (>=1) recomputed exactly (default 0.25)")
     h.add_argument("--contrast", default="none", choices=["none", "history", "generic"],
                    help="none: plain PCS; history: how much a head carries the gain from the user's history; "
                         "generic: the user's output vs the model's generic one (twice the cost)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +48,7 @@ class DemoResult:
             [
                 {"prompt": "generic (article only)", "headline": self.generic},
                 {"prompt": "personalized (user's history + article)", "headline": self.personalized},
-                *([{"prompt": "personalized + DPS (top 4% preference heads)", "headline": self.dps}] if self.dps else []),
+                *([{"prompt": "personalized + DPS (top preference heads)", "headline": self.dps}] if self.dps else []),
                 {"prompt": "the user's real headline", "headline": self.gold},
             ]
         )
@@ -152,21 +152,30 @@ def _check_demo_args(user: Any, how: str, max_new_tokens: Any) -> None:
 
 def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_tokens: int, progress: bool):
     """PCS of every head on the user's own history (each item predicted from the others), and
-    the headline DPS writes with the top 4% of them."""
+    the headline DPS writes with the top heads — decoded with the ``dps`` method's settings
+    (chosen on tuning users), so the demo shows what the benchmark measures."""
     from workbench.dps import dps_generate
+    from workbench.methods.dps import Dps
     from workbench.pcs import ScoringExample, preference_scores
 
     items = user["profile"]
     if len(items) < 2:
         return None, ""
     examples = [ScoringExample(f"{user.get('user_id', 'user')}/{i}", user.get("user_id", "user"),
-                               headline_prompt(model, it["text"], items[:i] + items[i + 1:]), it["title"])
+                               headline_prompt(model, it["text"], items[:i] + items[i + 1:]), it["title"],
+                               base_prompt=headline_prompt(model, it["text"], []))
                 for i, it in enumerate(items)]
+    setting = Dps()
+    if setting.contrast == "generic":  # the model's own headline without the history
+        examples = [replace(ex, generic_target=first_line(model.generate(ex.base_prompt, max_new_tokens,
+                                                                         until=first_line_complete)) or ".")
+                    for ex in examples]
     scores = preference_scores(model, examples, how="uniform", scope="output", mode="fast", progress=progress,
+                               contrast=setting.contrast,
                                data=f"example user {user.get('user_id', '')}: history leave-one-out")
-    # The same decoding as the `dps` method: unconstrained, SmolLM2's DPS output collapses.
-    dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(4), alpha="entropy",
-                                  plausibility=0.1, max_new_tokens=max_new_tokens, until=first_line_complete))
+    dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(setting.top_percent), alpha=setting.alpha,
+                                  alpha_cap=setting.alpha_cap, plausibility=setting.plausibility,
+                                  max_new_tokens=max_new_tokens, until=first_line_complete))
     return scores, dps
 
 

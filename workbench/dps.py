@@ -20,6 +20,7 @@ masks the prompt's computation too (the formula read literally).
 
 from __future__ import annotations
 
+import copy
 import html
 import math
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import torch
 
+from workbench._reuse import run_from_layer
 from workbench._util import check_int, check_number, check_sampling, filter_logits
 from workbench.heads import HeadMask, mask_heads
 from workbench.model import Model
@@ -99,6 +101,7 @@ def dps_generate(
     chat: bool | None = None,
     details: bool = False,
     until: Callable[[str], bool] | None = None,
+    branch: bool = True,
 ) -> "str | DpsOutput":
     """Generate with Differential Preference Steering.
 
@@ -122,6 +125,11 @@ def dps_generate(
         details: return a :class:`DpsOutput` with per-step alpha and what changed.
         until: stop once this returns True for the text so far (e.g.
             :func:`workbench.prompts.first_line_complete`); earlier tokens are unchanged.
+        branch: the two streams cannot differ below the lowest masked layer, so each step
+            runs those layers once, for one row, and branches into the intact and the masked
+            row there (same tokens; ``False`` runs both rows through every layer, the
+            reference ``benchmarks/bench_dps_cost.py`` compares against). Not used with
+            ``mask_prompt=True``.
 
     Example:
         >>> heads = scores.top_percent(4)                                   # doctest: +SKIP
@@ -141,7 +149,15 @@ def dps_generate(
 
     # Only the last position's logits are needed from a prefill: skip the unembedding elsewhere.
     last_only = [(f"blocks.{model.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])]
-    if mask_prompt or ids.shape[-1] == 1:
+    low = min(mask.layers) if mask.layers else 0
+    shared = None  # with branching: the one-row cache of the layers below ``low``
+    if branch and not mask_prompt and ids.shape[-1] > 1 and low > 0:
+        with bridge.hooks(fwd_hooks=last_only):
+            _, shared = bridge(ids[:, :-1], return_type="logits_and_cache")
+        cache = copy.deepcopy(shared)
+        cache.batch_repeat_interleave(2)
+        logits = None
+    elif mask_prompt or ids.shape[-1] == 1:
         with bridge.hooks(fwd_hooks=row_mask + last_only):
             logits, cache = bridge(ids.expand(2, -1), return_type="logits_and_cache")
     else:
@@ -159,7 +175,9 @@ def dps_generate(
     # decoding step's worth of hook calls.
     with bridge.hooks(fwd_hooks=row_mask):
         for step in range(max_new_tokens):
-            if logits is None or step > 0:
+            if shared is not None:
+                logits = _branched_step(bridge, nxt[:1], shared, cache, low)
+            elif logits is None or step > 0:
                 logits, cache = bridge(nxt, return_type="logits_and_cache", past_key_values=cache)
             lp = logits[:, -1].float().log_softmax(-1)
             full, masked = lp[0], lp[1]
@@ -192,6 +210,19 @@ def dps_generate(
     if details:
         return DpsOutput(text, out, pd.DataFrame(rows))
     return text
+
+
+def _branched_step(bridge: Any, token: torch.Tensor, shared: Any, both: Any, low: int) -> torch.Tensor:
+    """One DPS step: layers ``< low`` once for one row (``shared`` cache), then the intact and
+    the masked row from layer ``low`` on (``both``, batch of two). The two-row cache's entries
+    below ``low`` are views of the one-row cache as it stood before this token: the layers
+    there are skipped, but the model reads the sequence length (positions, mask sizes) from
+    them."""
+    for layer in range(low):
+        both.layers[layer].keys = shared.layers[layer].keys.expand(2, -1, -1, -1)
+        both.layers[layer].values = shared.layers[layer].values.expand(2, -1, -1, -1)
+    resid = bridge.run_with_hooks(token, past_key_values=shared, stop_at_layer=low)
+    return run_from_layer(bridge, resid.expand(2, -1, -1), low, past_key_values=both)
 
 
 @dataclass(frozen=True)

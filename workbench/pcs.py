@@ -50,7 +50,7 @@ __all__ = ["CONTRASTS", "MODES", "SCOPES", "PreferenceScores", "ScoringExample",
            "rank_agreement", "sparsity_curve"]
 
 SCOPES = ("all", "output")
-MODES = ("exact", "fast", "naive")
+MODES = ("exact", "fast", "verified", "naive")
 CONTRASTS = (None, "history", "generic")
 
 
@@ -265,6 +265,7 @@ def preference_scores(
     retrieval: str = "bm25",
     reference: Any = None,
     contrast: str | None = None,
+    verify: float = 0.25,
     progress: bool = True,
     data: str = "",
 ) -> PreferenceScores:
@@ -293,7 +294,12 @@ def preference_scores(
         scope: ``"output"`` (mask only where the output is produced, prompt shared: the DPS
             decoding regime) or ``"all"`` positions.
         mode: ``"exact"`` (each head masked in turn, unchanged computation reused), ``"fast"``
-            (attribution patching: one forward + backward per example) or ``"naive"``.
+            (attribution patching: one forward + backward per example), ``"verified"`` (fast
+            for every head, then the ``verify`` heads the estimate rates most important, either
+            sign, recomputed exactly on every example; ``scores.frame["exact"]`` marks them) or
+            ``"naive"`` (one full forward per head, the reference the others are checked against).
+        verify: with ``mode="verified"``, how many heads to recompute exactly: a share of all
+            heads (``0 < verify < 1``) or a count (``verify >= 1``).
         reference: texts for ``how="mean"`` (each head's mean output over them).
         contrast: ``None`` (plain PCS), ``"history"`` or ``"generic"`` (see above).
         data: a label recorded with the scores (e.g. the dataset path).
@@ -320,15 +326,19 @@ def preference_scores(
         raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
     if contrast not in CONTRASTS:
         raise ValueError(f"contrast={contrast!r}: use None (plain PCS), 'history' or 'generic'")
+    L, H = model.n_layers, model.n_heads
+    n_verify = _verify_count(verify, L * H) if mode == "verified" else 0
     items = _scoring_examples(model, examples, k, retrieval, contrast)
     means = None
     if how == "mean":
         if reference is None:
             raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
         means = reference if isinstance(reference, torch.Tensor) and reference.is_floating_point() else head_means(model, reference)
-    L, H = model.n_layers, model.n_heads
     per = np.zeros((len(items), L, H))
     t0 = time.perf_counter()
+    if mode == "verified":
+        return _verified(model, items, scope, how, means, contrast, n_verify, progress, t0,
+                         dict(k=k, retrieval=retrieval, data=data))
     steps = len(items) * (1 if mode == "fast" else L * H) * (1 if contrast is None else 2)
     bar = tqdm(total=steps, desc=f"PCS ({mode}{', contrast ' + contrast if contrast else ''})", disable=not progress)
     for i, ex in enumerate(items):
@@ -336,12 +346,62 @@ def preference_scores(
         if contrast is not None:
             per[i] -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar)
     bar.close()
-    meta = {
-        "model": model.name, "n_layers": L, "n_heads": H, "how": how, "scope": scope, "mode": mode,
-        "contrast": contrast, "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
-        "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
+    return PreferenceScores(per, _meta(model, items, how, scope, mode, contrast, t0, k=k, retrieval=retrieval, data=data))
+
+
+def _meta(model: Model, items: list, how: str, scope: str, mode: str, contrast: str | None, t0: float, **more) -> dict:
+    return {
+        "model": model.name, "n_layers": model.n_layers, "n_heads": model.n_heads, "how": how, "scope": scope,
+        "mode": mode, "contrast": contrast, "k": more["k"], "retrieval": more["retrieval"], "data": more["data"],
+        "n_examples": len(items), "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
+        **{key: v for key, v in more.items() if key not in ("k", "retrieval", "data")},
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _verify_count(verify: Any, n_heads: int) -> int:
+    if isinstance(verify, bool) or not isinstance(verify, (int, float, np.integer, np.floating)) or not np.isfinite(verify):
+        raise ValueError(f"verify={verify!r}: give a share of the heads (0 < verify < 1, e.g. 0.25) or a count (>= 1)")
+    if 0 < verify < 1:
+        return max(1, int(np.ceil(verify * n_heads)))
+    if verify >= 1 and float(verify).is_integer():
+        return min(int(verify), n_heads)
+    raise ValueError(f"verify={verify!r}: give a share of the heads (0 < verify < 1, e.g. 0.25) or a whole count (>= 1)")
+
+
+def _verified(model: Model, items: list, scope: str, how: str, means: Any, contrast: str | None, n_verify: int,
+              progress: bool, t0: float, more: dict) -> PreferenceScores:
+    """Attribution patching ranks every head; the ``n_verify`` heads it rates largest in size
+    (a first-order estimate can get the sign of a large effect wrong, so both signs are
+    candidates) are then masked for real on every example and their estimates replaced."""
+    from tqdm.auto import tqdm
+
+    L, H = model.n_layers, model.n_heads
+    twice = 1 if contrast is None else 2
+    bar = tqdm(total=len(items) * (1 + n_verify) * twice, desc=f"PCS (verified, {n_verify} heads exact)",
+               disable=not progress)
+    per = np.zeros((len(items), L, H))
+    for i, ex in enumerate(items):
+        per[i] = _attribution(model, ex, scope, how, means)
+        if contrast is not None:
+            per[i] -= _attribution(model, ex.contrast_pair(contrast), scope, how, means)
+        bar.update(twice)
+    order = np.argsort(-np.abs(per.mean(0)).ravel(), kind="stable")[:n_verify]
+    chosen = [(int(j // H), int(j % H)) for j in order]
+    with torch.no_grad():
+        for i, ex in enumerate(items):
+            pairs = [ex] if contrast is None else [ex, ex.contrast_pair(contrast)]
+            exact = np.zeros(len(chosen))
+            for sign, pair in zip((1, -1), pairs):
+                scorer = _Scorer(model, pair, scope, reuse=True)
+                for j, head in enumerate(chosen):
+                    exact[j] += sign * (scorer.masked(mask_heads(model, [head], how=how, reference=means)) - scorer.base)
+                    bar.update(1)
+            for j, (layer, head) in enumerate(chosen):
+                per[i, layer, head] = exact[j]
+    bar.close()
+    meta = _meta(model, items, how, scope, "verified", contrast, t0, **more,
+                 verified_heads=[list(h) for h in chosen])
     return PreferenceScores(per, meta)
 
 

@@ -27,7 +27,8 @@ class PreferenceScores:
     """PCS of every head, with the settings and data it came from.
 
     ``.frame``: one row per head — ``layer``, ``head``, ``pcs`` (mean over examples),
-    ``std`` (over examples) and ``n``. ``.per_example``: ``[n_examples, n_layers, n_heads]``.
+    ``std`` (over examples) and ``n``; with ``mode="verified"`` also ``exact`` (True: masked
+    for real; False: the attribution estimate). ``.per_example``: ``[n_examples, n_layers, n_heads]``.
     """
 
     def __init__(self, per_example: np.ndarray, meta: dict):
@@ -47,6 +48,11 @@ class PreferenceScores:
             "std": (self.per_example.std(0, ddof=1) if n > 1 else np.zeros((L, H))).ravel(),
             "n": n,
         })
+        if "verified_heads" in self.meta:  # mode="verified": which entries are exact, which estimates
+            exact = np.zeros((L, H), dtype=bool)
+            for layer, head in self.meta["verified_heads"]:
+                exact[layer, head] = True
+            self.frame["exact"] = exact.ravel()
 
     # facts
     @property
@@ -76,8 +82,10 @@ class PreferenceScores:
     def _repr_html_(self) -> str:
         # Every field may come from a loaded file: escaped, so a file can't put markup in a notebook.
         m = {k: html.escape(str(m)) for k, m in self.meta.items()}
+        verified = (f" ({len(self.meta['verified_heads'])} heads exact, the rest estimates: column <code>exact</code>)"
+                    if "verified_heads" in self.meta else "")
         head = (f"<p><b>Preference heads</b> · {m['model']} · {html.escape(self.kind)} · {m['how']} masking · scope {m['scope']} · "
-                f"{m['mode']} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
+                f"{m['mode']}{verified} · {self.per_example.shape[0]} examples ({m.get('data', '')})</p>")
         return head + self.frame.sort_values("pcs", ascending=False).head(10).to_html(
             index=False, float_format="{:.4f}".format, escape=True)
 
@@ -134,6 +142,12 @@ class PreferenceScores:
             hovertemplate="layer %{y}, head %{x}<br>PCS %{z:.4f} nats/token<br>std %{customdata:.4f}"
                           f"<br>n = {self.per_example.shape[0]}<extra></extra>",
         ))
+        if "exact" in self.frame:
+            ex = self.frame[self.frame["exact"]]
+            fig.add_scatter(x=[f"H{h}" for h in ex["head"]], y=ex["layer"], mode="markers", name="exact (verified)",
+                            marker=dict(symbol="circle-open", size=9, color="black", line=dict(width=1.5)),
+                            hoverinfo="skip", showlegend=True)
+            fig.update_layout(legend=dict(orientation="h", y=-0.12))
         meta = self.meta
         fig.update_layout(
             title=title or (f"Preference Contribution Score per head ({self.kind})<br><sup>{meta['model']}, {meta['how']} masking, "
