@@ -55,11 +55,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file private (0600); a saved file gets the permissions any new
+        # file would (the umask's), or those of the file it replaces.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -313,3 +323,16 @@ def n_selected(sorted_scores: "np.ndarray | list[float]", top_k: int | None = No
     if math.isnan(threshold):
         raise ValueError("threshold is NaN; give a number")
     return int((s >= threshold).sum())
+
+
+def verify_count(verify: Any, n: int, what: str) -> int:
+    """How many of ``n`` entries a verified mode recomputes exactly: ``verify`` is a share
+    (``0 < verify < 1``, rounded up, at least one) or a whole count (``>= 1``, at most ``n``)."""
+    fix = f"give a share of the {what} (0 < verify < 1, e.g. 0.25) or a whole count (>= 1)"
+    if isinstance(verify, bool) or not isinstance(verify, (int, float, np.integer, np.floating)) or not np.isfinite(verify):
+        raise ValueError(f"verify={verify!r}: {fix}")
+    if 0 < verify < 1:
+        return max(1, int(np.ceil(verify * n)))
+    if verify >= 1 and float(verify).is_integer():
+        return min(int(verify), n)
+    raise ValueError(f"verify={verify!r}: {fix}")

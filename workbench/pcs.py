@@ -40,7 +40,8 @@ import pandas as pd
 import torch
 
 from workbench._reuse import run_from_layer
-from workbench._util import check_int, empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache
+from workbench._util import (check_int, empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache,
+                            verify_count)
 from workbench.heads import HOW, head_means, mask_heads
 from workbench.history import profile_examples  # re-exported for existing callers
 from workbench.model import Model
@@ -327,7 +328,7 @@ def preference_scores(
     if contrast not in CONTRASTS:
         raise ValueError(f"contrast={contrast!r}: use None (plain PCS), 'history' or 'generic'")
     L, H = model.n_layers, model.n_heads
-    n_verify = _verify_count(verify, L * H) if mode == "verified" else 0
+    n_verify = verify_count(verify, L * H, "heads") if mode == "verified" else 0
     items = _scoring_examples(model, examples, k, retrieval, contrast)
     means = None
     if how == "mean":
@@ -357,16 +358,6 @@ def _meta(model: Model, items: list, how: str, scope: str, mode: str, contrast: 
         **{key: v for key, v in more.items() if key not in ("k", "retrieval", "data")},
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def _verify_count(verify: Any, n_heads: int) -> int:
-    if isinstance(verify, bool) or not isinstance(verify, (int, float, np.integer, np.floating)) or not np.isfinite(verify):
-        raise ValueError(f"verify={verify!r}: give a share of the heads (0 < verify < 1, e.g. 0.25) or a count (>= 1)")
-    if 0 < verify < 1:
-        return max(1, int(np.ceil(verify * n_heads)))
-    if verify >= 1 and float(verify).is_integer():
-        return min(int(verify), n_heads)
-    raise ValueError(f"verify={verify!r}: give a share of the heads (0 < verify < 1, e.g. 0.25) or a whole count (>= 1)")
 
 
 def _verified(model: Model, items: list, scope: str, how: str, means: Any, contrast: str | None, n_verify: int,

@@ -137,14 +137,20 @@ class TokenEffects:
                 a = min(1.0, abs(v) / bound)
                 rgb = "192,57,43" if v > 0 else "41,128,185"
                 deco = "text-decoration:underline;font-weight:bold;" if r.position in chosen else ""
-                tip = html.escape(f"{r.token.strip()!r} pos {r.position}: {v:+.4f}")
+                is_exact = bool(getattr(r, "exact", False))
+                if is_exact:
+                    deco += "outline:1px dotted #333;"
+                tip = html.escape(f"{r.token.strip()!r} pos {r.position}: {v:+.4f}"
+                                  + (" (exact)" if is_exact else " (estimate)" if "exact" in f else ""))
                 spans.append(f"<span title=\"{tip}\" style='background:rgba({rgb},{a:.2f});{deco}'>"
                              f"{html.escape(r.token)}</span>")
             parts_html.append(f"<div style='margin:4px 0'><b style='color:#555'>{label}:</b> {''.join(spans)}</div>")
         m = self.meta
         what = {"effect": "effect on the output", "effect_diff": "effect minus effect on the generic output",
                 "effect_generic": "effect on the generic output"}[col]
-        head = (f"<p><b>Token effects</b> · {html.escape(str(m['model']))} · {html.escape(str(m['mode']))} · {what} "
+        verified = (f" ({int(f['exact'].sum())} tokens deleted for real, outlined; the rest "
+                    f"{html.escape(str(m.get('estimate')))} estimates)" if "exact" in f else "")
+        head = (f"<p><b>Token effects</b> · {html.escape(str(m['model']))} · {html.escape(str(m['mode']))}{verified} · {what} "
                 f"({html.escape(str(m['reduce']))} log p, nats; colour scale &plusmn;{bound:.3g}) · output: "
                 f"<i>{html.escape(str(m['target']))}</i></p>")
         return head + "<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>" + "".join(parts_html) + "</div>"
@@ -163,6 +169,10 @@ class TokenEffects:
             fig.add_bar(x=g["position"], y=g[col], name="not in history" if item < 0 else f"item {item}",
                         customdata=np.stack([g["token"].str.strip(), g["part"]], axis=-1),
                         hovertemplate="pos %{x}: %{customdata[0]}<br>%{customdata[1]}<br>effect %{y:+.4f}<extra></extra>")
+        if "exact" in f and f["exact"].any():
+            ex = f[f["exact"]]
+            fig.add_scatter(x=ex["position"], y=ex[col], mode="markers", name="exact (verified)",
+                            marker=dict(symbol="circle-open", size=8, color="black"), hoverinfo="skip")
         m = self.meta
         fig.update_layout(
             title=title or (f"Effect of deleting each history token on log p(output) — {m['model']}, {m['mode']}"

@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench._util import empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache
+from workbench._util import empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache, verify_count
 from workbench.model import Model
 from workbench.token_effects import TokenEffects
 from workbench.token_labels import SCOPES, PromptTokens, label_tokens
@@ -67,7 +67,7 @@ from workbench.token_labels import SCOPES, PromptTokens, label_tokens
 __all__ = ["MODES", "SCOPES", "PromptTokens", "TokenEffects", "example_prompt", "label_tokens", "spearman",
            "trace_example", "trace_tokens"]
 
-MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-ig")
+MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-ig", "verified")
 _ALIASES = {"fast": "ig", "grad": "gxi", "gradient": "gxi"}
 
 
@@ -233,6 +233,8 @@ def trace_tokens(
     reduce: str = "mean",
     ig_steps: int = 8,
     batch_size: int | None = None,
+    verify: float = 0.25,
+    estimate: str = "attn",
     progress: bool = True,
 ) -> TokenEffects:
     """Effect of each prompt token on the log-likelihood of ``target``.
@@ -249,13 +251,20 @@ def trace_tokens(
             (deletion, full forward per token), ``"gxi"`` (gradient x input on the embeddings),
             ``"ig"`` / ``"fast"`` (integrated gradients on the embeddings), ``"attn"`` (gradient
             of an attention gate per token) or ``"attn-ig"`` (integrated gradients along the
-            gates); see the module docstring.
+            gates) or ``"verified"`` (the ``estimate`` mode for every token, then the share
+            ``verify`` it rates largest in size deleted for real; column ``exact`` marks
+            them); see the module docstring.
         generic_target: a generic output (e.g. written without the history): its effects are
             traced too, giving ``effect_generic`` and ``effect_diff`` columns.
         reduce: ``"mean"`` (nats per output token, comparable across outputs) or ``"sum"``.
         ig_steps: integration steps for ``"ig"`` and ``"attn-ig"``.
         batch_size: deletions (``exact``) or integration steps (``ig``, ``attn-ig``) per forward pass;
             default 1 on CPU (no gain there), 16 on a GPU.
+        verify: with ``mode="verified"``: a share of the traced tokens (``0 < verify < 1``) or a
+            count (``>= 1``) to recompute exactly. Candidates are ranked by the size of the
+            estimated effect on ``target`` (and, with ``generic_target``, on the difference).
+        estimate: with ``mode="verified"``: the cheap mode that ranks the tokens (``"attn"``,
+            ``"gxi"``, ``"ig"`` or ``"attn-ig"``).
 
     Returns:
         :class:`TokenEffects`.
@@ -287,9 +296,25 @@ def trace_tokens(
         model.check_fits(prompt_ids.shape[1] + t.shape[1], what="prompt plus target")
     t0 = time.perf_counter()
     base = _base_scores(model, prompt_ids, targets, reduce)
-    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if mode in ("gxi", "attn") else ig_steps)
-    bar = tqdm(total=steps, desc=f"token effects ({mode})", disable=not progress, leave=False)
-    if mode == "exact":
+    n_verify = 0
+    if mode == "verified":
+        estimate = _ALIASES.get(estimate, estimate)
+        if estimate not in ("gxi", "ig", "attn", "attn-ig"):
+            raise ValueError(f"estimate={estimate!r}: verified mode ranks tokens with 'attn', 'gxi', 'ig' or 'attn-ig'")
+        n_verify = verify_count(verify, len(pos), "traced tokens")
+    cheap = estimate if mode == "verified" else mode
+    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn") else ig_steps)
+    bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
+    exact_rows = None
+    if mode == "verified":
+        alphas = [1.0] if cheap in ("gxi", "attn") else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+        fn = _gradient if cheap in ("gxi", "ig") else _gate_gradient
+        effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
+        size = np.abs(effects[0]) + (np.abs(effects[0] - effects[1]) if len(targets) > 1 else 0)
+        exact_rows = np.sort(np.argsort(-size, kind="stable")[:n_verify])
+        chosen = [pos[i] for i in exact_rows]
+        effects[:, exact_rows] = np.array(base)[:, None] - _exact(model, prompt_ids, targets, chosen, reduce, batch_size, bar)
+    elif mode == "exact":
         effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
     elif mode == "naive":
         effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
@@ -305,11 +330,14 @@ def trace_tokens(
     if generic_target is not None:
         frame["effect_generic"] = effects[1]
         frame["effect_diff"] = effects[0] - effects[1]
+    if exact_rows is not None:
+        frame["exact"] = np.isin(np.arange(len(pos)), exact_rows)
     meta = {"model": model.name, "mode": mode, "target": target, "generic_target": generic_target,
             "reduce": reduce, "positions": positions if isinstance(positions, str) else "custom",
             "n_prompt_tokens": int(prompt_ids.shape[1]), "n_traced": len(pos),
             "logp": base[0], "logp_generic": base[1] if len(base) > 1 else None,
-            "ig_steps": ig_steps if mode.endswith("ig") else None, "seconds": round(seconds, 3)}
+            "ig_steps": ig_steps if cheap.endswith("ig") else None, "seconds": round(seconds, 3),
+            **({"estimate": cheap, "n_exact": n_verify} if mode == "verified" else {})}
     return TokenEffects(frame, meta, text=labels.frame.attrs.get("text", ""), items=labels.items)
 
 

@@ -1,0 +1,48 @@
+"""Verified token effects: a cheap estimate ranks every token, the largest are deleted for real."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.tracing import trace_tokens
+
+from test_tracing import USER, prompt_of
+
+
+@pytest.mark.parametrize("generic", [None, "the city"])
+def test_verified_entries_are_exact_and_the_rest_the_estimate(tiny, generic):
+    prompt = prompt_of(tiny)
+    kw = dict(items=USER["profile"], generic_target=generic, progress=False)
+    exact = trace_tokens(tiny, prompt, USER["gold"], mode="exact", **kw)
+    attn = trace_tokens(tiny, prompt, USER["gold"], mode="attn", **kw)
+    verified = trace_tokens(tiny, prompt, USER["gold"], mode="verified", verify=4, **kw)
+    size = attn.frame["effect"].abs()
+    if generic:
+        size = size + attn.frame["effect_diff"].abs()
+    want = set(size.sort_values(ascending=False, kind="stable").index[:4])
+    got = set(verified.frame.index[verified.frame["exact"]])
+    assert got == want and len(got) == 4
+    cols = ["effect"] + (["effect_generic", "effect_diff"] if generic else [])
+    for col in cols:
+        ref = np.where(verified.frame["exact"], exact.frame[col], attn.frame[col])
+        np.testing.assert_allclose(verified.frame[col], ref, atol=1e-5)
+    assert verified.meta["estimate"] == "attn" and verified.meta["n_exact"] == 4
+
+
+def test_verified_everything_is_exact_and_it_is_shown(tiny):
+    prompt = prompt_of(tiny)
+    exact = trace_tokens(tiny, prompt, USER["gold"], items=USER["profile"], mode="exact", progress=False)
+    every = trace_tokens(tiny, prompt, USER["gold"], items=USER["profile"], mode="verified", verify=len(exact),
+                         estimate="gxi", progress=False)
+    np.testing.assert_allclose(every.frame["effect"], exact.frame["effect"], atol=1e-5)
+    some = trace_tokens(tiny, prompt, USER["gold"], items=USER["profile"], mode="verified", verify=0.25, progress=False)
+    assert some.frame["exact"].sum() == int(np.ceil(0.25 * len(some)))
+    assert "deleted for real" in some.html() and "(exact)" in some.html()
+    assert any(t.name == "exact (verified)" for t in some.figure().data)
+
+
+@pytest.mark.parametrize("bad", [dict(verify=0), dict(verify=2.5), dict(verify=float("nan")), dict(estimate="exact")])
+def test_bad_verified_settings_are_clear_errors(tiny, bad):
+    with pytest.raises(ValueError, match="verify|estimate"):
+        trace_tokens(tiny, prompt_of(tiny), USER["gold"], items=USER["profile"], mode="verified", progress=False, **bad)
