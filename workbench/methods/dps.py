@@ -1,8 +1,10 @@
 """The ``dps`` and ``dps-raw`` methods: the ``rag`` prompt decoded with DPS.
 
-The preference heads are found once per run (PCS, uniform masking, output scope, exact) on
-leave-one-out examples built from the run's users' own history items — never a query's gold
-output — and cached on disk per model, data and settings.
+The preference heads are a property of the model on a dataset: PCS (uniform masking, output
+scope, exact) on leave-one-out examples built from the whole dataset's history items — never a
+query's gold output — the same whichever users or how many queries a run takes. They are read
+from ``results/`` when scores saved there match the examples and settings (the embedded models
+ship them), else computed once and cached on disk per model, data and settings.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from workbench.model import Model
 @register_method
 @dataclass
 class Dps(Method):
-    """The ``rag`` prompt decoded with DPS, heads found once per run from users' histories.
+    """The ``rag`` prompt decoded with DPS, heads found once per dataset from users' histories.
 
     Differs from the authors' decoding in one documented way: the adaptive plausibility
     constraint (``plausibility=0.1``) — without it SmolLM2's outputs collapse into garbage
     (see :func:`workbench.dps.dps_generate`); ``dps-raw`` is the unconstrained version.
 
-    Preference heads: PCS (uniform masking, output scope, exact) over ``pcs_examples``
-    leave-one-out examples built from the run's users' profile items (never the queries'
-    gold outputs); the top ``top_percent`` % are masked. ``heads_file``: take the heads from
+    Preference heads: PCS (uniform masking, output scope, exact; plain, or contrastive with
+    ``contrast``) over ``pcs_examples`` leave-one-out examples built from the dataset's profile
+    items (never the queries' gold outputs); the top ``top_percent`` % are masked. ``heads_file``: take the heads from
     saved :class:`~workbench.pcs.PreferenceScores` instead.
     """
 
