@@ -186,7 +186,7 @@ def test_dps_method_in_bench(tiny, tmp_path, monkeypatch):
     import json
 
     info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["method_settings"]["dps"]["top_percent"] == 4.0
+    assert info["method_settings"]["dps"]["top_percent"] == 2.0 and info["method_settings"]["dps"]["alpha"] == 1.0
 
 
 # ---- on the real model ----------------------------------------------------------------------

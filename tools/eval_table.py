@@ -2,6 +2,9 @@
 
     python tools/eval_table.py --tuned runs/tune-a/tuned.json --tuned runs/tune-b/tuned.json \
         --runs runs/eval-tuned --out results/lamp4-news_smollm2-135m_eval.csv
+    # re-tune one method, keep the others' rows of the earlier export:
+    python tools/eval_table.py --tuned runs/tune-dps/tuned.json --runs runs/eval-dps \
+        --previous results/lamp4-news_smollm2-135m_eval.csv --out results/lamp4-news_smollm2-135m_eval.csv --overwrite
 
 For each method, its settings are the ones ``workbench tune`` chose on the tuning users.
 Where they equal the method's defaults, its evaluation-user predictions are the saved ones
@@ -28,12 +31,12 @@ METHODS = ("generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-
            "caa-user", "caa-all+dps", "steerx-caa+dps")
 
 
-def _is_default(method: str, chosen: dict) -> bool:
-    from workbench.methods import GenerationSettings, make_methods
+def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
+    """Whether the saved run was made at the chosen settings (as its .json records them; the
+    method's defaults may have changed since)."""
     from workbench.tuning import default_of
 
-    defaults = make_methods([method], GenerationSettings())[0].describe()
-    return all(str(v) == str(default_of(defaults, k)) for k, v in chosen.items())
+    return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saved", type=Path, default=SAVED)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="an earlier export of this table: methods not in any --tuned file keep its rows and provenance")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
@@ -60,13 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     data = load_lamp4_news()
     eval_ids = {ex.id for ex in split_users(data, "eval")}
     saved = load_results(args.saved)
+    saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
     runs = load_runs(*args.runs) if args.runs else pd.DataFrame(columns=saved.columns)
     frames, provenance, missing = [], {}, []
+    prev_rows, prev_about = None, {}
+    if args.previous is not None:
+        prev_rows = load_results(args.previous)
+        prev_about = json.loads(args.previous.with_suffix(".json").read_text())
     for m in names:
+        if m not in tuned and m in prev_about.get("methods", {}):
+            rows = prev_rows[prev_rows["method"] == m]
+            frames.append(rows)
+            provenance[m] = {**prev_about["methods"][m], "n": len(rows),
+                             "kept_from": f"{args.previous.name} ({prev_about.get('exported', '?')})"}
+            continue
         chosen = tuned.get(m, {}).get("chosen", {})
-        if _is_default(m, chosen):
+        if _is_saved_setting(saved_settings.get(m), chosen):
             rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
-            source = f"{args.saved.name} (tuned settings = defaults{'' if m in tuned else '; not tuned'})"
+            source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"
         else:
             rows = runs[(runs["method"] == m) & runs["id"].isin(eval_ids)] if len(runs) else runs
             source = f"re-run at the tuned settings in {', '.join(map(str, args.runs)) or '(no --runs)'}"
@@ -86,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(table))
     about = {"model": "smollm2-135m", "task": "lamp4", "split": "dev", "data": "lamp4-news",
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
-             "tuned_files": [str(p) for p in args.tuned], "exported": str(date.today()),
+             "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
+             "exported": str(date.today()),
              "settings": {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
     save_results(outputs, args.out, about, overwrite=args.overwrite)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")

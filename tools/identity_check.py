@@ -15,6 +15,7 @@ run, so a run that cut a user in two would build it from fewer queries than the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +24,22 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "results" / "lamp4-news_smollm2-135m.csv"
 HEADS = ROOT / "results" / "pcs_lamp4-news_smollm2-135m.json"
+
+
+def _settable(method, recorded: dict, prefix: str = "") -> dict:
+    """The recorded fields the method has, flattened (``decoding.alpha``) for a combination's parts."""
+    from workbench.settings import settable_fields
+
+    out = {}
+    fields = settable_fields(method)
+    for key, value in recorded.items():
+        if isinstance(value, dict) and hasattr(method, key):
+            out.update(_settable(getattr(method, key), value, f"{prefix}{key}."))
+        elif isinstance(value, str) and value.startswith("default"):
+            continue  # describe()'s words for None: the method's own default, as then
+        elif key in fields and key != "heads_file":
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.bench import run_bench
     from workbench.data import load_lamp4_news
     from workbench.methods import GenerationSettings, make_methods
+    from workbench.settings import apply_settings
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     settings = GenerationSettings()
     methods = make_methods(names, settings)
+    # Each method at the settings the saved run recorded (defaults may have moved since, e.g.
+    # dps to its tuned alpha), so "identical" compares the code, not the settings.
+    recorded = json.loads(SAVED.with_suffix(".json").read_text()).get("method_settings", {})
+    for m in methods:
+        apply_settings(m, _settable(m, recorded.get(m.name, {})))
     for m in methods:
         if hasattr(m, "heads_file"):
             m.heads_file = str(HEADS)
