@@ -24,7 +24,7 @@
 # |---|---|---|
 # | `generic` | the article alone — the floor | 01 |
 # | `rag` | the user's 5 most similar earlier articles + headlines as earlier chat turns — **the bar to beat** | 01 |
-# | `dps` | `rag`, decoded with Differential Preference Steering (contrast with the top 4% preference heads masked) | 02 |
+# | `dps` | `rag`, decoded with Differential Preference Steering (contrast with the top preference heads masked; tuned: α = 1, top 2%; the saved all-users run used the authors' entropy α and 4%) | 02 |
 # | `caa-all` / `steerx-caa` | `rag`, steered by a CAA vector from ALL history / from the SteerX description | 03 |
 # | `opt-all` / `steerx-opt` | the same with a vector *optimised* on the history / on the description | 03 |
 # | `fints` / `fints+rag` / `caa-user` | the article (or `rag`), steered by per-input Fints vectors / the user's mean vector | 04 |
