@@ -42,3 +42,21 @@ def test_gemma_generates_and_masks(gemma):
             full = gemma.bridge(ids)
     assert not torch.allclose(half, base, atol=1e-4)
     assert not torch.allclose(half, full, atol=1e-4)
+
+
+def test_gemma_dps_branching_gives_the_same_tokens(gemma):
+    # Gemma mixes sliding-window and full-attention layers, whose caches count length differently;
+    # a rag prompt longer than the 512-token window exercises the sliding layers' cropping too.
+    from workbench.data import load_lamp4_news
+    from workbench.dps import dps_generate
+    from workbench.prompts import build_prompt
+
+    prompt, _ = build_prompt(gemma, load_lamp4_news()[0], k=5, reserve=16)
+    shots = prompt.rsplit("Write a headline", 1)[0]  # the history shots, shown twice before the question
+    long_prompt = shots + prompt
+    assert gemma.encode(prompt).shape[-1] < 512 < gemma.encode(long_prompt).shape[-1]
+    for p, heads in [(prompt, [(2, 1), (14, 0)]), (prompt, [(6, 3)]), (long_prompt, [(3, 1)]),
+                     (long_prompt, [(12, 2), (17, 1)])]:
+        one = dps_generate(gemma, p, heads, alpha=1.0, max_new_tokens=12, details=True, branch=True)
+        ref = dps_generate(gemma, p, heads, alpha=1.0, max_new_tokens=12, details=True, branch=False)
+        assert one.tokens == ref.tokens and len(one.tokens) > 0

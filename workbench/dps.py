@@ -214,15 +214,26 @@ def dps_generate(
 
 def _branched_step(bridge: Any, token: torch.Tensor, shared: Any, both: Any, low: int) -> torch.Tensor:
     """One DPS step: layers ``< low`` once for one row (``shared`` cache), then the intact and
-    the masked row from layer ``low`` on (``both``, batch of two). The two-row cache's entries
-    below ``low`` are views of the one-row cache as it stood before this token: the layers
-    there are skipped, but the model reads the sequence length (positions, mask sizes) from
-    them."""
-    for layer in range(low):
-        both.layers[layer].keys = shared.layers[layer].keys.expand(2, -1, -1, -1)
-        both.layers[layer].values = shared.layers[layer].values.expand(2, -1, -1, -1)
+    the masked row from layer ``low`` on (``both``, batch of two). Each cache's layers that its
+    pass skips are views of the other's as they stood before this token: they are not run, but
+    the model reads sequence lengths (positions, mask sizes; per layer type on models with
+    sliding-window layers) from them."""
+    for layer, (one, two) in enumerate(zip(shared.layers, both.layers)):
+        if layer < low:
+            _mirror(two, one, lambda t: t.expand(2, -1, -1, -1))
+        else:  # never run on ``shared``, but its length must agree (mask sizes read any layer)
+            _mirror(one, two, lambda t: t[:1])
     resid = bridge.run_with_hooks(token, past_key_values=shared, stop_at_layer=low)
     return run_from_layer(bridge, resid.expand(2, -1, -1), low, past_key_values=both)
+
+
+def _mirror(dst: Any, src: Any, rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Make cache layer ``dst`` a view of ``src`` (its keys, values and, for sliding-window
+    layers, the count of tokens seen)."""
+    dst.keys, dst.values = rows(src.keys), rows(src.values)
+    for attr in ("cumulative_length", "is_initialized"):
+        if hasattr(src, attr):
+            setattr(dst, attr, getattr(src, attr))
 
 
 @dataclass(frozen=True)
