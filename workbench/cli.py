@@ -179,13 +179,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_heads(args: argparse.Namespace) -> int:
     import workbench as wb
-    from workbench._util import atomic_write
+    from workbench._util import atomic_write, verify_count
     from workbench.history import profile_examples
     from workbench.pcs import preference_scores
 
     _check_common(args)
-    if not (args.verify > 0 and (args.verify < 1 or float(args.verify).is_integer())):
-        raise ValueError(f"--verify {args.verify:g}: give a share of the heads (0 < v < 1) or a whole count (>= 1)")
+    verify_count(args.verify, 1, "heads")  # a bad --verify fails before the model loads
     out = Path(args.out)
     target = out / "scores.json"
     if target.exists() and not args.force:
@@ -201,9 +200,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
             raise ValueError(f"no query in {data_dir} ({args.split}) has a profile; --source gold needs some")
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
-    verify = int(args.verify) if args.verify >= 1 and float(args.verify).is_integer() else args.verify
     scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
-                               contrast=None if args.contrast == "none" else args.contrast, verify=verify, data=label)
+                               contrast=None if args.contrast == "none" else args.contrast, verify=args.verify, data=label)
     scores.save(target, overwrite=args.force)
     heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
     atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))

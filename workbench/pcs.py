@@ -238,8 +238,10 @@ def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: 
 
 # ---- the main entry point -----------------------------------------------------------------------
 
-def _head_effects(model: Model, ex: ScoringExample, scope: str, mode: str, how: str, means: Any, bar: Any) -> np.ndarray:
-    """``[n_layers, n_heads]``: NLL of ``ex.target`` with each head masked minus without."""
+def _head_effects(model: Model, ex: ScoringExample, scope: str, mode: str, how: str, means: Any, bar: Any,
+                  heads: list | None = None) -> np.ndarray:
+    """``[n_layers, n_heads]``: NLL of ``ex.target`` with each head masked minus without
+    (masking modes: only ``heads`` if given, the other entries 0)."""
     if mode == "fast":
         out = _attribution(model, ex, scope, how, means)
         bar.update(1)
@@ -247,11 +249,10 @@ def _head_effects(model: Model, ex: ScoringExample, scope: str, mode: str, how: 
     out = np.zeros((model.n_layers, model.n_heads))
     with torch.no_grad():
         scorer = _Scorer(model, ex, scope, reuse=(mode == "exact"))
-        for layer in range(model.n_layers):
-            for head in range(model.n_heads):
-                mask = mask_heads(model, [(layer, head)], how=how, reference=means)
-                out[layer, head] = scorer.masked(mask) - scorer.base
-                bar.update(1)
+        for layer, head in heads or [(la, h) for la in range(model.n_layers) for h in range(model.n_heads)]:
+            mask = mask_heads(model, [(layer, head)], how=how, reference=means)
+            out[layer, head] = scorer.masked(mask) - scorer.base
+            bar.update(1)
     return out
 
 
@@ -335,65 +336,42 @@ def preference_scores(
         if reference is None:
             raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
         means = reference if isinstance(reference, torch.Tensor) and reference.is_floating_point() else head_means(model, reference)
-    per = np.zeros((len(items), L, H))
     t0 = time.perf_counter()
+    twice = 1 if contrast is None else 2
+    first = "fast" if mode == "verified" else mode  # verified: the estimate ranks, exact checks the top
+    steps = len(items) * ((1 if first == "fast" else L * H) + n_verify) * twice
+    desc = f"PCS ({mode}{f', {n_verify} heads exact' if n_verify else ''}{', contrast ' + contrast if contrast else ''})"
+    bar = tqdm(total=steps, desc=desc, disable=not progress)
+    per = _all_effects(model, items, scope, first, how, means, contrast, bar)
+    extra: dict = {}
     if mode == "verified":
-        return _verified(model, items, scope, how, means, contrast, n_verify, progress, t0,
-                         dict(k=k, retrieval=retrieval, data=data))
-    steps = len(items) * (1 if mode == "fast" else L * H) * (1 if contrast is None else 2)
-    bar = tqdm(total=steps, desc=f"PCS ({mode}{', contrast ' + contrast if contrast else ''})", disable=not progress)
-    for i, ex in enumerate(items):
-        per[i] = _head_effects(model, ex, scope, mode, how, means, bar)
-        if contrast is not None:
-            per[i] -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar)
+        # The heads the estimate rates largest in size: a first-order estimate can get the sign
+        # of a large effect wrong, so both signs are candidates.
+        order = np.argsort(-np.abs(per.mean(0)).ravel(), kind="stable")[:n_verify]
+        chosen = [(int(j // H), int(j % H)) for j in order]
+        exact = _all_effects(model, items, scope, "exact", how, means, contrast, bar, heads=chosen)
+        for layer, head in chosen:
+            per[:, layer, head] = exact[:, layer, head]
+        extra["verified_heads"] = [list(h) for h in chosen]
     bar.close()
-    return PreferenceScores(per, _meta(model, items, how, scope, mode, contrast, t0, k=k, retrieval=retrieval, data=data))
-
-
-def _meta(model: Model, items: list, how: str, scope: str, mode: str, contrast: str | None, t0: float, **more) -> dict:
-    return {
-        "model": model.name, "n_layers": model.n_layers, "n_heads": model.n_heads, "how": how, "scope": scope,
-        "mode": mode, "contrast": contrast, "k": more["k"], "retrieval": more["retrieval"], "data": more["data"],
-        "n_examples": len(items), "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
-        **{key: v for key, v in more.items() if key not in ("k", "retrieval", "data")},
+    meta = {
+        "model": model.name, "n_layers": L, "n_heads": H, "how": how, "scope": scope, "mode": mode,
+        "contrast": contrast, "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
+        "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items], **extra,
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def _verified(model: Model, items: list, scope: str, how: str, means: Any, contrast: str | None, n_verify: int,
-              progress: bool, t0: float, more: dict) -> PreferenceScores:
-    """Attribution patching ranks every head; the ``n_verify`` heads it rates largest in size
-    (a first-order estimate can get the sign of a large effect wrong, so both signs are
-    candidates) are then masked for real on every example and their estimates replaced."""
-    from tqdm.auto import tqdm
-
-    L, H = model.n_layers, model.n_heads
-    twice = 1 if contrast is None else 2
-    bar = tqdm(total=len(items) * (1 + n_verify) * twice, desc=f"PCS (verified, {n_verify} heads exact)",
-               disable=not progress)
-    per = np.zeros((len(items), L, H))
-    for i, ex in enumerate(items):
-        per[i] = _attribution(model, ex, scope, how, means)
-        if contrast is not None:
-            per[i] -= _attribution(model, ex.contrast_pair(contrast), scope, how, means)
-        bar.update(twice)
-    order = np.argsort(-np.abs(per.mean(0)).ravel(), kind="stable")[:n_verify]
-    chosen = [(int(j // H), int(j % H)) for j in order]
-    with torch.no_grad():
-        for i, ex in enumerate(items):
-            pairs = [ex] if contrast is None else [ex, ex.contrast_pair(contrast)]
-            exact = np.zeros(len(chosen))
-            for sign, pair in zip((1, -1), pairs):
-                scorer = _Scorer(model, pair, scope, reuse=True)
-                for j, head in enumerate(chosen):
-                    exact[j] += sign * (scorer.masked(mask_heads(model, [head], how=how, reference=means)) - scorer.base)
-                    bar.update(1)
-            for j, (layer, head) in enumerate(chosen):
-                per[i, layer, head] = exact[j]
-    bar.close()
-    meta = _meta(model, items, how, scope, "verified", contrast, t0, **more,
-                 verified_heads=[list(h) for h in chosen])
     return PreferenceScores(per, meta)
+
+
+def _all_effects(model: Model, items: list, scope: str, mode: str, how: str, means: Any, contrast: str | None,
+                 bar: Any, heads: list | None = None) -> np.ndarray:
+    """``[n_examples, n_layers, n_heads]`` head effects, minus those on the contrast pair."""
+    per = np.zeros((len(items), model.n_layers, model.n_heads))
+    for i, ex in enumerate(items):
+        per[i] = _head_effects(model, ex, scope, mode, how, means, bar, heads)
+        if contrast is not None:
+            per[i] -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar, heads)
+    return per
 
 
 def sparsity_curve(

@@ -305,23 +305,20 @@ def trace_tokens(
     cheap = estimate if mode == "verified" else mode
     steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn") else ig_steps)
     bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
-    exact_rows = None
-    if mode == "verified":
+    if mode == "exact":
+        effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
+    elif mode == "naive":
+        effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
+    else:  # a gradient estimate (in verified mode, the one that ranks the tokens)
         alphas = [1.0] if cheap in ("gxi", "attn") else [(k + 0.5) / ig_steps for k in range(ig_steps)]
         fn = _gradient if cheap in ("gxi", "ig") else _gate_gradient
         effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
+    exact_rows = None
+    if mode == "verified":
         size = np.abs(effects[0]) + (np.abs(effects[0] - effects[1]) if len(targets) > 1 else 0)
         exact_rows = np.sort(np.argsort(-size, kind="stable")[:n_verify])
         chosen = [pos[i] for i in exact_rows]
         effects[:, exact_rows] = np.array(base)[:, None] - _exact(model, prompt_ids, targets, chosen, reduce, batch_size, bar)
-    elif mode == "exact":
-        effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
-    elif mode == "naive":
-        effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
-    else:
-        alphas = [1.0] if mode in ("gxi", "attn") else [(k + 0.5) / ig_steps for k in range(ig_steps)]
-        fn = _gradient if mode in ("gxi", "ig") else _gate_gradient
-        effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
     bar.close()
     seconds = time.perf_counter() - t0
     frame = labels.frame.set_index("position").loc[pos].reset_index()
