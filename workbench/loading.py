@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,20 @@ def _locate_gemma3() -> tuple[Path, str] | None:
     except (FileNotFoundError, ImportError):
         return None
     target = _cache.cache_root() / "gguf" / g.MODEL_NAME
-    path = g.assemble(target)  # checks the SHA-256; reuses a sound earlier assembly
+    try:
+        if not target.exists():
+            raise FileExistsError  # build it privately below
+        path = g.assemble(target)  # checks the SHA-256 of the earlier assembly
+    except FileExistsError:
+        # Missing, half-written or stale: assemble a private copy and rename it into place,
+        # so two first runs at once never read each other's partial file.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".assembling-", dir=target.parent))
+        try:
+            os.replace(g.assemble(tmp / g.MODEL_NAME, overwrite=True), target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        path = target
     return path.parent, path.name
 
 
