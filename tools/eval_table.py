@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", action="append", type=Path, required=True)
     ap.add_argument("--runs", action="append", type=Path, default=[], help="runs at tuned settings, --users eval")
-    ap.add_argument("--saved", type=Path, default=SAVED)
+    ap.add_argument("--saved", type=Path, default=SAVED, help="a full run at default settings, or 'none'")
+    ap.add_argument("--model", default="smollm2-135m", help="the model the runs used (recorded)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="the first N evaluation queries only (runs made with --users eval --n N)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
     ap.add_argument("--previous", type=Path, default=None,
@@ -63,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         for m, info in d["methods"].items():
             tuned[m], files[m] = info, str(path)
     data = load_lamp4_news()
-    eval_ids = {ex.id for ex in split_users(data, "eval")}
-    saved = load_results(args.saved)
-    saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
+    eval_ids = {ex.id for ex in list(split_users(data, "eval"))[: args.n]}
+    if str(args.saved) == "none":
+        saved, saved_settings = None, {}
+    else:
+        saved = load_results(args.saved)
+        saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
     runs = load_runs(*args.runs) if args.runs else pd.DataFrame(columns=saved.columns)
     frames, provenance, missing = [], {}, []
     prev_rows, prev_about = None, {}
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                              "kept_from": f"{args.previous.name} ({prev_about.get('exported', '?')})"}
             continue
         chosen = tuned.get(m, {}).get("chosen", {})
-        if _is_saved_setting(saved_settings.get(m), chosen):
+        if saved is not None and _is_saved_setting(saved_settings.get(m), chosen):
             rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
             source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"
         else:
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs = pd.concat(frames, ignore_index=True)
     table = comparison_table(outputs, names, baseline="rag")
     print(format_table(table))
-    about = {"model": "smollm2-135m", "task": "lamp4", "split": "dev", "data": "lamp4-news",
+    about = {"model": args.model, "n_queries": len(eval_ids), "task": "lamp4", "split": "dev", "data": "lamp4-news",
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
              "exported": str(date.today()),

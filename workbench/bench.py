@@ -302,8 +302,6 @@ def run_bench(
     """
     from tqdm.auto import tqdm
 
-    from workbench.metrics import score_generation
-
     ms, examples, out, info = _plan(dataset, methods, out_dir, n, settings, users)
     run_info = {"model": model.name, "model_source": model.source, "dtype": str(model.dtype).replace("torch.", ""),
                 "device": str(model.device), **info}
@@ -314,9 +312,7 @@ def run_bench(
     atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
     _fill_missing_meteor(outputs_path, done)
 
-    by_user: dict[str, list] = {}
-    for ex in examples:
-        by_user.setdefault(ex.user_id, []).append(ex)
+    by_user = _by_user(examples)
     todo = sum(1 for m in ms for ex in examples if (m.name, ex.id) not in done)
     bar = tqdm(total=todo, desc="bench", disable=not progress or todo == 0)
     for m in ms:
@@ -324,25 +320,46 @@ def run_bench(
             m.prepare_run(model, examples, dataset)
         for user_id, user_examples in by_user.items():
             pending = [ex for ex in user_examples if (m.name, ex.id) not in done]
-            if not pending:
-                continue
-            t0 = time.perf_counter()
-            state = m.prepare_user(model, user_id, user_examples)
-            prep = (time.perf_counter() - t0) / len(pending)  # preparation cost shared by the user's examples
-            for ex in pending:
-                bar.set_postfix_str(f"{m.name} {ex.id}")
-                t0 = time.perf_counter()
-                pred, info = m.generate(model, ex, state)
-                seconds = time.perf_counter() - t0 + prep
-                rec = {"method": m.name, "id": ex.id, "user_id": ex.user_id, "prediction": pred, "gold": ex.gold,
-                       **score_generation(pred, ex.gold), "seconds": round(seconds, 3), **info}
+            for rec in run_user(model, m, user_id, user_examples, pending, bar):
                 _append(outputs_path, rec)
-                done[(m.name, ex.id)] = rec
+                done[(m.name, rec["id"])] = rec
                 bar.update(1)
     bar.close()
+    return _finish(out, done, merged, ms, examples)
 
-    wanted = {(m.name, ex.id) for m in ms for ex in examples}
-    outputs = pd.DataFrame([rec for key, rec in done.items() if key in wanted])
+
+def _by_user(examples: list) -> dict[str, list]:
+    by_user: dict[str, list] = {}
+    for ex in examples:
+        by_user.setdefault(ex.user_id, []).append(ex)
+    return by_user
+
+
+def run_user(model: Model, m: Method, user_id: str, user_examples: list, pending: list, bar: Any = None):
+    """Records of ``m`` on the ``pending`` examples of one user (``user_examples`` are all the
+    user's examples in the run: per-user state is built from them, so it is the same however
+    the run was cut). Yields one scored record per example."""
+    from workbench.metrics import score_generation
+
+    if not pending:
+        return
+    t0 = time.perf_counter()
+    state = m.prepare_user(model, user_id, user_examples)
+    prep = (time.perf_counter() - t0) / len(pending)  # preparation cost shared by the user's examples
+    for ex in pending:
+        if bar is not None:
+            bar.set_postfix_str(f"{m.name} {ex.id}")
+        t0 = time.perf_counter()
+        pred, info = m.generate(model, ex, state)
+        seconds = time.perf_counter() - t0 + prep
+        yield {"method": m.name, "id": ex.id, "user_id": ex.user_id, "prediction": pred, "gold": ex.gold,
+               **score_generation(pred, ex.gold), "seconds": round(seconds, 3), **info}
+
+
+def _finish(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:
+    """The run's tables, rows in method then example order (whatever order they were computed
+    in, so a resumed or distributed run summarizes exactly like a serial one)."""
+    outputs = pd.DataFrame([done[(m.name, ex.id)] for m in ms for ex in examples])
     summary = summarize_outputs(outputs, [m.name for m in ms])
     _write_tables(out, done, merged, [m.name for m in ms], (outputs, summary))
     return BenchResult(outputs, summary, out)
@@ -353,10 +370,11 @@ def _write_tables(out: Path, done: dict[tuple[str, str], dict], merged: dict, or
     """``results.csv`` and ``results.html`` for everything the directory holds (atomically)."""
     from workbench.figures import results_figure
 
-    ids = set(merged["example_ids"])
+    position = {i: k for k, i in enumerate(merged["example_ids"])}
     present = {m for m, _ in done}
     methods = order + sorted(m for m in set(merged["methods"]) & present if m not in order)
-    rows = [rec for (m, i), rec in done.items() if m in methods and i in ids]
+    rows = sorted((rec for (m, i), rec in done.items() if m in methods and i in position),
+                  key=lambda rec: (methods.index(rec["method"]), position[rec["id"]]))
     outputs, summary = this_call
     if len(rows) != len(outputs):  # this call saw part of the directory: summarize all of it
         summary = summarize_outputs(pd.DataFrame(rows), methods)

@@ -122,9 +122,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     dataset, _ = _load_dataset(args)
     dataset, users = _users(args, dataset)
     check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
-    model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"{model}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
-    result = run_bench(model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
+    cluster = _cluster(args)
+    if cluster is not None:
+        from workbench.scaleout import run_bench_distributed
+
+        print(f"{args.model} on {cluster}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
+        result = run_bench_distributed(args.model, dataset, methods, args.out, cluster, n=args.n, settings=settings,
+                                       users=users, device=args.device, dtype=args.dtype)
+    else:
+        model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
+        print(f"{model}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
+        result = run_bench(model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
     print()
     print(format_summary(result.summary))
     print(f"\noutputs: {args.out}/outputs.jsonl   table: {args.out}/results.csv   chart: {args.out}/results.html")
@@ -185,6 +193,7 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
     _check_common(args)
     verify_count(args.verify, 1, "heads")  # a bad --verify fails before the model loads
+    cluster = _cluster(args)
     out = Path(args.out)
     target = out / "scores.json"
     if target.exists() and not args.force:
@@ -201,7 +210,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
     scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
-                               contrast=None if args.contrast == "none" else args.contrast, verify=args.verify, data=label)
+                               contrast=None if args.contrast == "none" else args.contrast, verify=args.verify, data=label,
+                               cluster=cluster)
     scores.save(target, overwrite=args.force)
     heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
     atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))
@@ -240,6 +250,30 @@ def _fraction(text: str) -> float:
     if not 0 < value < 1:  # NaN fails this too
         raise argparse.ArgumentTypeError(f"{text} must be strictly between 0 and 1 (the share of users kept for tuning)")
     return value
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale out on Ray (pip install \"workbench[ray]\")")
+    g.add_argument("--workers", default=None, type=_count,
+                   help="run on N Ray worker processes, each loading the model once (default: this process only)")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. auto, ray://head:10001) instead of starting one here")
+    g.add_argument("--gpus-per-worker", default=0, type=float, help="GPUs Ray reserves per worker (default 0)")
+    g.add_argument("--threads-per-worker", default=None, type=_count,
+                   help="torch threads per worker (default: this machine's cores split evenly)")
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    """The Ray cluster the command asked for, or None for a run in this process."""
+    if args.workers is None and args.ray_address is None:
+        if args.gpus_per_worker or args.threads_per_worker:
+            raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
+        return None
+    from workbench.scaleout import Cluster, _ray
+
+    _ray()  # a missing extra fails before the data or the model is read
+    return Cluster(workers=args.workers or 1, address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                   threads_per_worker=args.threads_per_worker)
 
 
 def _add_setting_args(p: argparse.ArgumentParser) -> None:
@@ -286,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_args(b)
     b.add_argument("--tuned", action="append", type=Path,
                    help="tuned.json from `workbench tune`: use its chosen settings (repeatable, one file per tune run)")
+    _add_cluster_args(b)
     b.set_defaults(func=_cmd_bench)
     t = sub.add_parser("tune", parents=[common], help="choose methods' settings on the tuning users (never the evaluation users)")
     t.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
@@ -330,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--top", default=11, type=_count, help="how many top heads to print")
     h.add_argument("--out", default="heads-results", type=Path)
     h.add_argument("--force", action="store_true", help="replace existing scores in --out")
+    _add_cluster_args(h)
     h.add_argument("--device", default=None)
     h.add_argument("--dtype", default=None)
     h.set_defaults(func=_cmd_heads)

@@ -270,6 +270,7 @@ def preference_scores(
     verify: float = 0.25,
     progress: bool = True,
     data: str = "",
+    cluster: Any = None,
 ) -> PreferenceScores:
     """Preference Contribution Score of every attention head.
 
@@ -305,6 +306,8 @@ def preference_scores(
         reference: texts for ``how="mean"`` (each head's mean output over them).
         contrast: ``None`` (plain PCS), ``"history"`` or ``"generic"`` (see above).
         data: a label recorded with the scores (e.g. the dataset path).
+        cluster: a :class:`workbench.scaleout.Cluster` to spread the examples over Ray workers
+            (each loads the model by name); the scores equal a serial run's.
 
     Returns:
         :class:`PreferenceScores`.
@@ -342,14 +345,14 @@ def preference_scores(
     steps = len(items) * ((1 if first == "fast" else L * H) + n_verify) * twice
     desc = f"PCS ({mode}{f', {n_verify} heads exact' if n_verify else ''}{', contrast ' + contrast if contrast else ''})"
     bar = tqdm(total=steps, desc=desc, disable=not progress)
-    per = _all_effects(model, items, scope, first, how, means, contrast, bar)
+    per = _all_effects(model, items, scope, first, how, means, contrast, bar, cluster=cluster)
     extra: dict = {}
     if mode == "verified":
         # The heads the estimate rates largest in size: a first-order estimate can get the sign
         # of a large effect wrong, so both signs are candidates.
         order = np.argsort(-np.abs(per.mean(0)).ravel(), kind="stable")[:n_verify]
         chosen = [(int(j // H), int(j % H)) for j in order]
-        exact = _all_effects(model, items, scope, "exact", how, means, contrast, bar, heads=chosen)
+        exact = _all_effects(model, items, scope, "exact", how, means, contrast, bar, heads=chosen, cluster=cluster)
         for layer, head in chosen:
             per[:, layer, head] = exact[:, layer, head]
         extra["verified_heads"] = [list(h) for h in chosen]
@@ -364,14 +367,36 @@ def preference_scores(
 
 
 def _all_effects(model: Model, items: list, scope: str, mode: str, how: str, means: Any, contrast: str | None,
-                 bar: Any, heads: list | None = None) -> np.ndarray:
-    """``[n_examples, n_layers, n_heads]`` head effects, minus those on the contrast pair."""
+                 bar: Any, heads: list | None = None, cluster: Any = None) -> np.ndarray:
+    """``[n_examples, n_layers, n_heads]`` head effects, minus those on the contrast pair
+    (examples spread over Ray workers when ``cluster`` is given: the same numbers)."""
+    kwargs = {"scope": scope, "mode": mode, "how": how, "means": means, "contrast": contrast, "heads": heads}
+    if cluster is not None:
+        from workbench.scaleout import map_examples
+
+        steps = (1 if mode == "fast" else len(heads or range(model.n_layers * model.n_heads))) * (1 + (contrast is not None))
+        per_example = map_examples(model.name, items, kwargs, cluster, dtype=model.dtype,
+                                   on_each=lambda: bar.update(steps))
+        return np.stack(per_example)
     per = np.zeros((len(items), model.n_layers, model.n_heads))
     for i, ex in enumerate(items):
-        per[i] = _head_effects(model, ex, scope, mode, how, means, bar, heads)
-        if contrast is not None:
-            per[i] -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar, heads)
+        per[i] = _example_effects(model, ex, bar=bar, **kwargs)
     return per
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _example_effects(model: Model, ex: ScoringExample, *, scope: str, mode: str, how: str, means: Any,
+                     contrast: str | None, heads: list | None = None, bar: Any = None) -> np.ndarray:
+    """One example's head effects, minus those on its contrast pair."""
+    bar = bar or _NoBar()
+    out = _head_effects(model, ex, scope, mode, how, means, bar, heads)
+    if contrast is not None:
+        out -= _head_effects(model, ex.contrast_pair(contrast), scope, mode, how, means, bar, heads)
+    return out
 
 
 def sparsity_curve(
