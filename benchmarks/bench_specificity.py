@@ -134,11 +134,24 @@ def main() -> None:
             "scores_from": "tuning users' histories (leave-one-out)", "evaluated_on": "evaluation users' histories",
             "top8": {name: [f"L{lay}H{h}" for lay, h in sc.top(8)] for name, sc in scores.items()},
             "target_met": bool(top8.gain_removed >= 0.5 and abs(top8.nohist_shift) < 0.1),
+            "above_random": above_random(table),
             "seconds": round(time.perf_counter() - t0), "command": "python benchmarks/bench_specificity.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"\ntop-8 contrastive: {top8.gain_removed:.0%} of the gain removed, no-history shift {top8.nohist_shift:.0%} "
           f"of the gain -> target {'met' if meta['target_met'] else 'NOT met'} ({meta['seconds']} s); {out}")
+    if not meta["above_random"]:
+        print("but random heads remove as much (within 2 sd of their draws): the gain is not carried by these heads "
+              "in particular, so this is no evidence of preference heads")
+
+
+def above_random(table: pd.DataFrame, k: int = 8) -> bool:
+    """Whether the top-k contrastive heads remove more of the gain than random k heads by > 2 sd
+    of the random draws — the target alone can be met by a gain that any head's masking breaks."""
+    k = min(k, int(table.k.max()))
+    top = table[(table.heads == "contrastive PCS") & (table.k == k)].iloc[0]
+    rnd = table[(table.heads == "random") & (table.k == k)].iloc[0]
+    return bool(top.gain_removed > rnd.gain_removed + 2 * rnd.gain_removed_sd)
 
 
 if __name__ == "__main__":

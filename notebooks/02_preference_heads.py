@@ -288,6 +288,26 @@ specificity.pivot(index="k", columns="heads", values=["gain_removed", "nohist_sh
 specificity_figure(specificity)
 
 # %% [markdown]
+# ### The same on Gemma 3 270M: does the finding hold on another model?
+#
+# The same benchmark on the second embedded model (`bench_specificity.py --model gemma3-270m`,
+# scores saved in `results/`). Plain PCS again picks the first two layers; contrastive PCS
+# picks layers 3–11. The top-8 contrastive heads remove two thirds of the gain with the
+# no-history NLL left alone — the target, on paper — **but random heads remove as much or
+# more**: Gemma has 4 heads per layer, and masking any of them at the output positions breaks
+# the use of the history. So on Gemma this is no evidence of heads that carry preference; the
+# gain is fragile, not localized. Always read a head set against random ones.
+
+# %%
+g_plain = PreferenceScores.load(results / "pcs_lamp4-news_gemma3-270m_tune-users.json")
+g_contrast = PreferenceScores.load(results / "pcs_lamp4-news_gemma3-270m_tune-users_contrast-history.json")
+heatmaps(g_plain, g_contrast, titles=["Gemma 3 270M: plain PCS", "contrastive PCS, history"])
+
+# %%
+g_specificity = pd.read_csv(results / "specificity_gemma3-270m.csv")
+specificity_figure(g_specificity)
+
+# %% [markdown]
 # ## 8. DPS with either head set: try it
 #
 # Choose the head set and α. Watch the headline: with plain heads and a large α the contrast

@@ -142,6 +142,27 @@ eval_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_v
 paired_figure(eval_table, title="Evaluation users, tuned settings: paired ROUGE-1 difference to rag")
 
 # %% [markdown]
+# ## 1c. The same protocol on the second embedded model: Gemma 3 270M
+#
+# Gemma 3 270M is a *base* model: it has no chat turns, so its prompts are few-shot text (the
+# user's earlier article → headline pairs, then the new article and `Headline:`). Every setting
+# below was tuned on Gemma's own runs on the same tuning users (smaller grids than SmolLM2's —
+# the CPU budget; the `.json` beside the table lists them), then evaluated on the first
+# evaluation-user queries. Do SmolLM2's findings hold on a second model?
+
+# %%
+gemma = load_results(ROOT / "results" / "lamp4-news_gemma3-270m_eval.csv", dataset=data)
+g_about = gemma.attrs["source"]
+pd.DataFrame({m: {"setting used": info["settings"] or "defaults (not tuned)", "n": info["n"]}
+              for m, info in g_about["methods"].items()}).T
+
+# %%
+g_table = comparison_table(gemma, list(g_about["methods"]), baseline="rag")
+print(f"Gemma 3 270M: {g_table.attrs['n']} queries of the evaluation users, every method on the same ones")
+g_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "wins_vs_rag",
+         "losses_vs_rag"]].round(4)
+
+# %% [markdown]
 # ## 2. Per user: where each method wins and loses
 #
 # Averages hide users. Below, every column is a user, every row a method, and the colour is the
