@@ -110,7 +110,7 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"workbench\[ray\]"):
-        scaleout._ray()
+        scaleout.require_ray()
 
 
 @pytest.mark.real

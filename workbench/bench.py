@@ -60,7 +60,7 @@ OUTPUTS_FILE = "outputs.jsonl"
 TABLES = ("results.csv", "results.html")
 
 # What makes two runs the same experiment: a directory holding a run that differs in any of
-# these is refused, never mixed. (Methods may be added and examples grow; see _merge_run_info.)
+# these is refused, never mixed. (Methods may be added and examples grow; see merge_run_info.)
 _IDENTITY = ("model", "dtype", "device", "task", "data", "data_files", "split", "settings", "users")
 # Recorded since workbench 0.1.0's reliability pass: a run.json written before lacks them.
 _ADDED_LATER = ("dtype", "device", "data_files")
@@ -100,7 +100,8 @@ def read_outputs(path: Path, repair: bool = True) -> dict[tuple[str, str], dict]
     return done
 
 
-def _append(path: Path, rec: dict) -> None:
+def append_record(path: Path, rec: dict) -> None:
+    """One record as a line of ``outputs.jsonl``, on disk before this returns."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         f.flush()
@@ -137,7 +138,7 @@ def _has_outputs(out: Path) -> bool:
     return f.exists() and f.stat().st_size > 0
 
 
-def _merge_run_info(out: Path, run_info: dict, partial: bool = False) -> dict:
+def merge_run_info(out: Path, run_info: dict, partial: bool = False) -> dict:
     """What ``out/run.json`` must say after this run: ``run_info`` merged with the run already
     there. Refuses (ValueError) a directory whose results came from other settings, or whose
     results can't be traced to settings at all. Reads only; nothing is written. ``partial``:
@@ -225,7 +226,7 @@ def _data_fingerprint(dataset: Any) -> dict[str, str]:
     return Dataset(list(dataset), "").fingerprint()  # all of it: a run that grows keeps its fingerprint
 
 
-def _plan(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, users: Any) -> tuple[list, list, Path, dict]:
+def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, users: Any) -> tuple[list, list, Path, dict]:
     """Check every argument that needs no model; return the methods, examples, the directory and
     what ``run.json`` will record apart from the model."""
     _check_args(dataset, methods, n, settings)
@@ -269,8 +270,8 @@ def check_run(
     """Everything :func:`run_bench` would refuse that can be known without loading the model:
     the arguments, and a directory holding another run or results nothing identifies. Writes
     nothing. (The model's dtype and device are compared when :func:`run_bench` runs.)"""
-    _, _, out, info = _plan(dataset, methods, out_dir, n, settings, users)
-    _merge_run_info(out, {"model": model_name, **info}, partial=True)
+    _, _, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
+    merge_run_info(out, {"model": model_name, **info}, partial=True)
     read_outputs(out / OUTPUTS_FILE, repair=False)
 
 
@@ -302,17 +303,17 @@ def run_bench(
     """
     from tqdm.auto import tqdm
 
-    ms, examples, out, info = _plan(dataset, methods, out_dir, n, settings, users)
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
     run_info = {"model": model.name, "model_source": model.source, "dtype": str(model.dtype).replace("torch.", ""),
                 "device": str(model.device), **info}
-    merged = _merge_run_info(out, run_info)
+    merged = merge_run_info(out, run_info)
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
     _fill_missing_meteor(outputs_path, done)
 
-    by_user = _by_user(examples)
+    by_user = group_by_user(examples)
     todo = sum(1 for m in ms for ex in examples if (m.name, ex.id) not in done)
     bar = tqdm(total=todo, desc="bench", disable=not progress or todo == 0)
     for m in ms:
@@ -321,14 +322,15 @@ def run_bench(
         for user_id, user_examples in by_user.items():
             pending = [ex for ex in user_examples if (m.name, ex.id) not in done]
             for rec in run_user(model, m, user_id, user_examples, pending, bar):
-                _append(outputs_path, rec)
+                append_record(outputs_path, rec)
                 done[(m.name, rec["id"])] = rec
                 bar.update(1)
     bar.close()
-    return _finish(out, done, merged, ms, examples)
+    return finish_run(out, done, merged, ms, examples)
 
 
-def _by_user(examples: list) -> dict[str, list]:
+def group_by_user(examples: list) -> dict[str, list]:
+    """``{user_id: their examples}``, users and examples in the run's order."""
     by_user: dict[str, list] = {}
     for ex in examples:
         by_user.setdefault(ex.user_id, []).append(ex)
@@ -356,7 +358,7 @@ def run_user(model: Model, m: Method, user_id: str, user_examples: list, pending
                **score_generation(pred, ex.gold), "seconds": round(seconds, 3), **info}
 
 
-def _finish(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:
+def finish_run(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:
     """The run's tables, rows in method then example order (whatever order they were computed
     in, so a resumed or distributed run summarizes exactly like a serial one)."""
     outputs = pd.DataFrame([done[(m.name, ex.id)] for m in ms for ex in examples])

@@ -269,9 +269,9 @@ def _cluster(args: argparse.Namespace) -> Any:
         if args.gpus_per_worker or args.threads_per_worker:
             raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
         return None
-    from workbench.scaleout import Cluster, _ray
+    from workbench.scaleout import Cluster, require_ray
 
-    _ray()  # a missing extra fails before the data or the model is read
+    require_ray()  # a missing extra fails before the data or the model is read
     return Cluster(workers=args.workers or 1, address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
                    threads_per_worker=args.threads_per_worker)
 

@@ -380,7 +380,7 @@ def _all_effects(model: Model, items: list, scope: str, mode: str, how: str, mea
         return np.stack(per_example)
     per = np.zeros((len(items), model.n_layers, model.n_heads))
     for i, ex in enumerate(items):
-        per[i] = _example_effects(model, ex, bar=bar, **kwargs)
+        per[i] = example_head_effects(model, ex, bar=bar, **kwargs)
     return per
 
 
@@ -389,7 +389,7 @@ class _NoBar:
         pass
 
 
-def _example_effects(model: Model, ex: ScoringExample, *, scope: str, mode: str, how: str, means: Any,
+def example_head_effects(model: Model, ex: ScoringExample, *, scope: str, mode: str, how: str, means: Any,
                      contrast: str | None, heads: list | None = None, bar: Any = None) -> np.ndarray:
     """One example's head effects, minus those on its contrast pair."""
     bar = bar or _NoBar()

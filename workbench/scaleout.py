@@ -26,7 +26,8 @@ from workbench._util import atomic_write_text, check_int
 RAY_EXTRA = 'pip install "workbench[ray]"  (or: pip install ray)'
 
 
-def _ray():
+def require_ray():
+    """The ``ray`` module, or an ImportError naming the extra to install."""
     try:
         import ray
     except ImportError:
@@ -76,7 +77,7 @@ class _Pool:
     """Ray actors running one unit at a time; dead ones are replaced and their unit re-queued."""
 
     def __init__(self, cluster: Cluster, make_actor: Callable[[], Any], max_replacements: int | None = None):
-        self.ray = _ray()
+        self.ray = require_ray()
         self.cluster = cluster
         self._make = make_actor
         self.actors = [make_actor() for _ in range(cluster.workers)]
@@ -130,7 +131,7 @@ class _Session:
         self.cluster = cluster
 
     def __enter__(self) -> Any:
-        ray = _ray()
+        ray = require_ray()
         self.started = not ray.is_initialized()
         if self.started:
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
@@ -151,7 +152,7 @@ class _Session:
 
     def __exit__(self, *exc: Any) -> None:
         if self.started:
-            _ray().shutdown()
+            require_ray().shutdown()
 
 
 def _worker_class(ray: Any, cluster: Cluster) -> Any:
@@ -191,9 +192,9 @@ def _worker_class(ray: Any, cluster: Cluster) -> Any:
             return list(run_user(self.model, m, user_id, user_examples, pending))
 
         def pcs_example(self, index: int, kwargs: dict) -> Any:
-            from workbench.pcs import _example_effects
+            from workbench.pcs import example_head_effects
 
-            return _example_effects(self.model, self.payload[index], **kwargs)
+            return example_head_effects(self.model, self.payload[index], **kwargs)
 
     options: dict[str, Any] = {"num_cpus": cluster.threads, "max_restarts": 0}
     if cluster.gpus_per_worker:
@@ -223,14 +224,14 @@ def run_bench_distributed(
     """
     from tqdm.auto import tqdm
 
-    from workbench.bench import OUTPUTS_FILE, RUN_FILE, _append, _by_user, _finish, _merge_run_info, _plan, \
+    from workbench.bench import OUTPUTS_FILE, RUN_FILE, append_record, group_by_user, finish_run, merge_run_info, plan_run, \
         check_run, read_outputs
 
     check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users)
-    ms, examples, out, info = _plan(dataset, methods, out_dir, n, settings, users)
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)
-    by_user = _by_user(examples)
+    by_user = group_by_user(examples)
     units = [(m.name, user_id, [ex.id for ex in exs if (m.name, ex.id) not in done])
              for m in ms for user_id, exs in by_user.items()]
     units = sorted((u for u in units if u[2]), key=lambda u: -len(u[2]))  # long units first: less idle tail
@@ -244,7 +245,7 @@ def run_bench_distributed(
 
         pool = _Pool(cluster, make)
         about = ray.get(pool.actors[0].about.remote())
-        merged = _merge_run_info(out, {**about, **info})
+        merged = merge_run_info(out, {**about, **info})
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
         bar = tqdm(total=sum(len(u[2]) for u in units), desc=f"bench ({cluster.workers} workers)",
@@ -253,7 +254,7 @@ def run_bench_distributed(
 
         def on_result(unit: tuple, records: list[dict]) -> None:
             for rec in records:
-                _append(outputs_path, rec)
+                append_record(outputs_path, rec)
                 done[(rec["method"], rec["id"])] = rec
             bar.update(len(records))
             bar.set_postfix_str(f"{unit[0]} {unit[1]}")
@@ -263,13 +264,13 @@ def run_bench_distributed(
         if units and progress:
             print(f"{sum(len(u[2]) for u in units)} outputs in {time.perf_counter() - t0:.0f} s on {cluster}"
                   + (f"; {pool.replaced} dead workers replaced" if pool.replaced else ""))
-    return _finish(out, done, merged, ms, examples)
+    return finish_run(out, done, merged, ms, examples)
 
 
 def map_examples(model_name: str, examples: list, kwargs: dict, cluster: Cluster, device: Any = None,
                  dtype: Any = None, on_each: Callable[[], None] | None = None,
                  _after_result: Callable[[_Pool], None] | None = None) -> list:
-    """``pcs._example_effects(model, example, **kwargs)`` of every example on Ray workers,
+    """``pcs.example_head_effects(model, example, **kwargs)`` of every example on Ray workers,
     returned in the examples' order; ``on_each()`` after each one (e.g. a progress bar)."""
     results: dict[int, Any] = {}
     with _Session(cluster) as ray:
