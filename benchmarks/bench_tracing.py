@@ -9,7 +9,9 @@ Part B — fast vs exact over ``--n`` real examples (dev queries of different us
 gold headline traced): time ratio and Spearman rank correlation of the token effects, per
 fast mode, for tokens and for words (token effects summed per word, the unit SteerX selects),
 plus the overlap of the top-10 tokens; and ``mode="verified"`` (attn, then the share ``--verify``
-of tokens with the largest estimates deleted for real) at each share. CPU-heavy (an exact trace of ~250 tokens
+of tokens with the largest estimates deleted for real) at each share, simulated from the two
+traces (the same numbers the mode computes) and, at ``--measure-share``, run for real to check
+the simulated time. CPU-heavy (an exact trace of ~250 tokens
 is a few minutes on 2 cores): run with a small ``--n`` to check, the full one for the report.
 
     python benchmarks/bench_tracing.py                  # A + B with n=20
@@ -112,8 +114,25 @@ def part_b(model, data, args) -> None:
             t_v = t_attn + t_exact * m / len(e)
             rows.append({"mode": f"verified@{share:g}", "rho": spearman(e, v), "rho_w": spearman(we.to_numpy(), wv.to_numpy()),
                          "ratio": t_exact / t_v, "top10": len(top & set(np.argsort(-v)[:10])) / 10})
+        if args.measure_share:
+            # one share run for real, to check the simulated time and values above
+            t0 = time.perf_counter()
+            ver = trace_example(model, ex, k=args.k, mode="verified", verify=args.measure_share,
+                                positions=args.scope, progress=False)
+            t_ver = time.perf_counter() - t0
+            m = max(1, int(np.ceil(args.measure_share * len(e))))
+            sim = t_attn + t_exact * m / len(e)
+            v = ver.frame["effect"].to_numpy()
+            rows.append({"mode": f"measured@{args.measure_share:g}", "rho": spearman(e, v), "ratio": t_exact / t_ver,
+                         "rho_w": spearman(we.to_numpy(), ver.by_word().set_index("word")["score"].reindex(we.index).to_numpy()),
+                         "top10": len(top & set(np.argsort(-v)[:10])) / 10, "time_vs_sim": t_ver / sim})
+            line.append(f"verified@{args.measure_share:g} measured {t_ver:.1f} s (simulated {sim:.1f} s)")
         print(" | ".join(line), flush=True)
     modes = modes + [f"verified@{share:g}" for share in shares]
+    if args.measure_share:
+        modes.append(f"measured@{args.measure_share:g}")
+        r = [x["time_vs_sim"] for x in rows if "time_vs_sim" in x]
+        print(f"\n    measured verified time / simulated time: median {np.median(r):.2f}, range {min(r):.2f}-{max(r):.2f}")
     print("\n    mode      mean rho  median rho  mean rho (words)  median speed-up  mean top-10 overlap")
     for mode in modes:
         r = [x for x in rows if x["mode"] == mode]
@@ -137,6 +156,8 @@ def main() -> None:
     ap.add_argument("--modes", default="attn,attn-ig,gxi", help="part B: fast modes to compare")
     ap.add_argument("--ig-steps", type=int, default=4)
     ap.add_argument("--verify", default="0.1,0.2,0.3", help="part B: shares of tokens verified exactly (mode='verified')")
+    ap.add_argument("--measure-share", type=float, default=0.3,
+                    help="part B: also run mode='verified' at this share for real (0: don't)")
     args = ap.parse_args()
 
     import torch

@@ -37,7 +37,6 @@
 # %%
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 import workbench as wb
 from workbench.data import load_lamp4_news
 from workbench.fints import aggregate, fints_steer, picked, sample_vectors, DEFAULT_SCALE, default_layer

@@ -36,7 +36,6 @@
 # a combination, so you can see the mechanics.
 
 # %%
-import json
 from pathlib import Path
 
 import pandas as pd

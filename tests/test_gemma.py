@@ -62,6 +62,26 @@ def test_gemma_dps_branching_gives_the_same_tokens(gemma):
         assert one.tokens == ref.tokens and len(one.tokens) > 0
 
 
+def test_gemma_plain_generation_gives_the_bridges_tokens(gemma):
+    # The hook-free path runs Hugging Face's own Gemma modules with SDPA, including the
+    # sliding-window layers past their 512-token window (the long prompt).
+    from workbench.data import load_lamp4_news
+    from workbench.prompts import build_prompt, first_line_complete
+
+    prompt, _ = build_prompt(gemma, load_lamp4_news()[3], k=5, reserve=24)
+    long_prompt = prompt.rsplit("Write a headline", 1)[0] + prompt
+    identity = [(f"blocks.{gemma.n_layers - 1}.hook_resid_post", lambda x, hook: x)]
+    for p in (prompt, long_prompt):
+        ids = gemma.encode(p)
+        assert gemma._plain_view() is not None
+        plain = gemma.generate_tokens(ids, 24, until=first_line_complete)
+        with gemma.bridge.hooks(fwd_hooks=identity):
+            assert gemma._plain_view() is None
+            bridged = gemma.generate_tokens(ids, 24, until=first_line_complete)
+        assert plain.tolist() == bridged.tolist() and len(plain) > 2
+    assert gemma.encode(long_prompt).shape[-1] > 512
+
+
 def test_a_half_written_gemma_gguf_in_the_cache_is_rebuilt_not_an_error(tmp_path, monkeypatch):
     # Two first runs at once used to fail: one read the other's partial file and the package's
     # assemble() refused it ("already exists with an unexpected sha256").

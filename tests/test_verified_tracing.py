@@ -46,3 +46,25 @@ def test_verified_everything_is_exact_and_it_is_shown(tiny):
 def test_bad_verified_settings_are_clear_errors(tiny, bad):
     with pytest.raises(ValueError, match="verify|estimate"):
         trace_tokens(tiny, prompt_of(tiny), USER["gold"], items=USER["profile"], mode="verified", progress=False, **bad)
+
+
+def test_saturation_fix_adds_up_the_gate_gradient_and_reweights_it(tiny):
+    # Per (layer, head, query) terms with weight 1 must add up to the plain gate gradient; the
+    # 1/(1-p) weights (each >= 1) then change the sum.
+    import torch
+    from tqdm import tqdm
+
+    from workbench import tracing
+
+    ids = tiny.encode(prompt_of(tiny))
+    target = tiny.tokenizer(USER["gold"], add_special_tokens=False, return_tensors="pt").input_ids
+    pos = list(range(2, ids.shape[1] - 2))
+    bar = tqdm(disable=True)
+    plain = tracing._gate_gradient(tiny, ids, target, pos, "mean", [1.0], 1, bar)
+    summed = tracing._gate_saturation(tiny, ids, target, pos, "mean", [1.0], 1, bar, correct=False)
+    fixed = tracing._gate_saturation(tiny, ids, target, pos, "mean", [1.0], 1, bar)
+    np.testing.assert_allclose(summed, plain, atol=1e-6)
+    assert not np.allclose(fixed, plain, atol=1e-6)
+    with torch.no_grad():
+        traced = trace_tokens(tiny, prompt_of(tiny), USER["gold"], items=USER["profile"], mode="attn-sat", progress=False)
+    assert traced.meta["mode"] == "attn-sat" and np.isfinite(traced.frame["effect"]).all()

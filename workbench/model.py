@@ -183,6 +183,10 @@ class Model:
         early, once it returns True for the text so far (e.g.
         :func:`workbench.prompts.first_line_complete`); the tokens before that point are
         the same as without it.
+
+        With no hook attached anywhere and greedy decoding, the steps run through the
+        original Hugging Face modules (same weights, no hook points, SDPA attention): the
+        speed of a plain ``transformers`` ``generate``, and the same tokens as the bridge.
         """
         ids = self.encode(prompt, chat=chat)
         return self.tokenizer.decode(self.generate_tokens(ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -198,16 +202,23 @@ class Model:
         check_sampling(temperature, top_p, top_k, do_sample, seed)
         ids = self._check_ids(ids).to(self.device)
         self.check_fits(ids.shape[-1], max_new_tokens)
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                      top_k=top_k, eos_token_id=self.stop_token_ids, stop_at_eos=True, verbose=False)
-        if until is not None:
-            if not callable(until):
-                raise ValueError(f"until must be a function of the text so far (str -> bool), got {type(until).__name__}")
-            kwargs["stopping_criteria"] = _text_stop(self.tokenizer, ids.shape[-1], until)
+        if until is not None and not callable(until):
+            raise ValueError(f"until must be a function of the text so far (str -> bool), got {type(until).__name__}")
+        stopping = _text_stop(self.tokenizer, ids.shape[-1], until) if until is not None else None
+        plain = None if do_sample else self._plain_view()
+        if plain is not None:
+            out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0],
+                                 stopping_criteria=[stopping] if stopping is not None else None)
+            return self._new_tokens(out, ids)
         # The prompt's pass needs the next-token logits of its last position only; the
         # vocabulary projection of every other position is most of a small model's prefill
         # (Hugging Face's generate skips it the same way). Later steps have one position.
         last_only = (f"blocks.{self.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                      top_k=top_k, eos_token_id=self.stop_token_ids, stop_at_eos=True, verbose=False)
+        if stopping is not None:
+            kwargs["stopping_criteria"] = stopping
         with self.bridge.hooks(fwd_hooks=[last_only]):
             if do_sample and seed is not None:
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -215,11 +226,28 @@ class Model:
                     out = self.bridge.generate(ids, **kwargs)
             else:
                 out = self.bridge.generate(ids, **kwargs)
+        return self._new_tokens(out, ids)
+
+    def _new_tokens(self, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         new = out[0, ids.shape[-1]:]
         stops = torch.isin(new, torch.tensor(self.stop_token_ids, device=new.device))
         if stops.any():
             new = new[: int(stops.nonzero()[0, 0])]
         return new
+
+    def _plain_view(self) -> Any | None:
+        """The hook-free Hugging Face view of the weights (see ``workbench._plain``) when no hook
+        is attached anywhere in the model, else None (then the bridge runs, hooks and all)."""
+        from workbench import _plain
+
+        if "_plain" not in self.__dict__:
+            original = getattr(self.bridge, "original_model", None)
+            self._plain = _plain.unbridged(original) if original is not None else None
+            if self._plain is not None:
+                self._bypassed = _plain.hooked_modules(self.bridge, self._plain)
+        if self._plain is None or _plain.any_hooks(*self._bypassed):
+            return None
+        return self._plain
 
     def prompt_and_target(self, prompt: Any, target: str, chat: bool | None = None) -> tuple[torch.Tensor, int]:
         """Token ids of ``prompt`` followed by ``target`` and the index where the target starts."""

@@ -28,6 +28,9 @@ tokens and four gradient estimates, all traced tokens at once.
   (every query's attention to that token, in every layer and head, multiplied by the gate
   before the softmax renormalises), at gate 1; one forward and one backward pass. A gate of
   zero is the attention-mask deletion of the token, so this estimates deletion itself.
+- ``"attn-sat"``: ``"attn"`` with AtP*'s fix for attention saturation (Kramár et al. 2024):
+  each layer's change from removing the key is computed exactly (``1 / (1 - p)`` times the
+  linear one, ``p`` the query's attention to the key), the rest stays first order. Same cost.
 - ``"attn-ig"``: integrated gradients along the attention gates, from zero to one in
   ``ig_steps`` midpoint steps.
 
@@ -67,7 +70,7 @@ from workbench.token_labels import SCOPES, PromptTokens, label_tokens
 __all__ = ["MODES", "SCOPES", "PromptTokens", "TokenEffects", "example_prompt", "label_tokens", "spearman",
            "trace_example", "trace_tokens"]
 
-MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-ig", "verified")
+MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-sat", "attn-ig", "verified")
 _ALIASES = {"fast": "ig", "grad": "gxi", "gradient": "gxi"}
 
 
@@ -219,6 +222,49 @@ def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor,
     return (total / len(alphas)).cpu().numpy()
 
 
+def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, positions: list[int], reduce: str,
+                     alphas: Sequence[float], batch_size: int, bar: Any, correct: bool = True) -> np.ndarray:
+    """The attention-gate gradient with AtP*'s correction for a key's attention saturation.
+
+    The gate gradient linearises the softmax: one query's attention output moves by
+    ``p (z - v_j)`` when key ``j`` is gated out, but removing the key really moves it by
+    ``p (z - v_j) / (1 - p)`` (the rest renormalise), far more when the query attended
+    mostly to ``j``. Here every (layer, head, query) term of the gradient is weighted by
+    ``1 / (1 - p)`` before the sum: each layer's change is exact, its effect downstream
+    still first order. One forward and one backward pass, like ``"attn"``.
+    """
+    bridge = model.bridge
+    n = prompt_ids.shape[1]
+    ids = torch.cat([prompt_ids, target], dim=1)
+    pos = torch.tensor(positions, device=ids.device)
+    biases: dict[int, torch.Tensor] = {}
+    probs: dict[int, torch.Tensor] = {}
+
+    def gate(scores: torch.Tensor, hook: Any) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        b = torch.zeros(*scores.shape[:-1], len(positions), dtype=scores.dtype, device=scores.device,
+                        requires_grad=True)
+        biases[layer] = b
+        return scores.index_add(-1, pos, b)
+
+    def pattern(p: torch.Tensor, hook: Any) -> torch.Tensor:
+        probs[int(hook.name.split(".")[1])] = p.detach()[..., pos].float()
+        return p
+
+    hooks = [h for L in range(model.n_layers) for h in (
+        (f"blocks.{L}.attn.hook_attn_scores", gate), (f"blocks.{L}.attn.hook_pattern", pattern))]
+    with frozen_parameters(bridge), torch.enable_grad():
+        logits = bridge.run_with_hooks(ids, fwd_hooks=hooks + [last_positions_hook(model.n_layers, n - 1, target.shape[1])])
+        _score(logits, target[0], reduce).sum().backward()
+    total = torch.zeros(len(positions), dtype=torch.float32, device=ids.device)
+    for layer, b in biases.items():
+        # a key holding (nearly) all of a query's attention: removing it is undefined, cap the weight
+        weight = 1.0 / (1.0 - probs[layer]).clamp_min(1e-3) if correct else 1.0
+        total += (b.grad.float() * weight).flatten(0, -2).sum(0)
+    bar.update(1)
+    return total.cpu().numpy()
+
+
 # ---- entry points --------------------------------------------------------------------------------
 
 def trace_tokens(
@@ -250,7 +296,8 @@ def trace_tokens(
         mode: one of :data:`MODES` — ``"exact"`` (deletion with KV reuse), ``"naive"``
             (deletion, full forward per token), ``"gxi"`` (gradient x input on the embeddings),
             ``"ig"`` / ``"fast"`` (integrated gradients on the embeddings), ``"attn"`` (gradient
-            of an attention gate per token) or ``"attn-ig"`` (integrated gradients along the
+            of an attention gate per token), ``"attn-sat"`` (the same with AtP*'s saturation
+            fix) or ``"attn-ig"`` (integrated gradients along the
             gates) or ``"verified"`` (the ``estimate`` mode for every token, then the share
             ``verify`` it rates largest in size deleted for real; column ``exact`` marks
             them); see the module docstring.
@@ -264,7 +311,7 @@ def trace_tokens(
             count (``>= 1``) to recompute exactly. Candidates are ranked by the size of the
             estimated effect on ``target`` (and, with ``generic_target``, on the difference).
         estimate: with ``mode="verified"``: the cheap mode that ranks the tokens (``"attn"``,
-            ``"gxi"``, ``"ig"`` or ``"attn-ig"``).
+            ``"attn-sat"``, ``"gxi"``, ``"ig"`` or ``"attn-ig"``).
 
     Returns:
         :class:`TokenEffects`.
@@ -299,11 +346,12 @@ def trace_tokens(
     n_verify = 0
     if mode == "verified":
         estimate = _ALIASES.get(estimate, estimate)
-        if estimate not in ("gxi", "ig", "attn", "attn-ig"):
-            raise ValueError(f"estimate={estimate!r}: verified mode ranks tokens with 'attn', 'gxi', 'ig' or 'attn-ig'")
+        if estimate not in ("gxi", "ig", "attn", "attn-sat", "attn-ig"):
+            raise ValueError(f"estimate={estimate!r}: verified mode ranks tokens with 'attn', 'attn-sat', 'gxi', "
+                             "'ig' or 'attn-ig'")
         n_verify = verify_count(verify, len(pos), "traced tokens")
     cheap = estimate if mode == "verified" else mode
-    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn") else ig_steps)
+    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn", "attn-sat") else ig_steps)
     bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
     if mode == "exact":
         effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
@@ -311,7 +359,7 @@ def trace_tokens(
         effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
     else:  # a gradient estimate (in verified mode, the one that ranks the tokens)
         alphas = [1.0] if cheap in ("gxi", "attn") else [(k + 0.5) / ig_steps for k in range(ig_steps)]
-        fn = _gradient if cheap in ("gxi", "ig") else _gate_gradient
+        fn = _gradient if cheap in ("gxi", "ig") else _gate_saturation if cheap == "attn-sat" else _gate_gradient
         effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
     exact_rows = None
     if mode == "verified":
