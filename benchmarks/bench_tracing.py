@@ -24,6 +24,7 @@ Prints numbers; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -86,6 +87,8 @@ def part_b(model, data, args) -> None:
         we = exact.by_word().set_index("word")["score"]
         top = set(np.argsort(-e)[:10])
         line = [f"    {i + 1:2d} {ex.id}: {len(e)} tokens, exact {t_exact:.1f} s"]
+        saved = {"id": ex.id, "n": len(e), "exact": e.tolist(), "seconds": {"exact": t_exact},
+                 "word": exact.frame["word"].tolist() if "word" in exact.frame else None}
         for mode in modes:
             t0 = time.perf_counter()
             fast = trace_example(model, ex, k=args.k, mode=mode, positions=args.scope, ig_steps=args.ig_steps,
@@ -100,6 +103,8 @@ def part_b(model, data, args) -> None:
             line.append(f"{mode} {t_fast:.1f} s rho {rho:+.3f} (words {rho_w:+.3f}) top10 {overlap:.1f}")
             if mode == "attn":
                 attn, t_attn = fast, t_fast
+            saved[mode] = f.tolist()
+            saved["seconds"][mode] = t_fast
         # mode="verified" (estimate "attn") at each share: the attn effects with the largest
         # |attn| entries replaced by the exact ones — exactly what the mode computes (a unit test
         # checks it), timed as attn + that share of the exact trace.
@@ -128,6 +133,9 @@ def part_b(model, data, args) -> None:
                          "top10": len(top & set(np.argsort(-v)[:10])) / 10, "time_vs_sim": t_ver / sim})
             line.append(f"verified@{args.measure_share:g} measured {t_ver:.1f} s (simulated {sim:.1f} s)")
         print(" | ".join(line), flush=True)
+        if args.save:
+            with open(args.save, "a") as fh:
+                fh.write(json.dumps(saved) + "\n")
     modes = modes + [f"verified@{share:g}" for share in shares]
     if args.measure_share:
         modes.append(f"measured@{args.measure_share:g}")
@@ -158,6 +166,7 @@ def main() -> None:
     ap.add_argument("--verify", default="0.1,0.2,0.3", help="part B: shares of tokens verified exactly (mode='verified')")
     ap.add_argument("--measure-share", type=float, default=0.3,
                     help="part B: also run mode='verified' at this share for real (0: don't)")
+    ap.add_argument("--save", default=None, help="part B: append each example's effects (every mode) to this JSON-lines file")
     args = ap.parse_args()
 
     import torch

@@ -141,6 +141,12 @@ for col in ("exact", "fast (attn)", "verified"):
     cmp[f"rank {col}"] = cmp[col].rank(ascending=False).astype(int)
 cmp.sort_values("exact", ascending=False).head(10).round(4)
 
+# %% [markdown]
+# Verification fixes the tokens it re-scores. A token whose estimate was near zero is never picked
+# and keeps its wrong value: the limit of any verification the estimate steers. Over 20 users the
+# README's benchmark gives the trade-off (agreement against the share verified) and why the fast
+# estimate stays SteerX's default.
+
 # %%
 verified_t.figure()
 
