@@ -8,8 +8,9 @@ Variants alternate, ``--repeats`` times; medians; the two must agree (max |diff|
 Part B — fast vs exact over ``--n`` real examples (dev queries of different users, their
 gold headline traced): time ratio and Spearman rank correlation of the token effects, per
 fast mode, for tokens and for words (token effects summed per word, the unit SteerX selects),
-plus the overlap of the top-10 tokens; and ``mode="verified"`` (attn, then the share ``--verify``
-of tokens with the largest estimates deleted for real) at each share, simulated from the two
+plus the overlap of the top-10 tokens; and ``mode="verified"`` with ``selection="estimate"`` (attn,
+then the share ``--verify`` of tokens with the largest estimates deleted for real;
+``bench_verify_policies.py`` replays other selections from ``--save``) at each share, simulated from the two
 traces (the same numbers the mode computes) and, at ``--measure-share``, run for real to check
 the simulated time. CPU-heavy (an exact trace of ~250 tokens
 is a few minutes on 2 cores): run with a small ``--n`` to check, the full one for the report.
@@ -123,7 +124,7 @@ def part_b(model, data, args) -> None:
             # one share run for real, to check the simulated time and values above
             t0 = time.perf_counter()
             ver = trace_example(model, ex, k=args.k, mode="verified", verify=args.measure_share,
-                                positions=args.scope, progress=False)
+                                selection="estimate", positions=args.scope, progress=False)
             t_ver = time.perf_counter() - t0
             m = max(1, int(np.ceil(args.measure_share * len(e))))
             sim = t_attn + t_exact * m / len(e)

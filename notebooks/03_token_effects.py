@@ -102,10 +102,13 @@ effects.by_word(by="diff").head(10)[["item", "part", "text", "score"]].round(4)
 # ### Fast, verified and exact
 #
 # The fast estimate is a first-order guess, and where it is wrong, everything selected from it is
-# built on noise. `mode="verified"` keeps its speed where it matters least: the estimate ranks every
-# token, then the share `verify=` it rates largest *in size* is deleted for real (a first-order
-# estimate can get the sign of a big effect wrong). The column `exact` says which entries are exact;
-# the figure outlines them and the hover text says "(exact)" or "(estimate)".
+# built on noise. `mode="verified"` spends a budget of real deletions (`verify=`, a share of the
+# tokens) where they matter: half on the tokens the estimate rates largest *in size* (a first-order
+# estimate can get the sign of a big effect wrong), the rest on the neighbours — the token before and
+# after, the rest of the word — of the largest exact effects found so far, because effects come in
+# words and phrases the estimate can miss (`selection="adaptive"`, the default; `"estimate"` spends
+# it all on the largest estimates). The column `exact` says which entries are exact; the figure
+# outlines them and the hover text says "(exact)" or "(estimate)".
 #
 # Exact tracing of all ~200 history tokens takes minutes on a laptop CPU, so we compare the three on
 # the history **titles** only (the headlines the user wrote, where their style lives; `positions="titles"`).
@@ -142,8 +145,8 @@ for col in ("exact", "fast (attn)", "verified"):
 cmp.sort_values("exact", ascending=False).head(10).round(4)
 
 # %% [markdown]
-# Verification fixes the tokens it re-scores. A token whose estimate was near zero is never picked
-# and keeps its wrong value: the limit of any verification the estimate steers. Over 20 users the
+# Verification fixes the tokens it re-scores. A token whose estimate was near zero and has no large
+# neighbour is never picked and keeps its wrong value: the limit of any verification the estimate steers. Over 20 users the
 # README's benchmark gives the trade-off (agreement against the share verified) and why the fast
 # estimate stays SteerX's default.
 

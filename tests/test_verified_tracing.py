@@ -16,7 +16,7 @@ def test_verified_entries_are_exact_and_the_rest_the_estimate(tiny, generic):
     kw = dict(items=USER["profile"], generic_target=generic, progress=False)
     exact = trace_tokens(tiny, prompt, USER["gold"], mode="exact", **kw)
     attn = trace_tokens(tiny, prompt, USER["gold"], mode="attn", **kw)
-    verified = trace_tokens(tiny, prompt, USER["gold"], mode="verified", verify=4, **kw)
+    verified = trace_tokens(tiny, prompt, USER["gold"], mode="verified", verify=4, selection="estimate", **kw)
     size = attn.frame["effect"].abs()
     if generic:
         size = size + attn.frame["effect_diff"].abs()
@@ -28,6 +28,20 @@ def test_verified_entries_are_exact_and_the_rest_the_estimate(tiny, generic):
         ref = np.where(verified.frame["exact"], exact.frame[col], attn.frame[col])
         np.testing.assert_allclose(verified.frame[col], ref, atol=1e-5)
     assert verified.meta["estimate"] == "attn" and verified.meta["n_exact"] == 4
+
+    # adaptive (the default): half the budget on the largest estimates, the rest next to
+    # verified tokens (before/after or the same word); every verified entry is exact
+    adaptive = trace_tokens(tiny, prompt, USER["gold"], mode="verified", verify=6, **kw)
+    f = adaptive.frame
+    rows = set(np.flatnonzero(f["exact"]))
+    assert len(rows) == 6 and adaptive.meta["selection"] == "adaptive"
+    assert set(size.sort_values(ascending=False, kind="stable").index[:3]) <= rows
+    for r in rows - set(size.sort_values(ascending=False, kind="stable").index[:3]):
+        near = {r - 1, r + 1} | (set(np.flatnonzero(f["word"] == f["word"][r])) if f["word"][r] >= 0 else set())
+        assert near & (rows - {r}), f"row {r} was verified without a verified neighbour"
+    for col in cols:
+        ref = np.where(f["exact"], exact.frame[col], attn.frame[col])
+        np.testing.assert_allclose(f[col], ref, atol=1e-5)
 
 
 def test_verified_everything_is_exact_and_it_is_shown(tiny):
@@ -42,9 +56,10 @@ def test_verified_everything_is_exact_and_it_is_shown(tiny):
     assert any(t.name == "exact (verified)" for t in some.figure().data)
 
 
-@pytest.mark.parametrize("bad", [dict(verify=0), dict(verify=2.5), dict(verify=float("nan")), dict(estimate="exact")])
+@pytest.mark.parametrize("bad", [dict(verify=0), dict(verify=2.5), dict(verify=float("nan")), dict(estimate="exact"),
+                                 dict(selection="random")])
 def test_bad_verified_settings_are_clear_errors(tiny, bad):
-    with pytest.raises(ValueError, match="verify|estimate"):
+    with pytest.raises(ValueError, match="verify|estimate|selection"):
         trace_tokens(tiny, prompt_of(tiny), USER["gold"], items=USER["profile"], mode="verified", progress=False, **bad)
 
 

@@ -51,6 +51,10 @@ def unbridged(original_model: Any) -> Any | None:
         return None
     if any(_ORIGINAL in m._modules or type(m).__name__.endswith("Bridge") for m in view.modules()):
         return None
+    if any("forward" in m.__dict__ for m in view.modules()):
+        # a forward replaced on the instance (accelerate's device_map hooks) is bound to the
+        # original module, which would run the bridged children anyway
+        return None
     from transformers import GenerationConfig
 
     # Its own generation defaults: the checkpoint's (e.g. a repetition penalty) must not

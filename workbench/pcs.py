@@ -301,6 +301,9 @@ def preference_scores(
             for every head, then the ``verify`` heads the estimate rates most important, either
             sign, recomputed exactly on every example; ``scores.frame["exact"]`` marks them) or
             ``"naive"`` (one full forward per head, the reference the others are checked against).
+            ``"exact"`` stays the default: verified PCS does not reach the bar set for it
+            (top-10 heads >= 0.8 at <= 1/3 of exact's time; ``benchmarks/bench_verified_pcs.py``
+            gives 0.6 at 0.33, 0.8 at 0.44 — README).
         verify: with ``mode="verified"``, how many heads to recompute exactly: a share of all
             heads (``0 < verify < 1``) or a count (``verify >= 1``).
         reference: texts for ``how="mean"`` (each head's mean output over them).

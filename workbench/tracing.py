@@ -56,7 +56,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -265,6 +265,32 @@ def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tenso
     return total.cpu().numpy()
 
 
+def _adaptive_verify(ranked: list[int], words: np.ndarray, budget: int, verify: Callable[[list[int]], np.ndarray]) -> list[int]:
+    """Spend ``budget`` exact deletions: the first half on ``ranked`` (largest estimates first),
+    then rounds of up to half of what is left on the unverified neighbours of verified tokens,
+    the neighbours of the largest exact effects first. ``verify(rows)`` computes rows exactly
+    and returns the sizes of all effects (exact where verified)."""
+    done = ranked[:max(1, budget // 2)]
+    sizes = verify(done)
+    chosen = set(done)
+    while len(chosen) < budget:
+        candidates: dict[int, tuple[float, float]] = {}
+        for i in chosen:
+            near = {i - 1, i + 1}
+            if words[i] >= 0:
+                near |= set(np.flatnonzero(words == words[i]).tolist())
+            for j in near:
+                if 0 <= j < len(words) and j not in chosen:
+                    # the verified neighbour's exact size, then the candidate's own estimate
+                    candidates[j] = max(candidates.get(j, (-1.0, 0.0)), (float(sizes[i]), float(sizes[j])))
+        take = max(1, (budget - len(chosen) + 1) // 2)
+        batch = sorted(candidates, key=candidates.__getitem__, reverse=True)[:take] if candidates else \
+            [i for i in ranked if i not in chosen][:take]
+        sizes = verify(batch)
+        chosen.update(batch)
+    return sorted(chosen)
+
+
 # ---- entry points --------------------------------------------------------------------------------
 
 def trace_tokens(
@@ -281,6 +307,7 @@ def trace_tokens(
     batch_size: int | None = None,
     verify: float = 0.25,
     estimate: str = "attn",
+    selection: str = "adaptive",
     progress: bool = True,
 ) -> TokenEffects:
     """Effect of each prompt token on the log-likelihood of ``target``.
@@ -312,6 +339,11 @@ def trace_tokens(
             estimated effect on ``target`` (and, with ``generic_target``, on the difference).
         estimate: with ``mode="verified"``: the cheap mode that ranks the tokens (``"attn"``,
             ``"attn-sat"``, ``"gxi"``, ``"ig"`` or ``"attn-ig"``).
+        selection: with ``mode="verified"``: which tokens get the exact budget. ``"estimate"``:
+            the largest estimates. ``"adaptive"``: half the budget on the largest estimates,
+            the rest in rounds on the neighbours (the tokens before and after, the rest of the
+            word) of the largest *exact* effects found so far — effects cluster in words and
+            phrases the estimate misses (``benchmarks/bench_verify_policies.py`` measures both).
 
     Returns:
         :class:`TokenEffects`.
@@ -350,6 +382,9 @@ def trace_tokens(
             raise ValueError(f"estimate={estimate!r}: verified mode ranks tokens with 'attn', 'attn-sat', 'gxi', "
                              "'ig' or 'attn-ig'")
         n_verify = verify_count(verify, len(pos), "traced tokens")
+        if selection not in ("estimate", "adaptive"):
+            raise ValueError(f"selection={selection!r}: use 'adaptive' (neighbours of the largest exact effects) "
+                             "or 'estimate' (the largest estimates only)")
     cheap = estimate if mode == "verified" else mode
     steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn", "attn-sat") else ig_steps)
     bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
@@ -363,10 +398,22 @@ def trace_tokens(
         effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
     exact_rows = None
     if mode == "verified":
-        size = np.abs(effects[0]) + (np.abs(effects[0] - effects[1]) if len(targets) > 1 else 0)
-        exact_rows = np.sort(np.argsort(-size, kind="stable")[:n_verify])
-        chosen = [pos[i] for i in exact_rows]
-        effects[:, exact_rows] = np.array(base)[:, None] - _exact(model, prompt_ids, targets, chosen, reduce, batch_size, bar)
+        def size(e: np.ndarray) -> np.ndarray:
+            return np.abs(e[0]) + (np.abs(e[0] - e[1]) if len(targets) > 1 else 0)
+
+        def verify_rows(rows: list[int]) -> None:
+            rows = sorted(rows)  # the exact pass shares the prefix cache in position order
+            effects[:, rows] = np.array(base)[:, None] - _exact(model, prompt_ids, targets, [pos[i] for i in rows],
+                                                                  reduce, batch_size, bar)
+
+        ranked = np.argsort(-size(effects), kind="stable").tolist()
+        if selection == "estimate":
+            done = ranked[:n_verify]
+            verify_rows(done)
+        else:
+            done = _adaptive_verify(ranked, labels.frame.set_index("position").loc[pos, "word"].to_numpy(),
+                                    n_verify, lambda rows: (verify_rows(rows), size(effects))[1])
+        exact_rows = np.sort(np.array(done, dtype=int))
     bar.close()
     seconds = time.perf_counter() - t0
     frame = labels.frame.set_index("position").loc[pos].reset_index()
@@ -382,7 +429,7 @@ def trace_tokens(
             "n_prompt_tokens": int(prompt_ids.shape[1]), "n_traced": len(pos),
             "logp": base[0], "logp_generic": base[1] if len(base) > 1 else None,
             "ig_steps": ig_steps if cheap.endswith("ig") else None, "seconds": round(seconds, 3),
-            **({"estimate": cheap, "n_exact": n_verify} if mode == "verified" else {})}
+            **({"estimate": cheap, "n_exact": n_verify, "selection": selection} if mode == "verified" else {})}
     return TokenEffects(frame, meta, text=labels.frame.attrs.get("text", ""), items=labels.items)
 
 
