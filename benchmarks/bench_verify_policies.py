@@ -34,9 +34,7 @@ import json
 import numpy as np
 import pandas as pd
 
-
-def spearman(a, b) -> float:
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+from workbench.tracing import adaptive_verify, spearman
 
 
 def words_of(ex: dict, values: np.ndarray) -> np.ndarray:
@@ -83,24 +81,15 @@ def adaptive(ex: dict, est: np.ndarray, exact: np.ndarray, m: int) -> np.ndarray
 
 
 def adaptive_rounds(ex: dict, est: np.ndarray, exact: np.ndarray, m: int, first: float = 0.5) -> np.ndarray:
-    """``adaptive`` as ``mode="verified"`` runs it: in rounds, each verifying (in one batch) up to
-    half the remaining budget from the neighbours of what is verified so far."""
-    words = np.asarray(ex["word"])
-    chosen = set(by_estimate(est, max(1, int(m * first))).tolist())
-    while len(chosen) < m:
-        cand: dict = {}
-        for i in chosen:
-            near = {i - 1, i + 1} | (set(np.flatnonzero(words == words[i]).tolist()) if words[i] >= 0 else set())
-            for j in near:
-                if 0 <= j < len(est) and j not in chosen:
-                    cand[j] = max(cand.get(j, (-1.0, 0.0)), (abs(exact[i]), abs(est[j])))
-        r = max(1, (m - len(chosen) + 1) // 2)
-        if cand:
-            batch = sorted(cand, key=lambda j: cand[j], reverse=True)[:r]
-        else:
-            batch = [int(x) for x in by_estimate(est, len(est)) if x not in chosen][:r]
-        chosen |= set(batch)
-    return np.array(sorted(chosen))
+    """``adaptive`` as ``mode="verified"`` runs it (the library's own rule, in rounds, each
+    verifying in one batch up to half the remaining budget), replayed on saved values."""
+    v = est.copy()
+
+    def verify(rows: list[int]) -> np.ndarray:
+        v[rows] = exact[rows]
+        return np.abs(v)
+
+    return np.array(adaptive_verify(by_estimate(est, len(est)).tolist(), np.asarray(ex["word"]), m, verify, first))
 
 
 def measure(examples: list[dict], args) -> None:

@@ -237,7 +237,7 @@ class Model:
 
     def _plain_view(self) -> Any | None:
         """The hook-free Hugging Face view of the weights (see ``workbench._plain``) when no hook
-        is attached anywhere in the model, else None (then the bridge runs, hooks and all)."""
+        the view would skip is attached, else None (then the bridge runs, hooks and all)."""
         from workbench import _plain
 
         if "_plain" not in self.__dict__:

@@ -72,6 +72,7 @@ __all__ = ["MODES", "SCOPES", "PromptTokens", "TokenEffects", "example_prompt", 
 
 MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-sat", "attn-ig", "verified")
 _ALIASES = {"fast": "ig", "grad": "gxi", "gradient": "gxi"}
+_ONE_PASS = ("gxi", "attn", "attn-sat")  # estimates from one forward and backward (no integration steps)
 
 
 # ---- the computations -------------------------------------------------------------------------
@@ -265,12 +266,15 @@ def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tenso
     return total.cpu().numpy()
 
 
-def _adaptive_verify(ranked: list[int], words: np.ndarray, budget: int, verify: Callable[[list[int]], np.ndarray]) -> list[int]:
-    """Spend ``budget`` exact deletions: the first half on ``ranked`` (largest estimates first),
-    then rounds of up to half of what is left on the unverified neighbours of verified tokens,
-    the neighbours of the largest exact effects first. ``verify(rows)`` computes rows exactly
-    and returns the sizes of all effects (exact where verified)."""
-    done = ranked[:max(1, budget // 2)]
+def adaptive_verify(ranked: list[int], words: np.ndarray, budget: int, verify: Callable[[list[int]], np.ndarray],
+                    first: float = 0.5) -> list[int]:
+    """``selection="adaptive"``: spend ``budget`` exact deletions, the share ``first`` on
+    ``ranked`` (largest estimates first), then rounds of up to half of what is left on the
+    unverified neighbours of verified tokens, the neighbours of the largest exact effects
+    first. ``words``: each row's word id (-1 outside words). ``verify(rows)`` computes rows
+    exactly and returns the sizes of all effects (exact where verified). Returns the rows
+    verified. (``benchmarks/bench_verify_policies.py`` replays it on saved traces.)"""
+    done = ranked[:max(1, int(budget * first))]
     sizes = verify(done)
     chosen = set(done)
     while len(chosen) < budget:
@@ -386,14 +390,14 @@ def trace_tokens(
             raise ValueError(f"selection={selection!r}: use 'adaptive' (neighbours of the largest exact effects) "
                              "or 'estimate' (the largest estimates only)")
     cheap = estimate if mode == "verified" else mode
-    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in ("gxi", "attn", "attn-sat") else ig_steps)
+    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in _ONE_PASS else ig_steps)
     bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
     if mode == "exact":
         effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
     elif mode == "naive":
         effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
     else:  # a gradient estimate (in verified mode, the one that ranks the tokens)
-        alphas = [1.0] if cheap in ("gxi", "attn") else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+        alphas = [1.0] if cheap in _ONE_PASS else [(k + 0.5) / ig_steps for k in range(ig_steps)]
         fn = _gradient if cheap in ("gxi", "ig") else _gate_saturation if cheap == "attn-sat" else _gate_gradient
         effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
     exact_rows = None
@@ -411,7 +415,7 @@ def trace_tokens(
             done = ranked[:n_verify]
             verify_rows(done)
         else:
-            done = _adaptive_verify(ranked, labels.frame.set_index("position").loc[pos, "word"].to_numpy(),
+            done = adaptive_verify(ranked, labels.frame.set_index("position").loc[pos, "word"].to_numpy(),
                                     n_verify, lambda rows: (verify_rows(rows), size(effects))[1])
         exact_rows = np.sort(np.array(done, dtype=int))
     bar.close()
