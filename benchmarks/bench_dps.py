@@ -29,11 +29,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.dps import dps_generate  # noqa: E402
-from workbench.heads import mask_heads  # noqa: E402
-from workbench.pcs import _Scorer, _scoring_examples, preference_scores, profile_examples  # noqa: E402
-from workbench.prompts import build_prompt  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.science.dps import dps_generate  # noqa: E402
+from workbench.core.heads import mask_heads  # noqa: E402
+from workbench.science.pcs import _Scorer, _scoring_examples, preference_scores  # noqa: E402
+from workbench.data.history import profile_examples
+from workbench.data.prompts import build_prompt  # noqa: E402
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,9 +24,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.dps import dps_generate  # noqa: E402
-from workbench.prompts import build_prompt  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.science.dps import dps_generate  # noqa: E402
+from workbench.data.prompts import build_prompt  # noqa: E402
 
 
 def main() -> None:

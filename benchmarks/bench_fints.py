@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.fints import DEFAULT_SCALE, aggregate, contrastive_pairs, fints_steer, sample_vectors  # noqa: E402
-from workbench.prompts import build_prompt  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.science.fints import DEFAULT_SCALE, aggregate, contrastive_pairs, fints_steer, sample_vectors  # noqa: E402
+from workbench.data.prompts import build_prompt  # noqa: E402
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.examples import EXAMPLE_USER  # noqa: E402
-from workbench.prompts import headline_prompt  # noqa: E402
+from workbench.core.loading import load_hf  # noqa: E402
+from workbench.data.examples import EXAMPLE_USER  # noqa: E402
+from workbench.data.prompts import headline_prompt  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -57,8 +58,8 @@ def main() -> None:
         cached = [timed(lambda: wb.load_model(progress=False)) for _ in range(3)]
         del os.environ["WORKBENCH_CACHE"]
     model = wb.load_model(progress=False)
-    hf_sdpa, _, _ = wb.load_hf(progress=False)
-    hf_eager, _, _ = wb.load_hf(progress=False)
+    hf_sdpa, _, _ = load_hf(progress=False)
+    hf_eager, _, _ = load_hf(progress=False)
     hf_eager.config._attn_implementation = "eager"
 
     # 1. forward on a 200-token input (the example user's prompt, cut to 200 tokens)

@@ -31,10 +31,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.loading import load_hf  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.core.loading import load_hf  # noqa: E402
 from workbench.methods import GenerationSettings, make_methods  # noqa: E402
-from workbench.prompts import build_prompt, first_line, first_line_complete  # noqa: E402
+from workbench.data.prompts import build_prompt, first_line, first_line_complete  # noqa: E402
 
 
 class _HFFirstLine:

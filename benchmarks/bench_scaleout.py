@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench.bench import run_bench  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.scaleout import Cluster, run_bench_distributed  # noqa: E402
+from workbench.runner.bench import run_bench  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.runner.scaleout import Cluster, run_bench_distributed  # noqa: E402
 
 
 def main() -> None:

@@ -34,11 +34,12 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.heads import mask_heads  # noqa: E402
-from workbench.history import profile_examples  # noqa: E402
-from workbench.pcs import PreferenceScores, _scoring_examples, _Scorer, preference_scores  # noqa: E402
-from workbench.splits import split_users  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.core.heads import mask_heads  # noqa: E402
+from workbench.data.history import profile_examples  # noqa: E402
+from workbench.science.pcs import _scoring_examples, _Scorer, preference_scores  # noqa: E402
+from workbench.science.pcs_result import PreferenceScores
+from workbench.data.splits import split_users  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 

@@ -33,7 +33,7 @@ import numpy as np
 
 
 def pick_long_example(model, data, min_tokens: int, k: int):
-    from workbench.tracing import example_prompt, label_tokens
+    from workbench.science.tracing import example_prompt, label_tokens
 
     for ex in data:
         prompt, items, _, _ = example_prompt(model, ex, k=k)
@@ -44,7 +44,7 @@ def pick_long_example(model, data, min_tokens: int, k: int):
 
 
 def part_a(model, data, args) -> None:
-    from workbench.tracing import trace_tokens
+    from workbench.science.tracing import trace_tokens
 
     ex, prompt, items, pos = pick_long_example(model, data, args.min_tokens, args.k)
     pos = pos[:: args.stride]
@@ -65,7 +65,7 @@ def part_a(model, data, args) -> None:
 
 
 def part_b(model, data, args) -> None:
-    from workbench.tracing import spearman, trace_example
+    from workbench.science.tracing import spearman, trace_example
 
     seen, examples = set(), []
     for ex in data:
@@ -173,7 +173,7 @@ def main() -> None:
     import torch
 
     import workbench as wb
-    from workbench.data import load_lamp4_news
+    from workbench.data.lamp import load_lamp4_news
 
     torch.set_grad_enabled(False)
     model = wb.load_model(args.model, device=args.device, dtype=args.dtype)

@@ -33,9 +33,11 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.pcs import PreferenceScores, preference_scores, profile_examples  # noqa: E402
-from workbench.tracing import spearman  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.science.pcs import preference_scores  # noqa: E402
+from workbench.data.history import profile_examples
+from workbench.science.pcs_result import PreferenceScores
+from workbench.science.tracing import spearman  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from workbench.tracing import adaptive_verify, spearman
+from workbench.science.tracing import adaptive_verify, spearman
 
 
 def words_of(ex: dict, values: np.ndarray) -> np.ndarray:
@@ -98,8 +98,8 @@ def measure(examples: list[dict], args) -> None:
     import time
 
     import workbench as wb
-    from workbench.data import load_lamp4_news
-    from workbench.tracing import trace_example
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.science.tracing import trace_example
 
     model = wb.load_model(args.model, progress=False)
     data = {ex.id: ex for ex in load_lamp4_news()}

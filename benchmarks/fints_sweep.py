@@ -2,7 +2,7 @@
 
     python benchmarks/fints_sweep.py [--users 8] [--layers 6,12,18,24] [--scales 0,1,4,8] [--rag]
 
-Tuning data: leave-one-out items of users' histories (``workbench.fints.dev_examples``):
+Tuning data: leave-one-out items of users' histories (``workbench.science.fints.dev_examples``):
 the query is one of a user's earlier articles, the gold the user's own headline for it,
 the profile the user's other items. Items whose headline is the gold of a dev query are
 never used, so the dev queries the benchmark reports on are not looked at. Prints mean
@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench.data import load_lamp4_news  # noqa: E402
-from workbench.sweeps import dev_examples, fints_sweep as sweep  # noqa: E402
+from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.runner.sweeps import dev_examples, fints_sweep as sweep  # noqa: E402
 
 
 def main() -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 
 import workbench as wb
-from workbench.data import load_lamp4_news
-from workbench.pcs import PreferenceScores, profile_examples, sparsity_curve
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.pcs import sparsity_curve
+from workbench.data.history import profile_examples
+from workbench.science.pcs_result import PreferenceScores
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ import argparse
 
 import numpy as np
 
-from workbench.pcs import PreferenceScores, rank_agreement
+from workbench.science.pcs import rank_agreement
+from workbench.science.pcs_result import PreferenceScores
 
 
 def main() -> None:

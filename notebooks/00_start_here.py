@@ -58,8 +58,8 @@ model
 
 # %%
 import pandas as pd
-from workbench.examples import EXAMPLE_USER as user
-from workbench.prompts import headline_prompt, first_line
+from workbench.data.examples import EXAMPLE_USER as user
+from workbench.data.prompts import headline_prompt, first_line
 
 pd.DataFrame(user["profile"])[["text", "title"]]
 
@@ -131,8 +131,8 @@ print("largest logit change:", float((masked_logits - logits).abs().max()) > 0)
 # preference heads (notebook 02 goes head by head).
 
 # %%
-from workbench.heads import layer_mask_effects
-from workbench.figures import layer_effect_figure
+from workbench.core.heads import layer_mask_effects
+from workbench.runner.figures import layer_effect_figure
 
 effects = layer_mask_effects(model, personal_prompt, personalized, how="zero")
 effects["drop_generic"] = layer_mask_effects(model, generic_prompt, generic, how="zero")["drop"].to_numpy()

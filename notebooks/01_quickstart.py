@@ -28,7 +28,8 @@
 # %%
 import pandas as pd
 import workbench as wb
-from workbench.data import load_lamp4_news, rank_profile
+from workbench.data.lamp import load_lamp4_news
+from workbench.data.retrieval import rank_profile
 
 news = load_lamp4_news()      # read in place from ../shared/data/lamp4-news (or $WORKBENCH_LAMP4_DIR)
 news
@@ -88,7 +89,7 @@ outputs
 # All three are between 0 and 1; headlines are short, so a few shared words move them a lot.
 
 # %%
-from workbench.metrics import score_generation
+from workbench.data.metrics import score_generation
 
 scores = pd.DataFrame([score_generation(r.headline, r.gold) for r in outputs.itertuples()])
 pd.concat([outputs[["method"]], scores.round(3)], axis=1)
@@ -108,7 +109,7 @@ score_generation("the cat sat", "the cat ran away")["rouge1"]   # P = 2/3, R = 2
 
 # %%
 import tempfile
-from workbench.bench import run_bench
+from workbench.runner.bench import run_bench
 
 result = run_bench(model, news, ["generic", "rag"], tempfile.mkdtemp(), n=6, settings=settings)
 result.summary[["method", "n", "rouge1", "rouge1_lo", "rouge1_hi", "rougeL", "meteor"]].round(3)

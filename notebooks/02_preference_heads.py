@@ -36,9 +36,10 @@
 # %%
 import pandas as pd
 import workbench as wb
-from workbench.data import load_lamp4_news
-from workbench.pcs import preference_scores, profile_examples, sparsity_curve
-from workbench.figures import sparsity_figure
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.pcs import preference_scores, sparsity_curve
+from workbench.data.history import profile_examples
+from workbench.runner.figures import sparsity_figure
 
 model = wb.load_model()
 data = load_lamp4_news()
@@ -149,8 +150,8 @@ sparsity_figure(curve)
 # %%
 import ipywidgets as widgets
 from IPython.display import display
-from workbench.figures import attention_figure
-from workbench.prompts import build_prompt, first_line
+from workbench.runner.figures import attention_figure
+from workbench.data.prompts import build_prompt, first_line
 
 query = data[0]
 prompt, _ = build_prompt(model, query, k=3)
@@ -190,7 +191,7 @@ display(picker, out)
 # short list (column `dps`, the setting the `dps` benchmark method uses).
 
 # %%
-from workbench.dps import dps_generate
+from workbench.science.dps import dps_generate
 
 rows = []
 for q in [data[i] for i in (0, 30, 60)]:
@@ -248,8 +249,8 @@ contrastive
 
 # %%
 from pathlib import Path
-from workbench.pcs import PreferenceScores
-from workbench.pcs_result import heatmaps
+from workbench.science.pcs_result import PreferenceScores
+from workbench.science.pcs_result import heatmaps
 
 results = Path(wb.__file__).resolve().parents[1] / "results"
 saved_plain = PreferenceScores.load(results / "pcs_lamp4-news_smollm2-135m.json", model=model)
@@ -279,7 +280,7 @@ pd.DataFrame({"plain top 8": [f"L{l}H{h}" for l, h in saved_plain.top(8)],
 # preference is spread over more than 8 heads, and k = 16 starts moving the no-history NLL too.
 
 # %%
-from workbench.figures import specificity_figure
+from workbench.runner.figures import specificity_figure
 
 specificity = pd.read_csv(results / "specificity_smollm2-135m.csv")
 specificity.pivot(index="k", columns="heads", values=["gain_removed", "nohist_shift"]).round(2)

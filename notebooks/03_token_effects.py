@@ -27,7 +27,7 @@
 #
 # SteerX is arXiv 2510.22256; its text was not available to us, so the estimator, selection rule,
 # description prompt and vector constructions here are *our reading* of the abstract (see the
-# docstring of `workbench.steerx`).
+# docstring of `workbench.science.steerx`).
 
 # %% [markdown]
 # ## 1. A real user and their prompt
@@ -39,8 +39,8 @@
 # %%
 import pandas as pd
 import workbench as wb
-from workbench.data import load_lamp4_news
-from workbench.tracing import trace_example, example_prompt
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.tracing import trace_example, example_prompt
 
 model = wb.load_model()
 data = load_lamp4_news()
@@ -114,7 +114,7 @@ effects.by_word(by="diff").head(10)[["item", "part", "text", "score"]].round(4)
 # the history **titles** only (the headlines the user wrote, where their style lives; `positions="titles"`).
 
 # %%
-from workbench.tracing import spearman
+from workbench.science.tracing import spearman
 
 kw = dict(k=3, positions="titles", progress=False)
 fast_t = trace_example(model, query, mode="attn", **kw)
@@ -158,11 +158,11 @@ verified_t.figure()
 #
 # `select` keeps the units with the largest positive effect: `top_k=`, `top_p=` (the fewest words
 # that hold a share p of the total positive effect) or `threshold=`. SteerX then asks the model to
-# describe the user from those words. The prompt is `workbench.steerx.DESCRIBE_PROMPT` (change it by
+# describe the user from those words. The prompt is `workbench.science.steerx.DESCRIBE_PROMPT` (change it by
 # passing `prompt=`):
 
 # %%
-from workbench.steerx import DESCRIBE_PROMPT, describe_preferences
+from workbench.science.steerx import DESCRIBE_PROMPT, describe_preferences
 print(DESCRIBE_PROMPT)
 
 # %%
@@ -177,8 +177,8 @@ print("description:", description)
 # is the output, the other items are the history. It caches the result on disk.
 
 # %%
-from workbench.history import user_history
-from workbench.steerx import steerx_description
+from workbench.data.history import user_history
+from workbench.science.steerx import steerx_description
 
 history = user_history(list(data.by_user(query.user_id)))   # items shared by all the user's queries
 pref = steerx_description(model, history, query.user_id, n_traces=1, top_k=15)
@@ -225,7 +225,7 @@ display(widgets.HBox([user_pick, thr]), out)
 # `scale × vector` is added to the residual stream after that layer, at every position.
 
 # %%
-from workbench.caa import caa_vectors
+from workbench.science.caa import caa_vectors
 
 layer = model.n_layers // 2
 v_steerx = caa_vectors(model, pref.description, [article], [layer])[layer]
@@ -233,7 +233,7 @@ v_all = caa_vectors(model, history[-12:], [article], [layer])[layer]
 v_steerx, v_all
 
 # %%
-from workbench.prompts import first_line
+from workbench.data.prompts import first_line
 
 def headline(p, vector=None, scale=1.0):
     if vector is None:
@@ -261,5 +261,5 @@ pd.DataFrame([
 # workbench bench --task lamp4 --model smollm2-135m --methods generic,rag,caa-all,steerx-caa,opt-all,steerx-opt --out results/steerx
 # ```
 #
-# `workbench.sweeps.steering_sweep(model, "steerx-caa", dev_split(data), layers=[...], scales=[...])` picks the
+# `workbench.runner.sweeps.steering_sweep(model, "steerx-caa", dev_split(data), layers=[...], scales=[...])` picks the
 # layer and scale on leak-free dev examples made from users' histories.

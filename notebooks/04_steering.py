@@ -38,10 +38,10 @@
 import pandas as pd
 import plotly.graph_objects as go
 import workbench as wb
-from workbench.data import load_lamp4_news
-from workbench.fints import aggregate, fints_steer, picked, sample_vectors, DEFAULT_SCALE, default_layer
-from workbench.pairs import contrastive_pairs
-from workbench.prompts import build_prompt, first_line
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.fints import aggregate, fints_steer, picked, sample_vectors, DEFAULT_SCALE, default_layer
+from workbench.science.pairs import contrastive_pairs
+from workbench.data.prompts import build_prompt, first_line
 
 model = wb.load_model()
 data = load_lamp4_news()

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 import workbench as wb
-from workbench.compare import best_covered, comparison_table, format_table, load_results, per_user
-from workbench.data import load_lamp4_news
-from workbench.figures import paired_figure, per_user_figure, results_figure
+from workbench.runner.compare import best_covered, comparison_table, format_table, load_results, per_user
+from workbench.data.lamp import load_lamp4_news
+from workbench.runner.figures import paired_figure, per_user_figure, results_figure
 
 pd.set_option("display.max_colwidth", 120)
 ROOT = Path(wb.__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ results_figure(table)
 # the table below is on the evaluation users only, every method at its chosen setting.
 
 # %%
-from workbench.splits import describe_split
+from workbench.data.splits import describe_split
 
 tuned = load_results(ROOT / "results" / "lamp4-news_smollm2-135m_eval.csv", dataset=data)
 about = tuned.attrs["source"]
@@ -200,7 +200,7 @@ side.pivot_table(index=["id", "gold"], columns="method", values="prediction", ag
 
 # %%
 import tempfile
-from workbench.bench import run_bench
+from workbench.runner.bench import run_bench
 from workbench.methods.combined import SteerxCaaDps
 from workbench.methods import GenerationSettings, make_methods
 

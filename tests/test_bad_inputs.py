@@ -33,19 +33,23 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.science.caa import caa_vectors
+from workbench.data.history import profile_examples
 from workbench import _util
-from workbench.bench import BenchResult, run_bench
-from workbench.cli import main
-from workbench.compare import load_runs
-from workbench.data import DataError, Dataset, Example, load_lamp, load_lamp4_news, load_longlamp
-from workbench.demo import run_demo
-from workbench.dps import DpsOutput, dps_generate
-from workbench.fints import SampleVectors, aggregate
+from workbench.runner.bench import BenchResult, run_bench
+from workbench.app.cli import main
+from workbench.runner.compare import load_runs
+from workbench.data.records import Dataset, Example
+from workbench.data.lamp import DataError, load_lamp, load_lamp4_news, load_longlamp
+from workbench.app.demo import run_demo
+from workbench.science.dps import DpsOutput, dps_generate
+from workbench.science.fints import SampleVectors, aggregate
 from workbench.methods import GenerationSettings, make_methods
 from workbench.methods import Generic
-from workbench.pcs import PreferenceScores, preference_scores
-from workbench.report import Report
-from workbench.steerx import PreferenceDescription
+from workbench.science.pcs import preference_scores
+from workbench.science.pcs_result import PreferenceScores
+from workbench.app.report import Report
+from workbench.science.steerx import PreferenceDescription
 
 COUNTS: dict[str, int] = {}
 
@@ -185,7 +189,7 @@ API_CASES = _count("API", [
     # scoring, history, demo, loading
     ("PCS negative k", lambda m: preference_scores(m, [("a", "b")], k=-1), ValueError, ("k=-1",)),
     ("PCS unknown retrieval", lambda m: preference_scores(m, [("a", "b")], retrieval="x"), ValueError, ("bm25",)),
-    ("profile_examples n=0", lambda m: wb.profile_examples(load_lamp4_news(), n=0), ValueError, ("n=0", ">= 1")),
+    ("profile_examples n=0", lambda m: profile_examples(load_lamp4_news(), n=0), ValueError, ("n=0", ">= 1")),
     ("demo masking 'mean'", lambda m: run_demo(m, how="mean", progress=False), ValueError, ("zero", "uniform")),
     ("demo zero tokens", lambda m: run_demo(m, max_new_tokens=0, progress=False), ValueError, ("max_new_tokens",)),
     ("demo user without a query", lambda m: run_demo(m, user={"profile": [{"text": "a", "title": "b"}]}, progress=False),
@@ -226,7 +230,7 @@ def test_fints_and_steering_arguments_are_checked(tiny, tmp_path):
                          pd.DataFrame([{"item_id": "1", "text": "a", "positive": "b", "negative": "c", "rougeL": 0.0}]),
                          tiny.name, 0)
     expect_error(lambda: aggregate(vecs, "a query", k=2.5), ValueError, ("k=2.5", "whole"), tmp_path)
-    expect_error(lambda: wb.caa_vectors(tiny, "likes cats", ["an article"], 1), ValueError, ("list of layers",), tmp_path)
+    expect_error(lambda: caa_vectors(tiny, "likes cats", ["an article"], 1), ValueError, ("list of layers",), tmp_path)
 
 
 def test_allowed_inputs_that_look_odd(tiny):
@@ -326,7 +330,7 @@ def test_demo_refuses_a_foreign_index_before_the_analysis(tmp_path, capsys, monk
     def no_analysis(*a, **k):
         raise AssertionError("the analysis ran before the report directory was checked")
 
-    monkeypatch.setattr("workbench.demo.run_demo", no_analysis)
+    monkeypatch.setattr("workbench.app.demo.run_demo", no_analysis)
     monkeypatch.setattr(wb, "load_model", no_analysis)
     expect_cli_error(["demo", "--model", "tiny-random", "--out", str(tmp_path)], ("not written by workbench", "--force"),
                      tmp_path, capsys)
@@ -335,7 +339,7 @@ def test_demo_refuses_a_foreign_index_before_the_analysis(tmp_path, capsys, monk
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory):
     """A checkpoint written by save_pretrained, without its tokenizer."""
-    from workbench._tiny import make_tiny_llama
+    from workbench.core._tiny import make_tiny_llama
 
     d = tmp_path_factory.mktemp("checkpoint")
     hf, _ = make_tiny_llama()

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from workbench import methods as wm
-from workbench.bench import format_summary, run_bench
-from workbench.data import load_lamp, load_lamp4_news
+from workbench.runner.bench import format_summary, run_bench
+from workbench.data.lamp import load_lamp, load_lamp4_news
 from workbench.methods import GenerationSettings
-from workbench.prompts import build_prompt
+from workbench.data.prompts import build_prompt
 
 
 @pytest.fixture(scope="module")

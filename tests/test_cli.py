@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from workbench.cli import main
-from workbench.demo import run_demo
-from workbench.heads import layer_mask_effects
+from workbench.app.cli import main
+from workbench.app.demo import run_demo
+from workbench.core.heads import layer_mask_effects
 import workbench as wb
 
 
@@ -92,7 +92,7 @@ def test_demo_on_the_default_model_personalizes(smol):
 def test_heads_command_saves_scores_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "heads"
     assert main(["heads", "--model", "tiny-random", "--n", "3", "--out", str(out), "--how", "zero"]) == 0
-    from workbench.pcs import PreferenceScores
+    from workbench.science.pcs_result import PreferenceScores
 
     scores = PreferenceScores.load(out / "scores.json", model="tiny-random")
     assert scores.meta["n_examples"] == 3 and scores.meta["how"] == "zero"

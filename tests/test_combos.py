@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from workbench.methods.combined import CaaAllDps, SteerxCaaDps
-from workbench.data import load_lamp4_news
+from workbench.data.lamp import load_lamp4_news
 from workbench.methods import GenerationSettings, make_methods
 
 HEADS = str(Path(__file__).resolve().parents[1] / "results" / "pcs_lamp4-news_smollm2-135m.json")

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.bench import run_bench
-from workbench.compare import (best_covered, comparison_table, format_table, load_results, load_runs, per_user,
+from workbench.runner.bench import run_bench
+from workbench.runner.compare import (best_covered, comparison_table, format_table, load_results, load_runs, per_user,
                                save_results)
-from workbench.data import load_lamp4_news
-from workbench.figures import paired_figure, per_user_figure
+from workbench.data.lamp import load_lamp4_news
+from workbench.runner.figures import paired_figure, per_user_figure
 from workbench.methods import GenerationSettings
 
 
@@ -96,7 +96,7 @@ def test_best_covered_keeps_the_methods_with_the_most_examples_and_names_the_res
 
 def test_results_figure_gives_every_method_its_own_colour():
     # Plotly's default colorway repeats after 10 traces; the final table has 12 methods.
-    from workbench.figures import results_figure
+    from workbench.runner.figures import results_figure
 
     rng = np.random.default_rng(0)
     rows = [{"method": f"m{k}", "id": str(i), "user_id": f"u{i % 3}", "prediction": "x",

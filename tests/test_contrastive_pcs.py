@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.data import Example
+from workbench.data.records import Example
 from workbench.methods import GenerationSettings, make_methods
-from workbench.pcs import PreferenceScores, ScoringExample, preference_scores
-from workbench.pcs_result import heatmaps
+from workbench.science.pcs import ScoringExample, preference_scores
+from workbench.science.pcs_result import PreferenceScores
+from workbench.science.pcs_result import heatmaps
 
 from conftest import all_hook_handles
 
@@ -30,7 +31,7 @@ def test_history_contrast_is_personal_minus_no_history(tiny, mode):
 
 
 def test_generic_contrast_scores_the_models_own_output(tiny):
-    from workbench.prompts import build_prompt, generate_line
+    from workbench.data.prompts import build_prompt, generate_line
 
     scores = preference_scores(tiny, EXAMPLES[:1], contrast="generic", k=2, progress=False)
     ex = EXAMPLES[0]
@@ -74,14 +75,14 @@ def test_dps_refuses_heads_of_another_kind(tiny, tmp_path):
 
 def test_dps_heads_come_from_the_whole_dataset_and_saved_scores_are_reused(tiny, tmp_path, monkeypatch):
     import workbench.methods.dps as dps_mod
-    from workbench.data import load_lamp4_news
-    from workbench.history import profile_examples
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.history import profile_examples
 
     news = load_lamp4_news()
     items = profile_examples(news, n=2)
     saved = preference_scores(tiny, items, mode="exact", progress=False, data="profile leave-one-out")
     saved.save(tmp_path / "pcs_news_tiny.json")
-    monkeypatch.setattr(dps_mod, "RESULTS", tmp_path)
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     assert dps_mod.saved_scores(tiny, items, k=5, retrieval="bm25", contrast=None) is not None
     assert dps_mod.saved_scores(tiny, items[:1], k=5, retrieval="bm25", contrast=None) is None  # other examples
@@ -90,7 +91,7 @@ def test_dps_heads_come_from_the_whole_dataset_and_saved_scores_are_reused(tiny,
     def no_compute(*a, **k):
         raise AssertionError("the saved scores should have been used")
 
-    monkeypatch.setattr("workbench.pcs.preference_scores", no_compute)
+    monkeypatch.setattr("workbench.science.pcs.preference_scores", no_compute)
     for cut in (news[:2], news.filter(lambda ex: ex.user_id == news[5].user_id)):  # any cut of the data: same heads
         dps = make_methods(["dps"], GenerationSettings())[0]
         dps.pcs_examples = 2

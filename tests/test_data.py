@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from workbench.data import (DATA_ENV, LAMP_URL, DataError, Dataset, Example, default_data_dir, load_lamp,
-                            load_lamp4_news, load_longlamp, query_text, rank_profile)
+from workbench.data.records import Dataset, Example
+from workbench.data.lamp import DATA_ENV, LAMP_URL, DataError, default_data_dir, load_lamp, load_lamp4_news, load_longlamp
+from workbench.data.retrieval import query_text, rank_profile
 
 
 @pytest.fixture(scope="module")

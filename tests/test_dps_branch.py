@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.dps import dps_generate
+from workbench.science.dps import dps_generate
 
 from conftest import all_hook_handles
 
@@ -47,8 +47,8 @@ def test_the_masked_stream_really_differs_when_branched(tiny):
 
 @pytest.mark.real
 def test_branching_gives_the_same_tokens_on_smollm2(smol):
-    from workbench.data import load_lamp4_news
-    from workbench.prompts import build_prompt
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.prompts import build_prompt
 
     news = load_lamp4_news()
     for ex, heads in [(news[0], [(16, 1), (25, 3)]), (news[40], [(3, 4), (20, 2)])]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.data import load_lamp4_news
-from workbench.dps import dps_generate
-from workbench.prompts import build_prompt, first_line, first_line_complete, generate_line
-from workbench.steering import steer
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.dps import dps_generate
+from workbench.data.prompts import build_prompt, first_line, first_line_complete, generate_line
+from workbench.core.steering import steer
 
 
 @pytest.mark.parametrize("text, done", [

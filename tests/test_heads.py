@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.core.heads import head_means
 from conftest import all_hook_handles
 
 
@@ -93,7 +94,7 @@ def test_partial_mask_interpolates(tiny, tiny_ids):
 
 def test_mean_mask_uses_the_reference_mean(tiny, tiny_ids):
     reference = ["the dog sat in the city", "a cat is on the mat"]
-    means = wb.head_means(tiny, reference)
+    means = head_means(tiny, reference)
     assert means.shape == (tiny.n_layers, tiny.n_heads, tiny.d_head)
     z = z_of(tiny, tiny_ids, 0, wb.mask_heads(tiny, [(0, 3)], how="mean", reference=reference))
     torch.testing.assert_close(z[:, 3], means[0, 3].expand_as(z[:, 3]))

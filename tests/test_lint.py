@@ -30,7 +30,7 @@ def test_ruff_would_catch_a_private_import(tmp_path):
     # The rule that keeps modules from reaching into each other's internals is a preview rule:
     # make sure the configuration really enables it.
     bad = tmp_path / "bad.py"
-    bad.write_text("from workbench.pcs import _Scorer\n\nprint(_Scorer)\n")
+    bad.write_text("from workbench.science.pcs import _Scorer\n\nprint(_Scorer)\n")
     done = subprocess.run([*_ruff(), "check", "--config", str(ROOT / "pyproject.toml"), str(bad)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and ("PLC2701" in done.stdout or "import-private-name" in done.stdout), done.stdout
@@ -47,7 +47,7 @@ def test_no_module_imports_another_modules_private_names():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workbench"):
                 private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
-                           and not (ROOT / "workbench" / f"{a.name}.py").exists()]  # a private module is fine
+                           and not (ROOT.joinpath(*node.module.split(".")) / f"{a.name}.py").exists()]  # a private module is fine
                 if private:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {private} from {node.module}")
     assert not found, "private names imported across modules (make them public, or move them):\n" + "\n".join(found)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import metrics
+from workbench.data import metrics
 
 needs_wordnet = pytest.mark.skipif(
     not (metrics.DEBIAN_WORDNET / "index.sense").exists(), reason=f"WordNet missing: {metrics.WORDNET_INSTALL}")

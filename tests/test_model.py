@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.core.loading import ModelNotAvailableError
 from workbench import _cache
 
 
@@ -67,12 +68,12 @@ def test_unknown_names_give_clear_errors(no_network):
         wb.load_model("smollm3-1b")
     with pytest.raises(ValueError, match="non-empty"):
         wb.load_model("")
-    with pytest.raises(wb.ModelNotAvailableError, match="local checkpoint directory"):
+    with pytest.raises(ModelNotAvailableError, match="local checkpoint directory"):
         wb.load_model("nobody/no-such-model")
 
 
 def test_local_checkpoint_directory_loads(tmp_path, tiny):
-    from workbench._tiny import make_tiny_llama
+    from workbench.core._tiny import make_tiny_llama
 
     hf, tok = make_tiny_llama()
     hf.save_pretrained(tmp_path)

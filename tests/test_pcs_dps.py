@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.dps import dps_generate
-from workbench.heads import mask_heads
-from workbench.pcs import (PreferenceScores, preference_scores, profile_examples, rank_agreement,
-                           sparsity_curve)
+from workbench.science.dps import dps_generate
+from workbench.core.heads import mask_heads
+from workbench.science.pcs import preference_scores, rank_agreement, sparsity_curve
+from workbench.data.history import profile_examples
+from workbench.science.pcs_result import PreferenceScores
 
 from conftest import all_hook_handles
 
@@ -107,7 +108,7 @@ def test_scores_selection_save_load(tiny, tmp_path):
 
 
 def test_profile_examples_leave_one_out(tmp_path):
-    from workbench.data import load_lamp4_news
+    from workbench.data.lamp import load_lamp4_news
 
     ds = load_lamp4_news()
     ex = profile_examples(ds, n=12)
@@ -173,8 +174,8 @@ def test_dps_weighted_sampling_and_errors(tiny):
 
 
 def test_dps_method_in_bench(tiny, tmp_path, monkeypatch):
-    from workbench.bench import run_bench
-    from workbench.data import load_lamp4_news
+    from workbench.runner.bench import run_bench
+    from workbench.data.lamp import load_lamp4_news
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     ds = load_lamp4_news()[:3]
@@ -193,11 +194,11 @@ def test_dps_method_in_bench(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.real
 def test_real_exact_pcs_equals_naive_and_dps_alpha0(smol):
-    from workbench.data import load_lamp4_news
+    from workbench.data.lamp import load_lamp4_news
 
     ex = profile_examples(load_lamp4_news(), n=1, k=2)
     # full sweeps are the benchmark's job; a few heads at both ends of the model here
-    from workbench.pcs import _Scorer, _scoring_examples
+    from workbench.science.pcs import _Scorer, _scoring_examples
 
     item = _scoring_examples(smol, ex, 2, "bm25")[0]
     with torch.no_grad():

@@ -9,9 +9,9 @@ import torch
 
 import workbench as wb
 from conftest import all_hook_handles
-from workbench.hooks import HookSet, Interventions
+from workbench.core.hooks import HookSet, Interventions
 from workbench.methods import GREEDY, METHODS, Combination, GenerationSettings, Method, make_methods, unrecorded
-from workbench.steering import SITES, SteeringVector
+from workbench.core.steering import SITES, SteeringVector
 
 
 def test_every_method_runs_the_one_pipeline():
@@ -43,7 +43,7 @@ def test_a_combination_is_one_methods_intervention_and_anothers_decoder():
 
 
 def test_intervention_is_applied_only_while_decoding(tiny):
-    from workbench.data import Example
+    from workbench.data.records import Example
 
     seen = []
 

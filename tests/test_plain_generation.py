@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.data import load_lamp4_news
-from workbench.heads import mask_heads
-from workbench.prompts import build_prompt, first_line_complete
-from workbench.steering import steer
+from workbench.data.lamp import load_lamp4_news
+from workbench.core.heads import mask_heads
+from workbench.data.prompts import build_prompt, first_line_complete
+from workbench.core.steering import steer
 
 PROMPTS = ["the cat sat on the mat in the city of paris", "a dog ran", "in the morning the market"]
 

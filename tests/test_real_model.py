@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.core.loading import load_hf
 
 pytestmark = pytest.mark.real
 
@@ -28,7 +29,7 @@ def test_chat_generation_returns_text(smol):
 
 def test_bridge_logits_match_the_raw_hf_model(smol, smol_cache, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(smol_cache))
-    hf, _, _ = wb.load_hf("smollm2-135m", device="cpu")
+    hf, _, _ = load_hf("smollm2-135m", device="cpu")
     ids = smol.encode(PROMPT)
     with torch.no_grad():
         ours = smol.bridge(ids)

@@ -1,21 +1,17 @@
-"""Task specs (workbench.tasks), retrieval (workbench.retrieval) and the module layering (no model needed)."""
+"""Task specs (workbench.data.tasks), retrieval (workbench.data.retrieval) and the module layering (no model needed)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import workbench.data as data
-import workbench.prompts as prompts
-from workbench.data import Example
-from workbench.retrieval import bm25_scores, query_text, rank_profile, recency_order, tokens
-from workbench.tasks import TASKS, get_task, task_text
+import workbench.data.prompts as prompts
+from workbench.data.records import Example
+from workbench.data.retrieval import bm25_scores, query_text, rank_profile, recency_order, tokens
+from workbench.data.tasks import TASKS, get_task, task_text
 
-PACKAGE = Path(data.__file__).resolve().parent
 
 
 def _ex(task: str, text: str, profile=(), prefix: bool = True) -> Example:
@@ -120,43 +116,11 @@ def test_prompts_follow_the_task_specs():
         prompts.build_prompt(_WordModel(), Example("q", "u", "lamp3", "review: ok", (), None), k=0)
 
 
-def test_the_documented_import_paths_still_work():
-    import workbench.retrieval as retrieval
-    import workbench.tasks as tasks
+def test_each_name_has_one_import_path():
+    # the re-export shims are gone (CHANGELOG.md): ranking lives in retrieval, task text in tasks
+    import workbench.data.lamp as lamp
 
-    # the notebooks and the README import ranking from workbench.data; the private aliases are gone
-    assert data.rank_profile is retrieval.rank_profile and data.query_text is retrieval.query_text
-    assert not hasattr(data, "_tokens") and not hasattr(data, "_recency_order")
-    assert prompts.task_text is tasks.task_text
-    assert data.PROFILE_FIELDS == {name: spec.required_fields for name, spec in TASKS.items()}
+    assert not hasattr(lamp, "rank_profile") and not hasattr(lamp, "query_text")
+    assert not hasattr(lamp, "PROFILE_FIELDS")
+    # the import structure of data/ is held by tests/test_layers.py (no circles, no upward imports)
 
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a source file imports, at any depth (function-level imports too)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = ("workbench." * bool(node.level)) + (node.module or "")
-            found.add(base.rstrip("."))
-            found.update(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)  # from workbench import data
-    return found
-
-
-def test_data_and_prompts_do_not_import_each_other():
-    assert not {m for m in _imported_modules(PACKAGE / "data.py") if m.startswith("workbench.prompts")}
-    assert not {m for m in _imported_modules(PACKAGE / "prompts.py") if m.startswith("workbench.data")}
-
-
-def test_tasks_and_retrieval_sit_below_data_and_prompts():
-    def runtime_workbench_imports(path: Path) -> set[str]:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        # imports under `if TYPE_CHECKING:` are for annotations only and never run
-        skip = {id(n) for top in tree.body if isinstance(top, ast.If) and "TYPE_CHECKING" in ast.unparse(top.test)
-                for n in ast.walk(top)}
-        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in skip
-                and (n.module or "").startswith("workbench")}
-
-    assert runtime_workbench_imports(PACKAGE / "tasks.py") == set()
-    assert runtime_workbench_imports(PACKAGE / "retrieval.py") == {"workbench.tasks"}

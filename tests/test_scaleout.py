@@ -11,12 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from workbench.bench import run_bench
-from workbench.data import load_lamp4_news
-from workbench.pcs import preference_scores, profile_examples
+from workbench.runner.bench import run_bench
+from workbench.data.lamp import load_lamp4_news
+from workbench.science.pcs import preference_scores
+from workbench.data.history import profile_examples
 
 ray = pytest.importorskip("ray", reason="the ray extra is installed by install.sh test")
-from workbench.scaleout import Cluster, run_bench_distributed  # noqa: E402
+from workbench.runner.scaleout import Cluster, run_bench_distributed  # noqa: E402
 
 pytestmark = pytest.mark.ray
 METHODS = ["generic", "rag"]
@@ -26,7 +27,7 @@ METHODS = ["generic", "rag"]
 def ray_session(smol_cache):
     # One local cluster for the module (the runs see it is up and leave it running); 1 thread
     # per worker, as on this 2-core machine. Workers read SmolLM2 from the tests' cache.
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as workbench.scaleout does
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as workbench.runner.scaleout does
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", object_store_memory=128 * 1024**2,
              runtime_env={"env_vars": {"WORKBENCH_CACHE": str(smol_cache), "OMP_NUM_THREADS": "1"}})
     yield
@@ -99,14 +100,14 @@ def test_cluster_arguments_are_checked():
 
 
 def test_cli_worker_options_without_workers_are_an_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "--model", "tiny-random",
+    proc = subprocess.run([sys.executable, "-m", "workbench.app.cli", "bench", "--model", "tiny-random",
                            "--threads-per-worker", "2", "--out", str(tmp_path / "b")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "need --workers" in proc.stderr
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):
-    from workbench import scaleout
+    from workbench.runner import scaleout
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"workbench\[ray\]"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.core.steering import SITES
 from conftest import all_hook_handles
 
 
@@ -27,7 +28,7 @@ def greedy_without_cache(model, ids, n):
 def test_zero_vector_changes_nothing(tiny, tiny_ids):
     with torch.no_grad():
         base = tiny.bridge(tiny_ids)
-        for site in wb.steering.SITES:
+        for site in SITES:
             with wb.steer(tiny, torch.zeros(tiny.d_model), layer=1, site=site, scale=5.0):
                 assert torch.equal(tiny.bridge(tiny_ids), base)
     plain = tiny.generate(tiny_ids, max_new_tokens=8)

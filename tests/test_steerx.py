@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import all_hook_handles
-from workbench.data import Example
-from workbench.caa import caa_vectors
-from workbench.history import dev_split, user_history
-from workbench.optimized import optimized_vector
-from workbench.steering import SteeringVector
-from workbench.steerx import preference_words, steerx_description
-from workbench.sweeps import steering_sweep
+from workbench.data.records import Example
+from workbench.science.caa import caa_vectors
+from workbench.data.history import dev_split, user_history
+from workbench.science.optimized import optimized_vector
+from workbench.core.steering import SteeringVector
+from workbench.science.steerx import preference_words, steerx_description
+from workbench.runner.sweeps import steering_sweep
 
 TEXTS = [("the cat sat on the mat", "cat news"), ("the dog is in paris", "dog travel headline"),
          ("a new music city", "best music news"), ("food and travel in paris", "why food travel")]
@@ -131,7 +131,7 @@ def test_sweep_picks_from_grid(tiny, user_examples):
 
 @pytest.mark.real
 def test_steerx_caa_end_to_end_on_a_real_user(smol):
-    from workbench.data import load_lamp4_news
+    from workbench.data.lamp import load_lamp4_news
     from workbench.methods import GenerationSettings, make_methods
 
     ds = load_lamp4_news()

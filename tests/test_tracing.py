@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.model import logprobs_of
-from workbench.tracing import TokenEffects, label_tokens, spearman, trace_example, trace_tokens
+from workbench.core.model import logprobs_of
+from workbench.science.tracing import TokenEffects, label_tokens, spearman, trace_example, trace_tokens
 
 USER = {
     "user_id": "u",
@@ -22,7 +22,7 @@ USER = {
 
 
 def prompt_of(model):
-    from workbench.prompts import headline_prompt
+    from workbench.data.prompts import headline_prompt
 
     return headline_prompt(model, USER["query"], USER["profile"])
 
@@ -187,13 +187,13 @@ def test_spearman():
 
 @pytest.mark.real
 def test_exact_equals_mask_deletion_on_smollm2(smol):
-    from workbench.data import load_lamp4_news
+    from workbench.data.lamp import load_lamp4_news
 
     ex = load_lamp4_news()[0]
     te0 = trace_example(smol, ex, mode="attn", progress=False)  # cheap: just to get the history positions
     pos = te0.frame["position"].tolist()[::40]
     te = trace_example(smol, ex, mode="exact", positions=pos, progress=False)
-    from workbench.tracing import example_prompt
+    from workbench.science.tracing import example_prompt
 
     prompt, _, _, _ = example_prompt(smol, ex)
     np.testing.assert_allclose(te.frame["effect"], mask_deletion_effects(smol, prompt, ex.gold, pos), atol=2e-4)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from workbench.cli import main
-from workbench.data import load_lamp4_news
+from workbench.app.cli import main
+from workbench.data.lamp import load_lamp4_news
 from workbench.methods import GenerationSettings, Method, make_methods, register_method
-from workbench.settings import apply_all, apply_settings, parse_assignments
-from workbench.splits import describe_split, split_users, user_side
-from workbench.tuning import choose, grid_points, load_tuned, parse_grid, save_tuned, tune
+from workbench.runner.settings import apply_all, apply_settings, parse_assignments
+from workbench.data.splits import describe_split, split_users, user_side
+from workbench.runner.tuning import choose, grid_points, load_tuned, parse_grid, save_tuned, tune
 
 
 @pytest.fixture(scope="module")

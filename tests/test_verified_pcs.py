@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.data import Example
-from workbench.pcs import PreferenceScores, preference_scores
+from workbench.data.records import Example
+from workbench.science.pcs import preference_scores
+from workbench.science.pcs_result import PreferenceScores
 
 from conftest import all_hook_handles
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.tracing import trace_tokens
+from workbench.science.tracing import trace_tokens
 
 from test_tracing import USER, prompt_of
 
@@ -69,7 +69,7 @@ def test_saturation_fix_adds_up_the_gate_gradient_and_reweights_it(tiny):
     import torch
     from tqdm import tqdm
 
-    from workbench import tracing
+    from workbench.science import tracing
 
     ids = tiny.encode(prompt_of(tiny))
     target = tiny.tokenizer(USER["gold"], add_special_tokens=False, return_tensors="pt").input_ids

@@ -34,7 +34,7 @@ METHODS = ("generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-
 def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
     """Whether the saved run was made at the chosen settings (as its .json records them; the
     method's defaults may have changed since)."""
-    from workbench.tuning import default_of
+    from workbench.runner.tuning import default_of
 
     return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
 
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
-    from workbench.compare import comparison_table, format_table, load_results, load_runs, save_results
-    from workbench.data import load_lamp4_news
-    from workbench.splits import describe_split, split_users
+    from workbench.runner.compare import comparison_table, format_table, load_results, load_runs, save_results
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.splits import describe_split, split_users
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     tuned, files = {}, {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.compare import load_runs, save_results
+from workbench.runner.compare import load_runs, save_results
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ HEADS = ROOT / "results" / "pcs_lamp4-news_smollm2-135m.json"
 
 def _settable(method, recorded: dict, prefix: str = "") -> dict:
     """The recorded fields the method has, flattened (``decoding.alpha``) for a combination's parts."""
-    from workbench.settings import settable_fields
+    from workbench.runner.settings import settable_fields
 
     out = {}
     fields = settable_fields(method)
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import workbench as wb
-    from workbench.bench import run_bench
-    from workbench.data import load_lamp4_news
+    from workbench.runner.bench import run_bench
+    from workbench.data.lamp import load_lamp4_news
     from workbench.methods import GenerationSettings, make_methods
-    from workbench.settings import apply_settings
+    from workbench.runner.settings import apply_settings
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     settings = GenerationSettings()

@@ -7,6 +7,7 @@ public so that modules import them without reaching into each other's private na
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -128,9 +129,9 @@ def free_path(path: Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in chunks)."""
+    """SHA-256 of a file's bytes (read in chunks); of the decompressed bytes for a ``.gz`` file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -336,3 +337,26 @@ def verify_count(verify: Any, n: int, what: str) -> int:
     if verify >= 1 and float(verify).is_integer():
         return min(int(verify), n)
     raise ValueError(f"verify={verify!r}: {fix}")
+
+
+RESULTS_ENV = "WORKBENCH_RESULTS"
+
+
+def results_dir(directory: str | Path | None = None) -> Path:
+    """Where saved results are read (preference scores DPS reuses, the tables the demo shows).
+
+    ``directory`` if given, else ``$WORKBENCH_RESULTS``, else the results that travel with the
+    package (``workbench._results``: the checkout's ``results/`` folder in an editable install,
+    a copy inside the wheel otherwise), so an installed package finds them from any directory.
+    """
+    if directory is not None:
+        return Path(directory).expanduser()
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV]).expanduser()
+    import importlib.util
+
+    spec = importlib.util.find_spec("workbench._results")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    # a checkout imported without installing (or installed before the mapping existed)
+    return Path(__file__).resolve().parent.parent / "results"

@@ -7,7 +7,7 @@ Every method writes its output the same way::
 and differs only in the parts it supplies:
 
 - :meth:`Method.prompt`: the prompt for one example (``rag`` shows the user's top-k items);
-- :meth:`Method.intervention`: a :class:`~workbench.hooks.HookSet` active while decoding
+- :meth:`Method.intervention`: a :class:`~workbench.core.hooks.HookSet` active while decoding
   (a steering vector, a head mask) plus facts to record, or ``None``;
 - :meth:`Method.decoder`: how tokens are chosen (:data:`GREEDY`, or DPS's contrast);
 - :meth:`Method.prepare_run` / :meth:`Method.prepare_user`: state built once per run (e.g.
@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
 
 from workbench._util import check_int
-from workbench.hooks import HookSet
-from workbench.model import Model
-from workbench.prompts import build_prompt, first_line, first_line_complete
+from workbench.core.hooks import HookSet
+from workbench.core.model import Model
+from workbench.data.prompts import build_prompt, first_line, first_line_complete
 
 METHODS: dict[str, Callable[..., "Method"]] = {}
 RETRIEVALS = ("bm25", "recency")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench._util import cache_file, cached, stable_hash
-from workbench.dps import DpsDecoder
+from workbench._util import cache_file, cached, results_dir, stable_hash
+from workbench.science.dps import DpsDecoder
 from workbench.methods import Decoder, Method, register_method
-from workbench.model import Model
+from workbench.core.model import Model
 
 
 @register_method
@@ -26,14 +26,14 @@ class Dps(Method):
 
     Differs from the authors' decoding in documented ways, each chosen on tuning users only:
     the adaptive plausibility constraint (``plausibility=0.1``) — without it SmolLM2's outputs
-    collapse into garbage (see :func:`workbench.dps.dps_generate`) — and a fixed ``alpha=1``
+    collapse into garbage (see :func:`workbench.science.dps.dps_generate`) — and a fixed ``alpha=1``
     with the top 2% of heads instead of the entropy alpha with 4%; ``dps-raw`` is the authors'
     decoding.
 
     Preference heads: PCS (uniform masking, output scope, exact; plain, or contrastive with
     ``contrast``) over ``pcs_examples`` leave-one-out examples built from the dataset's profile
     items (never the queries' gold outputs); the top ``top_percent`` % are masked. ``heads_file``: take the heads from
-    saved :class:`~workbench.pcs.PreferenceScores` instead.
+    saved :class:`~workbench.science.pcs_result.PreferenceScores` instead.
     """
 
     name = "dps"
@@ -53,7 +53,7 @@ class Dps(Method):
         return {**super().describe(), "how": "uniform", "scope": "output"}
 
     def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
-        from workbench.pcs import PreferenceScores
+        from workbench.science.pcs_result import PreferenceScores
 
         if self.heads_file:
             scores = PreferenceScores.load(self.heads_file, model=model)
@@ -89,8 +89,9 @@ class DpsRaw(Dps):
 def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5, retrieval: str = "bm25",
                           progress: bool = True, contrast: str | None = None) -> Any:
     """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
-    from workbench.history import profile_examples
-    from workbench.pcs import PreferenceScores, preference_scores
+    from workbench.data.history import profile_examples
+    from workbench.science.pcs import preference_scores
+    from workbench.science.pcs_result import PreferenceScores
 
     items = profile_examples(examples, n=n, k=k, by=retrieval)
     parts = [model.name, str(model.dtype), k, retrieval, [(ex.id, ex.gold, len(ex.profile)) for ex in items]]
@@ -112,20 +113,17 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
                   lambda scores, p: scores.save(p, overwrite=True))
 
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
-
-
 def saved_scores(model: Model, items: list, k: int, retrieval: str, contrast: str | None,
                  directory: Path | None = None) -> Any:
-    """Scores saved in ``results/`` (``pcs_*.json``) computed on exactly these examples with
-    these settings, or None."""
+    """Scores saved in the results directory (``pcs_*.json``; :func:`workbench._util.results_dir`)
+    computed on exactly these examples with these settings, or None."""
     import torch
 
-    from workbench.pcs import PreferenceScores
+    from workbench.science.pcs_result import PreferenceScores
 
     if model.dtype != torch.float32:  # the saved scores were computed in float32
         return None
-    directory = RESULTS if directory is None else Path(directory)
+    directory = results_dir(directory)
     want = {"model": model.name, "how": "uniform", "scope": "output", "mode": "exact", "k": k, "retrieval": retrieval,
             "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items]}
     for path in sorted(directory.glob("pcs_*.json")) if directory.is_dir() else []:

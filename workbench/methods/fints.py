@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench._util import stable_hash
-from workbench.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, fints_steer, \
+from workbench.science.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, fints_steer, \
     picked, sample_vectors
-from workbench.hooks import HookSet
+from workbench.core.hooks import HookSet
 from workbench.methods import Method, register_method
-from workbench.model import Model
-from workbench.pairs import contrastive_pairs
-from workbench.steering import SteeringVector
+from workbench.core.model import Model
+from workbench.science.pairs import contrastive_pairs
+from workbench.core.steering import SteeringVector
 
 # fints, fints+rag and caa-user of one run need the same vectors: computed once per process.
 _VECTOR_MEMO: dict[tuple, SampleVectors] = {}
@@ -51,7 +51,7 @@ class FintsMethod(Method):
         return d
 
     def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
-        from workbench.prompts import build_prompt
+        from workbench.data.prompts import build_prompt
 
         return build_prompt(model, example, k=self.settings.k if self.rag else 0, by=self.settings.retrieval,
                             reserve=self.settings.max_new_tokens)

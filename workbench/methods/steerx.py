@@ -1,8 +1,8 @@
 """Steering methods: a per-user vector added while decoding.
 
-Two backbones (:mod:`workbench.caa`, :mod:`workbench.optimized`) x two sources of the
+Two backbones (:mod:`workbench.science.caa`, :mod:`workbench.science.optimized`) x two sources of the
 user's preference — ALL of their history, or the SteerX description distilled from the
-history tokens that cause their outputs (:mod:`workbench.steerx`):
+history tokens that cause their outputs (:mod:`workbench.science.steerx`):
 
 =============  ===========  =============
                ALL history  SteerX
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench._util import cache_file, cached, stable_hash
-from workbench.history import history_key, user_history
-from workbench.hooks import HookSet
+from workbench.data.history import history_key, user_history
+from workbench.core.hooks import HookSet
 from workbench.methods import Method, register_method, unrecorded
-from workbench.model import Model
-from workbench.optimized import DEFAULT_RADIUS, DEFAULT_STEPS
-from workbench.steering import SteeringVector
-from workbench.steerx import DESCRIBE_PROMPT, PreferenceDescription, steerx_description
+from workbench.core.model import Model
+from workbench.science.optimized import DEFAULT_RADIUS, DEFAULT_STEPS
+from workbench.core.steering import SteeringVector
+from workbench.science.steerx import DESCRIBE_PROMPT, PreferenceDescription, steerx_description
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SteeringMethod(Method):
         return None  # what else, besides the history, the vector is built from
 
     def prepare_user(self, model: Model, user_id: str, examples: list) -> SteeringVector:
-        from workbench.tasks import task_text
+        from workbench.data.tasks import task_text
 
         history = user_history(examples)
         articles = [task_text(ex) for ex in examples]
@@ -92,7 +92,7 @@ class SteeringMethod(Method):
 
     def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
         """The prompt the vector steers (``on``: the rag prompt or the article alone)."""
-        from workbench.prompts import build_prompt
+        from workbench.data.prompts import build_prompt
 
         k = self.settings.k if self.on == "rag" else 0
         return build_prompt(model, example, k=k, by=self.settings.retrieval, reserve=self.settings.max_new_tokens)
@@ -115,7 +115,7 @@ class _Caa(SteeringMethod):
 
     def _context_history(self, model: Model, history: list[dict]) -> list[dict]:
         """The most recent history items whose turns fit in ``max_history_tokens``."""
-        from workbench.prompts import headline_prompt
+        from workbench.data.prompts import headline_prompt
 
         kept: list[dict] = []
         for it in reversed(history):
@@ -127,7 +127,7 @@ class _Caa(SteeringMethod):
 
     def build(self, model: Model, user_id: str, history: list[dict], articles: list[str],
               preference: PreferenceDescription | None, built: dict) -> SteeringVector:
-        from workbench.caa import caa_vectors
+        from workbench.science.caa import caa_vectors
 
         layer = self.resolved_layer(model)
         ctx = preference.description if preference is not None else self._context_history(model, history)
@@ -143,7 +143,7 @@ class _Opt(SteeringMethod):
 
     def build(self, model: Model, user_id: str, history: list[dict], articles: list[str],
               preference: PreferenceDescription | None, built: dict) -> SteeringVector:
-        from workbench.optimized import optimized_vector
+        from workbench.science.optimized import optimized_vector
 
         desc = preference.description if preference is not None else None
         return optimized_vector(model, history[-self.opt_items:], self.resolved_layer(model), self.site,

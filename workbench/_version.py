@@ -1,0 +1,3 @@
+"""The package version (one place; run.json and the report record it)."""
+
+__version__ = "0.1.0"

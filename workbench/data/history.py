@@ -1,0 +1,151 @@
+"""A user's history, and queries made from it without reading any evaluation answer.
+
+Every method that learns something per user (preference heads, SteerX descriptions and
+vectors, Fints vectors, tuning) needs examples whose answer it may look at. LaMP profiles
+grow over time — a later query's profile holds earlier queries' gold outputs — so those
+examples come from the profile items, never from the queries' golds:
+
+- :func:`user_history`: the profile items *all* of one user's queries share (never a gold);
+- :func:`held_out_example`: one history item as a query (its input, the user's own output as
+  the gold), the other items as the profile;
+- :func:`profile_examples`: such leave-one-out queries round-robin over many users;
+- :func:`dev_split`: one per user, the most recent shared item held out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from workbench._util import check_int
+
+# The history fields a user's history is made of when the task does not say otherwise
+# (LaMP-4: the article and the user's headline); :func:`held_out_example` asks the task.
+INPUT_FIELD = "text"
+OUTPUT_FIELD = "title"
+
+
+def _fields(task: str) -> tuple[str, str]:
+    from workbench.data.tasks import TASKS
+
+    spec = TASKS.get(task)
+    if spec is None or not spec.input_field or not spec.output_field:
+        return INPUT_FIELD, OUTPUT_FIELD
+    return spec.input_field, spec.output_field
+
+
+def _usable(item: dict) -> bool:
+    return bool(item.get(INPUT_FIELD)) and bool(item.get(OUTPUT_FIELD))
+
+
+def user_history(examples: Sequence[Any]) -> list[dict]:
+    """The profile items every one of ``examples`` (one user's queries) has, oldest first.
+
+    LaMP-4 profiles grow with time: a later query's profile holds earlier queries' gold
+    headlines, so the union would leak; the intersection never does.
+    """
+    if not examples:
+        raise ValueError("no examples: pass the user's queries (e.g. dataset.by_user(user_id))")
+    key = lambda it: (str(it.get("id", "")), it.get(OUTPUT_FIELD, ""))  # noqa: E731
+    common = set(map(key, examples[0].profile))
+    for ex in examples[1:]:
+        common &= set(map(key, ex.profile))
+    items = [it for it in examples[0].profile if key(it) in common and _usable(it)]
+    if not items:
+        raise ValueError(f"user {examples[0].user_id}'s queries share no profile item with "
+                         f"'{INPUT_FIELD}' and '{OUTPUT_FIELD}'")
+    if all(it.get("date") for it in items):
+        items = sorted(items, key=lambda it: str(it["date"]))
+    return items
+
+
+def history_key(history: Sequence[dict]) -> list:
+    """What identifies a history for a cache key: item ids and the user's outputs."""
+    return [(str(it.get("id", "")), it.get(OUTPUT_FIELD, "")) for it in history]
+
+
+def held_out_example(held: dict, rest: Sequence[dict], user_id: str = "", task: str = "lamp4",
+                     id: str | None = None) -> Any:
+    """``held`` as a query of ``user_id``: its input, the user's own output as the gold, ``rest``
+    as the profile (the fields are the ``task``'s, e.g. LaMP-5's abstract and title)."""
+    from workbench.data.records import Example
+
+    source, target = _fields(task)
+    return Example(id=id if id is not None else f"{user_id}/history-{held.get('id')}", user_id=user_id,
+                   task=task, input=held[source], profile=tuple(rest), gold=held[target])
+
+
+def _task_of(examples: Sequence[Any]) -> str:
+    tasks = {getattr(ex, "task", "lamp4") for ex in examples}
+    if len(tasks) > 1:
+        raise ValueError(f"examples mix tasks {sorted(tasks)}; build history examples one task at a time")
+    return tasks.pop() if tasks else "lamp4"
+
+
+def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = "bm25", seed: int = 0,
+                     model: Any = None) -> list[Any]:
+    """Leave-one-out examples built from users' profiles (no evaluation gold is used).
+
+    Each profile item becomes an :class:`~workbench.data.records.Example`: its text is the input, its
+    title (the user's own headline) the gold, and the user's other items the profile. ``n``
+    examples are taken round-robin over users (at most one item per user per round, items
+    in a seeded random order) so that many users are represented.
+
+    Profiles are chronological, so a later query's profile can hold an earlier query's
+    article and gold headline: items whose title is the gold of any example in ``dataset``
+    are never used, as target or as profile, so heads found here can be evaluated on
+    ``dataset`` without having seen its answers. (``k``, ``by`` and ``model`` are accepted
+    for call compatibility; the prompt is built later, by whoever scores the examples.)
+    """
+    check_int("n", n, minimum=1)
+    check_int("seed", seed)
+    dataset = list(dataset)
+    task = _task_of(dataset)
+    source, target = _fields(task)
+    golds = {ex.gold for ex in dataset if ex.gold}
+    rng = np.random.default_rng(seed)
+    per_user: dict[str, list[Any]] = {}
+    seen_items: dict[str, set] = {}
+    for ex in dataset:
+        items = per_user.setdefault(ex.user_id, [])
+        seen = seen_items.setdefault(ex.user_id, set())
+        for it in ex.profile:
+            key = str(it.get("id", len(seen)))
+            if key not in seen and it.get(source) and it.get(target) and it[target] not in golds:
+                seen.add(key)
+                items.append(it)
+    queues = {}
+    for uid, items in per_user.items():
+        if len(items) < 2:
+            continue  # leave-one-out needs at least one other item as the profile
+        order = rng.permutation(len(items))
+        queues[uid] = [(items[j], [items[i] for i in range(len(items)) if i != j]) for j in order]
+    if not queues:
+        raise ValueError("no user has two or more profile items with 'text' and 'title'; "
+                         "profile_examples needs LaMP-4-style profiles (pass examples with gold outputs instead)")
+    out: list[Any] = []
+    while len(out) < n and any(queues.values()):
+        for uid in list(queues):
+            if queues[uid] and len(out) < n:
+                item, rest = queues[uid].pop(0)
+                out.append(held_out_example(item, rest, uid, task, id=f"{uid}/profile-{item.get('id')}"))
+    return out
+
+
+def dev_split(dataset: Iterable[Any], n_users: int = 8, seed: int = 0) -> list:
+    """Leak-free dev examples: for each of ``n_users`` users (seeded choice), their most recent
+    shared history item becomes a query with the older items as the profile."""
+    by_user: dict[str, list] = {}
+    for ex in dataset:
+        by_user.setdefault(ex.user_id, []).append(ex)
+    users = sorted(u for u, exs in by_user.items() if len(user_history(exs)) >= 3)
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(users), size=min(n_users, len(users)), replace=False))
+    out = []
+    for i in pick:
+        uid = users[i]
+        hist = user_history(by_user[uid])
+        held = hist[-1]
+        out.append(held_out_example(held, hist[:-1], uid, _task_of(by_user[uid]), id=f"{uid}/dev-{held.get('id')}"))
+    return out

@@ -1,0 +1,137 @@
+"""What the workbench knows about each LaMP task, in one place.
+
+One frozen :class:`TaskSpec` per task in the registry :data:`TASKS`: the instruction prefix
+of LaMP's inputs, the profile fields the loader requires, the fields retrieval treats as an
+item's text, how retrieval finds the query inside the input, and the prompt format (if the
+workbench has one) for showing the user's earlier items to a model.
+
+Loading (:mod:`workbench.data.lamp`), retrieval (:mod:`workbench.data.retrieval`) and prompting
+(:mod:`workbench.data.prompts`) read these specs instead of keeping tables of their own. Data of
+a task that is not here (LongLaMP, custom data) gets :data:`GENERIC`: nothing required, no
+prefix, every string field counts as text, no prompt format.
+
+This module imports nothing from the rest of the workbench, so every other module can use it.
+
+Example::
+
+    from workbench.data.tasks import get_task, task_text
+    get_task("lamp4").prefix      # 'Generate a headline for the following article: '
+    task_text(example)            # the article itself, without that prefix
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotations
+    from workbench.data.records import Example
+
+__all__ = ["GENERIC", "NOT_TEXT_FIELDS", "STRING_FIELDS", "TASKS", "TaskSpec", "get_task", "prompt_tasks",
+           "task_text"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the workbench knows about one task. Fields left at their default are unknown or unused.
+
+    Attributes:
+        name: ``"lamp1"`` .. ``"lamp7"`` (the form :func:`workbench.data.lamp.load_lamp` gives).
+        kind: ``"classification"``, ``"rating"`` or ``"generation"`` (what the gold output is).
+        prefix: LaMP's instruction at the start of every input; :func:`task_text` removes it.
+        required_fields: profile fields every item must have; a tuple inside means "any one of
+            these".
+        doc_fields: profile fields joined as an item's text for retrieval; None: every string
+            field not in :data:`NOT_TEXT_FIELDS`.
+        query_marker: retrieval searches with the input after this marker (when present).
+        query_quoted: retrieval searches with the input's double-quoted strings (when any).
+        prompt_style: how :func:`workbench.data.prompts.build_prompt` shows the ranked items:
+            ``"turns"`` — each item is an earlier turn, ``instruction`` filled with its
+            ``input_field`` -> its ``output_field``; ``"list"`` — the items' ``input_field``
+            listed under ``history_intro`` before the request; None — no prompt format yet.
+        instruction: the request for one item, ``{text}`` standing for its input.
+        input_field: the profile field that is an item's input in the prompt.
+        output_field: the profile field that is the user's output for it (``"turns"``).
+        history_intro: the line above the listed items (``"list"``).
+    """
+
+    name: str
+    kind: str
+    prefix: str = ""
+    required_fields: tuple = ()
+    doc_fields: tuple[str, ...] | None = None
+    query_marker: str = ""
+    query_quoted: bool = False
+    prompt_style: str | None = None
+    instruction: str = ""
+    input_field: str = ""
+    output_field: str = ""
+    history_intro: str = ""
+
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
+    # LaMP-1's input names the user's paper and two candidate references, all in double quotes.
+    TaskSpec("lamp1", "classification", required_fields=("id", "title", "abstract"),
+             doc_fields=("title", "abstract"), query_quoted=True),
+    # LaMP-2's movie descriptions are "text" in some releases and "description" in others.
+    TaskSpec("lamp2", "classification", required_fields=("id", ("text", "description"), "tag"),
+             doc_fields=("text", "description"), query_marker="description:"),
+    TaskSpec("lamp3", "rating", required_fields=("id", "text", "score"),
+             doc_fields=("text",), query_marker="review:"),
+    TaskSpec("lamp4", "generation", prefix="Generate a headline for the following article: ",
+             required_fields=("id", "text", "title"), doc_fields=("text", "title"),
+             prompt_style="turns", instruction="Write a headline for this article:\n{text}",
+             input_field="text", output_field="title"),
+    TaskSpec("lamp5", "generation", prefix="Generate a title for the following abstract of a paper: ",
+             required_fields=("id", "title", "abstract"), doc_fields=("title", "abstract"),
+             prompt_style="turns", instruction="Write a title for this paper abstract:\n{text}",
+             input_field="abstract", output_field="title"),
+    # LaMP-6 (email subjects) is private data: only the id is checked, and its items' text
+    # fields are not known, so retrieval uses every string field.
+    TaskSpec("lamp6", "generation", required_fields=("id",)),
+    # A tweet has no separate output to pair it with, so the user's tweets are listed as
+    # examples of their style rather than shown as earlier turns.
+    TaskSpec("lamp7", "generation",
+             prefix="Paraphrase the following tweet without any explanation before or after it: ",
+             required_fields=("id", "text"), doc_fields=("text",),
+             prompt_style="list",
+             instruction="Paraphrase this tweet in my own style, without any explanation:\n{text}",
+             input_field="text", history_intro="Here are tweets I wrote before:"),
+)}
+
+# What data of any other task gets (LongLaMP, custom data): no knowledge, so nothing is
+# required or stripped and retrieval looks at every string field.
+GENERIC = TaskSpec("", "generation")
+
+# Profile fields that must be strings when present, whatever the task (the loader checks them).
+STRING_FIELDS: tuple[str, ...] = ("text", "title", "abstract", "description", "tag")
+# Fields that are never an item's text for retrieval when its task has no doc_fields: ids,
+# dates, ratings and labels would only add noise to BM25.
+NOT_TEXT_FIELDS: frozenset[str] = frozenset({"id", "date", "user_id", "score", "tag", "category"})
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of ``name`` (``"lamp1"`` .. ``"lamp7"``).
+
+    Raises:
+        ValueError: ``name`` is not a known task; the message lists the known ones.
+    """
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def prompt_tasks() -> list[str]:
+    """The tasks that have a prompt format (``prompt_style`` set), in registry order."""
+    return [name for name, spec in TASKS.items() if spec.prompt_style]
+
+
+def task_text(example: Example) -> str:
+    """The input with LaMP's instruction prefix removed (the article, abstract or tweet).
+
+    Inputs of tasks without a known prefix, or that do not start with it, come back whole.
+    """
+    prefix = TASKS.get(example.task, GENERIC).prefix
+    text = example.input
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text

@@ -1,0 +1,290 @@
+"""Spread a benchmark or PCS run over Ray workers: the same results as one process, faster.
+
+Ray is an optional extra (``pip install "workbench[ray]"``). Each worker is a Ray actor that
+loads the model once and runs whole units of work — one (method, user) of a benchmark, so
+per-user state (vectors, descriptions) is built once; one example of a PCS sweep. The driver
+is the only process that writes: it appends a unit's records to ``outputs.jsonl`` when the unit
+is complete, so an interrupted distributed run resumes like a local one, and a worker that dies
+loses nothing but the unit it was running, which is queued again for another worker.
+
+Greedy decoding and exact masking are deterministic, so a distributed run's predictions and
+scores equal a serial run's (tests check it); the tables are summarized in the serial order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench._util import check_int
+
+RAY_EXTRA = 'pip install "workbench[ray]"  (or: pip install ray)'
+
+
+def require_ray():
+    """The ``ray`` module, or an ImportError naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"--workers / --ray-address need Ray, an optional extra: {RAY_EXTRA}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the workers run and what each gets.
+
+    Args:
+        workers: number of worker processes (each loads the model once).
+        address: an existing Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+            None starts a local one on this machine for the run and stops it afterwards.
+        gpus_per_worker: GPUs Ray reserves for each worker (0: CPU); a worker with a GPU runs the
+            model on it.
+        threads_per_worker: torch threads per worker; None: this machine's cores split evenly
+            (local cluster) or 1 (a joined cluster, where Ray's ``num_cpus`` decides placement).
+    """
+
+    workers: int = 2
+    address: str | None = None
+    gpus_per_worker: float = 0
+    threads_per_worker: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("workers", self.workers, minimum=1)
+        if self.threads_per_worker is not None:
+            check_int("threads_per_worker", self.threads_per_worker, minimum=1)
+        if not (isinstance(self.gpus_per_worker, (int, float)) and 0 <= self.gpus_per_worker):
+            raise ValueError(f"gpus_per_worker must be a number >= 0, got {self.gpus_per_worker!r}")
+
+    @property
+    def threads(self) -> int:
+        if self.threads_per_worker is not None:
+            return self.threads_per_worker
+        return max(1, (os.cpu_count() or 1) // self.workers) if self.address is None else 1
+
+    def __repr__(self) -> str:
+        where = self.address or "local"
+        gpus = f", {self.gpus_per_worker} GPU each" if self.gpus_per_worker else ""
+        return f"Cluster({self.workers} workers on {where}, {self.threads} threads each{gpus})"
+
+    def map_examples(self, model_name: str, examples: list, kwargs: dict, **options: Any) -> list:
+        """:func:`map_examples` on this cluster (what :func:`workbench.science.pcs.preference_scores` calls)."""
+        return map_examples(model_name, examples, kwargs, self, **options)
+
+
+class _Pool:
+    """Ray actors running one unit at a time; dead ones are replaced and their unit re-queued."""
+
+    def __init__(self, cluster: Cluster, make_actor: Callable[[], Any], max_replacements: int | None = None):
+        self.ray = require_ray()
+        self.cluster = cluster
+        self._make = make_actor
+        self.actors = [make_actor() for _ in range(cluster.workers)]
+        self.replaced = 0
+        self.max_replacements = 2 * cluster.workers if max_replacements is None else max_replacements
+
+    def run(self, units: list, call: Callable[[Any, Any], Any], on_result: Callable[[Any, Any], None],
+            after_result: Callable[[Any], None] | None = None) -> None:
+        """Run every unit (``call(actor, unit)`` returns an ObjectRef); ``on_result(unit, value)``
+        in the driver as each finishes. A unit whose worker died is queued again."""
+        ray = self.ray
+        queue, idle, running = deque(units), list(self.actors), {}
+        while queue or running:
+            while queue and idle:
+                actor, unit = idle.pop(), queue.popleft()
+                running[call(actor, unit)] = (actor, unit)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            actor, unit = running.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                queue.appendleft(unit)
+                idle.append(self._replace(actor, e))
+                continue
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None  # the method's own error, as serial would raise it
+            idle.append(actor)
+            on_result(unit, value)
+            if after_result is not None:
+                after_result(self)
+
+    def _replace(self, dead: Any, error: Exception) -> Any:
+        self.replaced += 1
+        if self.replaced > self.max_replacements:
+            raise RuntimeError(f"{self.replaced} workers died (last: {error}); giving up — see the Ray logs "
+                               "(/tmp/ray/session_latest/logs) for why, e.g. out of memory") from error
+        print(f"workbench: a worker died ({type(error).__name__}); its unit runs again on a new worker")
+        new = self._make()
+        self.actors[self.actors.index(dead)] = new
+        return new
+
+    def pids(self) -> list[int]:
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+
+class _Session:
+    """``ray.init`` for the run; a cluster we started is shut down afterwards."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def __enter__(self) -> Any:
+        ray = require_ray()
+        self.started = not ray.is_initialized()
+        if self.started:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
+            if self.cluster.address is None:
+                kwargs["num_cpus"] = self.cluster.workers * self.cluster.threads
+                kwargs["object_store_memory"] = 256 * 1024**2  # the data and results are small
+            else:
+                kwargs["address"] = self.cluster.address
+            # Workers import workbench from this interpreter's environment and find files
+            # relative to the driver's directory.
+            kwargs["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.cluster.threads),
+                                                  "TOKENIZERS_PARALLELISM": "false"}}
+            # Ray starts workers niced (15); here they do the run's work, so they get the
+            # priority a serial run would have.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(**kwargs)
+        return ray
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            require_ray().shutdown()
+
+
+def _worker_class(ray: Any, cluster: Cluster) -> Any:
+    class Worker:
+        """Loads the model once; runs benchmark units and PCS examples."""
+
+        def __init__(self, model_name: str, device: Any, dtype: Any, threads: int, payload: Any = None):
+            import torch
+
+            from workbench.core.loading import load_model
+
+            torch.set_num_threads(threads)
+            if cluster.gpus_per_worker and device is None:
+                device = "cuda"
+            self.model = load_model(model_name, device=device, dtype=dtype, progress=False)
+            self.payload = payload
+            self.prepared: set[str] = set()
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def about(self) -> dict:
+            m = self.model
+            return {"model": m.name, "model_source": m.source, "dtype": str(m.dtype).replace("torch.", ""),
+                    "device": str(m.device)}
+
+        def bench_unit(self, method_name: str, user_id: str, pending_ids: list[str]) -> list[dict]:
+            from workbench.runner.bench import run_user
+
+            methods, examples, dataset = self.payload
+            m = methods[method_name]
+            if method_name not in self.prepared:
+                m.prepare_run(self.model, examples, dataset)
+                self.prepared.add(method_name)
+            user_examples = [ex for ex in examples if ex.user_id == user_id]
+            wanted = set(pending_ids)
+            pending = [ex for ex in user_examples if ex.id in wanted]
+            return list(run_user(self.model, m, user_id, user_examples, pending))
+
+        def pcs_example(self, index: int, kwargs: dict) -> Any:
+            from workbench.science.pcs import example_head_effects
+
+            return example_head_effects(self.model, self.payload[index], **kwargs)
+
+    options: dict[str, Any] = {"num_cpus": cluster.threads, "max_restarts": 0}
+    if cluster.gpus_per_worker:
+        options["num_gpus"] = cluster.gpus_per_worker
+    return ray.remote(**options)(Worker)
+
+
+def run_bench_distributed(
+    model_name: str,
+    dataset: Any,
+    methods: list[str] | list[Any],
+    out_dir: str | Path,
+    cluster: Cluster,
+    n: int | None = None,
+    settings: Any = None,
+    users: dict | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    progress: bool = True,
+    _after_result: Callable[[_Pool], None] | None = None,
+) -> Any:
+    """:func:`workbench.runner.bench.run_bench` on Ray workers: the same directory, records and tables.
+
+    The model is loaded by each worker (by ``model_name``), never by the driver. Units of work are
+    (method, user) pairs, largest first; the driver appends each unit's records when it completes.
+    ``_after_result`` is a test hook, called with the worker pool after each completed unit.
+    """
+    from tqdm.auto import tqdm
+
+    from workbench.runner.bench import OUTPUTS_FILE, append_record, check_run, finish_run, group_by_user, open_run, plan_run, \
+        read_outputs
+
+    check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users)  # before Ray starts
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
+    outputs_path = out / OUTPUTS_FILE
+    done = read_outputs(outputs_path)
+    by_user = group_by_user(examples)
+    units = [(m.name, user_id, [ex.id for ex in exs if (m.name, ex.id) not in done])
+             for m in ms for user_id, exs in by_user.items()]
+    units = sorted((u for u in units if u[2]), key=lambda u: -len(u[2]))  # long units first: less idle tail
+
+    with _Session(cluster) as ray:
+        payload = ray.put(({m.name: m for m in ms}, examples, dataset))
+        actor_class = _worker_class(ray, cluster)
+
+        def make() -> Any:
+            return actor_class.remote(model_name, device, dtype, cluster.threads, payload)
+
+        pool = _Pool(cluster, make)
+        about = ray.get(pool.actors[0].about.remote())
+        merged, done = open_run(out, {**about, **info})
+        bar = tqdm(total=sum(len(u[2]) for u in units), desc=f"bench ({cluster.workers} workers)",
+                   disable=not progress or not units)
+        t0 = time.perf_counter()
+
+        def on_result(unit: tuple, records: list[dict]) -> None:
+            for rec in records:
+                append_record(outputs_path, rec)
+                done[(rec["method"], rec["id"])] = rec
+            bar.update(len(records))
+            bar.set_postfix_str(f"{unit[0]} {unit[1]}")
+
+        pool.run(units, lambda actor, u: actor.bench_unit.remote(*u), on_result, _after_result)
+        bar.close()
+        if units and progress:
+            print(f"{sum(len(u[2]) for u in units)} outputs in {time.perf_counter() - t0:.0f} s on {cluster}"
+                  + (f"; {pool.replaced} dead workers replaced" if pool.replaced else ""))
+    return finish_run(out, done, merged, ms, examples)
+
+
+def map_examples(model_name: str, examples: list, kwargs: dict, cluster: Cluster, device: Any = None,
+                 dtype: Any = None, on_each: Callable[[], None] | None = None,
+                 _after_result: Callable[[_Pool], None] | None = None) -> list:
+    """``pcs.example_head_effects(model, example, **kwargs)`` of every example on Ray workers,
+    returned in the examples' order; ``on_each()`` after each one (e.g. a progress bar)."""
+    results: dict[int, Any] = {}
+    with _Session(cluster) as ray:
+        payload = ray.put(list(examples))
+        actor_class = _worker_class(ray, cluster)
+        pool = _Pool(cluster, lambda: actor_class.remote(model_name, device, dtype, cluster.threads, payload))
+
+        def on_result(index: int, value: Any) -> None:
+            results[index] = value
+            if on_each is not None:
+                on_each()
+
+        pool.run(list(range(len(examples))), lambda actor, i: actor.pcs_example.remote(i, kwargs), on_result,
+                 _after_result)
+    return [results[i] for i in range(len(examples))]
