@@ -17,7 +17,7 @@ is a few minutes on 2 cores): run with a small ``--n`` to check, the full one fo
 
     python benchmarks/bench_tracing.py                  # A + B with n=20
     python benchmarks/bench_tracing.py --part A --stride 4
-    python benchmarks/bench_tracing.py --part B --n 3 --scope titles
+    python benchmarks/bench_tracing.py --part B --n 3 --scope outputs
 
 Prints numbers; asserts nothing.
 """
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--min-tokens", type=int, default=256, help="part A: history tokens at least")
     ap.add_argument("--stride", type=int, default=1, help="part A: trace every stride-th history token")
     ap.add_argument("--repeats", type=int, default=1, help="part A: alternating repeats")
-    ap.add_argument("--scope", default="history", help="part B: history, titles or articles")
+    ap.add_argument("--scope", default="history", help="part B: history, outputs or inputs (the items' user outputs or inputs)")
     ap.add_argument("--modes", default="attn,attn-ig,gxi", help="part B: fast modes to compare")
     ap.add_argument("--ig-steps", type=int, default=4)
     ap.add_argument("--verify", default="0.1,0.2,0.3", help="part B: shares of tokens verified exactly (mode='verified')")

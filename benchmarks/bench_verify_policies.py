@@ -1,6 +1,6 @@
 """Which tokens should ``mode="verified"`` delete for real? Selection policies compared offline.
 
-    python benchmarks/bench_tracing.py --part B --n 20 --scope titles --modes attn,attn-sat,gxi,attn-ig \
+    python benchmarks/bench_tracing.py --part B --n 20 --scope outputs --modes attn,attn-sat,gxi,attn-ig \
         --save runs/tracing_B20_titles.jsonl
     python benchmarks/bench_verify_policies.py runs/tracing_B20_titles.jsonl
 
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--measure-share", type=float, default=0.25)
     ap.add_argument("--model", default="smollm2-135m", help="with --measure: the model the traces came from")
     ap.add_argument("--k", type=int, default=5, help="with --measure: as bench_tracing's --k")
-    ap.add_argument("--scope", default="titles", help="with --measure: as bench_tracing's --scope")
+    ap.add_argument("--scope", default="outputs", help="with --measure: as bench_tracing's --scope")
     args = ap.parse_args()
     examples = [json.loads(line) for line in open(args.traces)]
     if args.examples:

@@ -116,6 +116,8 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(wb, "load_model", refuse)
+    # the commands import it from its module, not through the facade: patch it there too
+    monkeypatch.setattr("workbench.core.loading.load_model", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -760,6 +762,303 @@ def test_an_interrupted_save_keeps_the_old_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _util.atomic_write(target, dies)
     assert snapshot(tmp_path) == before and PreferenceScores.load(target).meta["model"] == "tiny-random"
+
+
+# ==== issue 32: one writer, names from data, settings checked first, tuning kept, Ray, profiles ==========
+#
+# Each case failed (or hung) on the code before issue 32. The shared checks they hold:
+# workbench._util.dir_lock (one writer), workbench._util.safe_name / cache_file (names from data),
+# workbench.methods.Check / Method.check_settings (settings), workbench.runner.tuning.check_tuning_dir
+# and save_tuned (tuning accumulates), workbench.runner.scaleout.check_address (Ray),
+# workbench.runner.bench.check_profiles (profiles).
+
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from workbench.methods import Method, register_method  # noqa: E402
+from workbench.runner.bench import check_run  # noqa: E402
+from workbench.runner.tuning import save_tuned, tune_methods  # noqa: E402
+
+_HOLDER = """
+import sys, time
+from workbench._util import dir_lock
+with dir_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def held_dir(tmp_path):
+    """A run directory whose lock another live process holds; killed (SIGKILL) at the end."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    yield out, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+@cases("run directories", 4)
+def test_a_second_writer_is_refused_while_the_first_runs(tiny, news, held_dir, capsys, no_model_load):
+    """`bench --k 1 --out D &` and `bench --k 5 --out D` at once: the second is refused, before
+    its model loads, naming the live holder; the API, `tune` and `heads` refuse as well."""
+    out, proc = held_dir
+    err = expect_cli_error(["bench", "--model", "tiny-random", "--methods", "rag", "--n", "2", "--k", "5",
+                            "--out", str(out)], ("being written by another workbench process", f"pid {proc.pid}",
+                                                 "another --out"), out.parent, capsys)
+    assert err.count("\n") == 1
+    expect_cli_error(["tune", "--model", "tiny-random", "--methods", "dps", "--n", "2", "--out", str(out)],
+                     ("tuning directory", "another workbench process"), out.parent, capsys)
+    expect_cli_error(["heads", "--model", "tiny-random", "--n", "2", "--out", str(out)],
+                     ("heads directory", "another workbench process"), out.parent, capsys)
+    expect_error(lambda: run_bench(tiny, news, ["rag"], out, n=2, settings=SETTINGS, progress=False),
+                 _util.DirectoryBusyError, ("another workbench process",), out.parent)
+
+
+@cases("run directories", 1)
+def test_a_killed_writer_leaves_no_stuck_lock(tiny, news, held_dir):
+    out, proc = held_dir
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / _util.LOCK_FILE).exists()  # the dead process's file stays, unlocked
+    res = run_bench(tiny, news, ["generic"], out, n=1, settings=SETTINGS, progress=False)
+    assert len(res.outputs) == 1 and not (out / _util.LOCK_FILE).exists()
+
+
+HOSTILE_IDS = ["../../../../elsewhere/PWNED", "/etc/passwd", "/tmp/x/../../abs", "a\x00b", "a/b", "x" * 600,
+               "ユーザー/" + "é" * 200, "..", ".", "", "-rf", "CON"]
+
+
+@cases("names from data", len(HOSTILE_IDS))
+def test_ids_from_data_map_to_one_safe_file_inside_the_cache(tmp_path, monkeypatch):
+    """../, absolute paths, NUL, /, very long and non-ASCII ids: each names one file, in its
+    folder of the cache, that can be written, and no two ids share one."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "steerx" / "tiny-random" / "descriptions"
+    paths = set()
+    for uid in HOSTILE_IDS:
+        path = _util.cache_file("steerx", "tiny-random", f"descriptions/{uid}-0123abcd.json")
+        assert path.parent == folder and path.suffix == ".json", (uid, path)
+        assert len(path.name.encode()) <= 255 and path.name.isascii() and not path.name.startswith(".")
+        _util.atomic_write_text(path, "{}")
+        paths.add(path)
+    assert len(paths) == len(HOSTILE_IDS)
+    assert {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()} == \
+        {p.relative_to(tmp_path) for p in paths}
+    assert _util.safe_name("user_17") == "user_17"  # ordinary ids keep their names (and cache entries)
+
+
+@cases("names from data", 2)
+@pytest.mark.parametrize("method", ["caa-all", "steerx-caa"])
+def test_a_hostile_user_id_writes_only_inside_the_cache(tiny, news, tmp_path, monkeypatch, method):
+    """The reported case: a LaMP user_id of ``../../../../elsewhere/PWNED`` made steerx-caa and
+    caa-all write their description and vector files outside the cache."""
+    cache = tmp_path.joinpath(*"abcdefgh", "cache")
+    monkeypatch.setenv("WORKBENCH_CACHE", str(cache))
+    uid = "../" * 7 + "elsewhere/PWNED"  # deep enough to leave the cache from the vectors' folder too
+    user = [ex for ex in news if ex.user_id == news[0].user_id][:2]
+    m = make_methods([method], GenerationSettings(max_new_tokens=4))[0]
+    m.prepare_user(tiny, uid, user)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(cache in p.parents for p in written), written
+
+
+@cases("names from data", 1)
+def test_method_names_must_be_safe_file_names(tmp_path):
+    @dataclass
+    class Sneaky(Method):
+        name = "../sneaky"
+
+    expect_error(lambda: register_method(Sneaky), ValueError, ("method name", "letters, digits"), tmp_path)
+
+
+SETTING_CASES = [
+    ("alpha a word", "bench", ["--methods", "dps", "--set", "dps.alpha=foo"], ("dps.alpha='foo'", "entropy")),
+    ("alpha negative", "bench", ["--methods", "dps", "--set", "dps.alpha=-1"], ("dps.alpha=-1", ">= 0")),
+    ("top_percent 0", "bench", ["--methods", "generic,dps", "--set", "dps.top_percent=0"], ("dps.top_percent", "> 0")),
+    ("top_percent 500", "bench", ["--methods", "dps", "--set", "dps.top_percent=500"], ("dps.top_percent", "<= 100")),
+    ("plausibility 2", "bench", ["--methods", "dps", "--set", "dps.plausibility=2"], ("dps.plausibility", "<= 1")),
+    ("contrast unknown", "bench", ["--methods", "dps", "--set", "dps.contrast=users"], ("dps.contrast", "history")),
+    ("missing heads_file", "bench", ["--methods", "dps", "--set", "dps.heads_file=/nonexistent/scores.json"],
+     ("dps.heads_file", "no such file")),
+    ("combination's heads_file", "bench", ["--methods", "caa-all+dps", "--set",
+                                           "caa-all+dps.heads_file=/nonexistent/h.json"], ("heads_file", "no such file")),
+    ("bad grid value", "tune", ["--methods", "dps", "--grid", "dps.top_percent=2,0"], ("dps.top_percent", "> 0")),
+    ("bad grid word", "tune", ["--methods", "dps", "--grid", "dps.alpha=1,lots"], ("dps.alpha='lots'", "entropy")),
+]
+
+
+@cases("CLI", len(SETTING_CASES))
+@pytest.mark.parametrize("command, argv, patterns", [c[1:] for c in SETTING_CASES], ids=[c[0] for c in SETTING_CASES])
+def test_settings_are_checked_before_the_model_loads(command, argv, patterns, tmp_path, capsys, no_model_load):
+    expect_cli_error([command, "--model", "tiny-random", *argv, "--out", str(tmp_path / "out")], patterns, tmp_path,
+                     capsys)
+
+
+@cases("run directories", 2)
+def test_a_layer_the_model_lacks_is_refused_before_any_method_runs(tiny, news, tmp_path, monkeypatch):
+    """caa-user.layer=5 on the 2-layer tiny model: refused right after loading, naming the
+    setting and the model's layers, before generic (listed first) runs or anything is written."""
+    from workbench.runner.tuning import methods_for_run
+
+    ran = []
+    monkeypatch.setattr(Generic, "prepare_run", lambda *a: ran.append(1))
+    methods = methods_for_run(["generic", "caa-user"], SETTINGS, set_items=["caa-user.layer=5"])
+    expect_error(lambda: run_bench(tiny, news, methods, tmp_path / "out", n=2, settings=SETTINGS, progress=False),
+                 ValueError, ("caa-user.layer=5", "2 layers", r"0\.\.1"), tmp_path)
+    assert not ran
+    grids = {"caa-user": {"layer": ["0", "5"]}}
+    expect_error(lambda: tune_methods(tiny, news, grids, tmp_path / "tune", n=1, settings=SETTINGS), ValueError,
+                 ("caa-user.layer=5", "2 layers"), tmp_path)
+
+
+@cases("run directories", 1)
+def test_a_method_that_failed_leaves_no_settings_that_block_the_fix(tiny, news, tmp_path, monkeypatch):
+    """`bench --methods generic,dps --set dps.top_percent=...` ran generic, then dps failed: the
+    corrected command must not be refused for dps settings that produced no result."""
+    from workbench.methods.dps import Dps
+
+    def broken(self, model, examples, dataset):
+        raise RuntimeError("dps failed while preparing")
+
+    monkeypatch.setattr(Dps, "prepare_run", broken)
+    first = make_methods(["generic", "dps"], SETTINGS)
+    first[1].top_percent = 7.0
+    with pytest.raises(RuntimeError):
+        run_bench(tiny, news, first, tmp_path, n=2, settings=SETTINGS, progress=False)
+    assert json.loads((tmp_path / "run.json").read_text())["method_settings"]["dps"]["top_percent"] == 7.0
+    check_run("tiny-random", news, make_methods(["generic", "dps"], SETTINGS), tmp_path, n=2, settings=SETTINGS)
+
+
+@register_method
+@dataclass
+class _Echo32(Method):
+    """A synthetic method (no model work): writes the first ``copy`` share of the gold's words."""
+
+    name = "test-echo32"
+    copy: float = 0.0
+
+    def prompt(self, model, example):
+        words = example.gold.split()
+        return " ".join(words[: round(self.copy * len(words))]) or "zzz", {}
+
+    def decoder(self):
+        class Echo:
+            info: dict = {}
+
+            def decode(self, model, prompt, max_new_tokens):
+                return prompt
+
+        return Echo()
+
+
+@register_method
+@dataclass
+class _Echo32b(_Echo32):
+    name = "test-echo32b"
+
+
+@cases("tuning", 3)
+def test_tuning_results_accumulate_and_are_never_lost(tiny, news, tmp_path):
+    """`tune --methods A --out T` then `tune --methods B --out T` keeps both; tuning A again over
+    another grid is refused (its scores and choice would be gone); a rewrite keeps the old file."""
+    out = tmp_path / "T"
+    tune_methods(tiny, news, {"test-echo32": {"copy": ["0", "1"]}}, out, n=2, settings=SETTINGS)
+    tune_methods(tiny, news, {"test-echo32b": {"copy": ["0", "0.5"]}}, out, n=2, settings=SETTINGS)
+    d = json.loads((out / "tuned.json").read_text())
+    assert set(d["methods"]) == {"test-echo32", "test-echo32b"}
+    assert d["methods"]["test-echo32"]["grid"] == {"copy": ["0.0", "1.0"]} and d["methods"]["test-echo32"]["n"] == 2
+    assert [json.loads(p.read_text())["methods"].keys() for p in (out / "previous").iterdir()] == [{"test-echo32"}]
+    expect_error(lambda: tune_methods(tiny, news, {"test-echo32": {"copy": ["0.5"]}}, out, n=2, settings=SETTINGS),
+                 ValueError, ("already holds test-echo32 tuned over grid", "another --out"), out)
+    expect_error(lambda: tune_methods(tiny, news, {"test-echo32": {"copy": ["0", "1"]}}, out, n=2,
+                                      settings=GenerationSettings(max_new_tokens=4, k=2)),
+                 ValueError, ("other settings",), out)
+    # the same grid again (written 1.0 instead of 1) resumes, on more examples, and keeps everything
+    tune_methods(tiny, news, {"test-echo32": {"copy": ["0", "1.0"]}}, out, n=3, settings=SETTINGS)
+    d = json.loads((out / "tuned.json").read_text())
+    assert set(d["methods"]) == {"test-echo32", "test-echo32b"} and d["methods"]["test-echo32"]["n"] == 3
+    assert len(list((out / "previous").iterdir())) == 2
+
+
+@cases("tuning", 1)
+def test_cli_refuses_a_second_grid_before_loading(tiny, news, tmp_path, capsys, no_model_load):
+    out = tmp_path / "T"
+    tune_methods(tiny, news, {"test-echo32": {"copy": ["0", "1"]}}, out, settings=GenerationSettings())
+    expect_cli_error(["tune", "--model", "tiny-random", "--methods", "test-echo32", "--grid", "test-echo32.copy=0.5",
+                      "--out", str(out)], ("already holds test-echo32", "another --out"), out, capsys)
+
+
+def _tuned(path: Path, chosen: dict) -> Path:
+    save_tuned([], path, {"model": "tiny-random"})
+    _edit_json(path, lambda d: d.update(methods={m: {"chosen": c} for m, c in chosen.items()}))
+    return path
+
+
+@cases("tuning", 1)
+def test_a_tuned_file_for_none_of_the_methods_is_refused(tmp_path, capsys, no_model_load):
+    tuned = _tuned(tmp_path / "tuned.json", {"caa-user": {"scale": 2.0}})
+    expect_cli_error(["bench", "--model", "tiny-random", "--methods", "generic,rag", "--tuned", str(tuned),
+                      "--out", str(tmp_path / "run")], ("caa-user", "none of which is in --methods"), tmp_path, capsys)
+
+
+@cases("tuning", 2)
+def test_tuned_settings_are_recorded_and_tuning_users_are_named(tiny, tmp_path, capsys, monkeypatch):
+    """--tuned goes into run.json; with the default --users all the run says that it evaluates
+    on the tuning users too, and records it."""
+    monkeypatch.setattr("workbench.core.loading.load_model", lambda *a, **k: tiny)
+    tuned = _tuned(tmp_path / "tuned.json", {"test-echo32": {"copy": 0.5}})
+    out = tmp_path / "run"
+    assert main(["bench", "--model", "tiny-random", "--methods", "test-echo32", "--tuned", str(tuned), "--n", "2",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "chosen on the tuning users" in err and "--users eval" in err
+    run = json.loads((out / "run.json").read_text())
+    assert run["tuned"][0]["path"] == str(tuned.resolve()) and run["tuned"][0]["applied"] == ["test-echo32"]
+    assert "tuning users included" in run["tuned"][0]["evaluated_on"]
+    assert run["tuned"][0]["sha256"] == hashlib.sha256(tuned.read_bytes()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@cases("CLI", 2)
+def test_a_ray_address_nobody_answers_fails_fast_in_our_words(tmp_path, capsys, no_model_load):
+    pytest.importorskip("ray")
+    t0 = time.perf_counter()
+    expect_cli_error(["bench", "--model", "tiny-random", "--n", "1", "--workers", "1", "--ray-address",
+                      f"127.0.0.1:{_free_port()}", "--ray-timeout", "2", "--out", str(tmp_path / "run")],
+                     ("no Ray cluster answers at 127.0.0.1:", "ray start --head"), tmp_path, capsys)
+    assert time.perf_counter() - t0 < 30
+    expect_cli_error(["bench", "--model", "tiny-random", "--n", "1", "--ray-address", "head-without-port",
+                      "--out", str(tmp_path / "run")], ("host:port",), tmp_path, capsys)
+
+
+@cases("CLI", 3)
+def test_empty_profiles_are_refused_up_front_with_the_cli_way_out(tmp_path, capsys, no_model_load):
+    q = [{"id": "1", "input": "Generate a headline for the following article: x", "profile": [
+        {"id": "p1", "text": "a", "title": "b"}]},
+         {"id": "2", "input": "Generate a headline for the following article: y", "profile": []}]
+    d = _lamp_dir(tmp_path, q, {"task": "LaMP_4", "golds": [{"id": "1", "output": "X"}, {"id": "2", "output": "Y"}]})
+    expect_cli_error(["bench", "--model", "tiny-random", "--methods", "generic,rag", "--data", str(d),
+                      "--out", str(tmp_path / "run")], ("1 of the 2 examples have an empty profile", "rag",
+                                                        "--with-profile"), tmp_path, capsys)
+    # user "2" (the one without history) is a tuning user
+    expect_cli_error(["tune", "--model", "tiny-random", "--methods", "caa-user", "--data", str(d),
+                      "--out", str(tmp_path / "tune")], ("empty profile", "caa-user", "--with-profile"), tmp_path, capsys)
+    ds = load_lamp(d)
+    expect_error(lambda: check_run("tiny-random", ds, ["rag"], tmp_path / "run"), ValueError,
+                 ("empty profile", "with_profile"), tmp_path)
+    check_run("tiny-random", ds.with_profile(), ["rag"], tmp_path / "run")  # what --with-profile runs
+    check_run("tiny-random", ds, ["generic"], tmp_path / "run")  # generic needs no profile
 
 
 # ==== the count ===========================================================================================

@@ -52,6 +52,18 @@ def test_demo_refuses_to_overwrite_a_foreign_index(tmp_path, capsys):
     assert (tmp_path / "index.html").read_text() == "my own page"
 
 
+def test_shared_options_are_declared_once():
+    from workbench.app.cli import build_parser
+    from workbench.data.retrieval import RETRIEVALS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for flag in ("--task", "--data", "--split", "--model", "--retrieval", "--max-new-tokens", "--device", "--dtype"):
+        found = [a for c in commands.values() for a in c._actions if flag in a.option_strings]
+        assert len(found) >= 2 and len({(a.default, a.type, a.help, a.choices) for a in found}) == 1, flag
+    retrieval = next(a for a in commands["bench"]._actions if "--retrieval" in a.option_strings)
+    assert tuple(retrieval.choices) == RETRIEVALS
+
+
 def test_unknown_model_is_a_clear_error_not_a_traceback(capsys):
     assert main(["demo", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
@@ -83,6 +95,14 @@ def test_demo_on_the_default_model_personalizes(smol):
     assert result.scores is not None and result.scores.matrix.shape == (smol.n_layers, smol.n_heads)
     assert result.scores.frame["pcs"].max() > 0
     assert result.dps
+    # the DPS row names the `dps` method's settings and its heads: the top share of the demo's PCS (issue 34)
+    from workbench.methods.dps import Dps
+
+    d = Dps()
+    (row,) = [p for p in result.outputs()["prompt"] if "DPS" in p]
+    n = len(result.scores.top_percent(d.top_percent))
+    assert f"α {d.alpha:g}," in row and f"top {d.top_percent:g}% = {n} of {smol.n_layers * smol.n_heads} heads" in row
+    assert row.endswith(", ".join(f"L{l}H{h}" for l, h in result.scores.top_percent(d.top_percent)))
     page = result.report.to_html()
     for section in ("Preference heads, one by one", "Token effects and SteerX steering", "Fints: steered vs generic",
                     "How the methods compare (all users)"):

@@ -68,7 +68,7 @@ def test_pairs_are_filtered_by_rouge_threshold(tiny, user, others, cache):
 
 def test_pairs_cache_round_trip_and_keys(tiny, user, others, cache, monkeypatch):
     first = contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4)
-    files = list((cache / "fints" / "pairs").glob("*.json"))
+    files = list((cache / "fints").glob("*/pairs/*.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["model"] == tiny.name and len(data["records"]) == 6
@@ -89,11 +89,27 @@ def test_pairs_bad_input(tiny, user, others, cache):
     with pytest.raises(ValueError, match="n_others"):
         contrastive_pairs(tiny, user, others[:1], n_others=2)
     with pytest.raises(ValueError, match="by='recent'"):
-        select_items([_item(1), _item(2)], by="query")
+        select_items([_item(1), _item(2)], by="query", task="lamp4")
+    with pytest.raises(ValueError, match="task="):  # item dicts do not say which fields are input and output
+        select_items([_item(1), _item(2)], by="recent")
     with pytest.raises(ValueError, match="mixes users"):
         contrastive_pairs(tiny, [user[0], Example("x", "u2", "lamp4", "a", (_item(9),), "b")], others)
     assert len(select_items(user, max_items=3)) == 3
-    assert [it["id"] for it in select_items([_item(i) for i in range(5)], max_items=2, by="recent")] == ["h4", "h3"]
+    assert [it["id"] for it in select_items([_item(i) for i in range(5)], max_items=2, by="recent", task="lamp4")] \
+        == ["h4", "h3"]
+
+
+def test_pairs_of_another_task(tiny, cache):
+    # LaMP-5: the item's abstract is the input, its title the positive; nothing in the pairs code names them.
+    items = [{"id": f"p{i}", "abstract": _item(i)["text"], "title": _item(i)["title"]} for i in range(4)]
+    others = [{"id": f"o{i}", "abstract": _item(50 + i)["text"], "title": _item(50 + i)["title"]} for i in range(3)]
+    df = contrastive_pairs(tiny, items, others, task="lamp5", n_others=2, threshold=1.01, max_new_tokens=4)
+    assert list(df["text"]) == [it["abstract"] for it in reversed(items)]  # the most recent first
+    assert list(df["positive"]) == [it["title"] for it in reversed(items)]
+    asked = "Write a title for this paper abstract" if tiny.has_chat_template else "Abstract: "  # LaMP-5's prompt
+    assert all(asked in str(p) for p in df["prompt"])
+    with pytest.raises(ValueError, match="task="):
+        contrastive_pairs(tiny, items, others, n_others=2)
 
 
 def test_vectors_have_model_width_and_are_differences(tiny, pairs):

@@ -24,6 +24,7 @@ LAYERS = {
     "workbench.methods": 4,    # the runner's methods: prompt -> intervention -> decoder
     "workbench.runner": 5,     # bench, compare, tuning, sweeps, settings, figures, scale-out
     "workbench.app": 6,        # the CLI, the demo and its report
+    "workbench.__main__": 6,   # `python -m workbench`: the CLI
 }
 FACADE = "workbench"  # __init__: the public names, re-exported lazily; nothing inside imports it
 

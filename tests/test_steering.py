@@ -140,3 +140,19 @@ def test_bad_input_gives_clear_errors(tiny):
 def test_repr_is_readable(tiny):
     r = repr(wb.steer(tiny, torch.ones(64), layer=1, site="mlp_out", scale=3))
     assert "blocks.1.hook_mlp_out" in r and "scale=3" in r
+
+
+def test_a_steer_of_several_vectors_refuses_to_name_one_layer(tiny):
+    # like SteeringVector.layer: the first of several entries would be a silent half-truth
+    both = wb.steer(tiny, torch.ones(tiny.d_model), layer=0) + wb.steer(tiny, torch.ones(tiny.d_model), layer=1)
+    one = wb.steer(tiny, torch.ones(tiny.d_model), layer=1, scale=2)
+    assert (one.layer, one.scale, one.site) == (1, 2.0, "resid_post")
+    vector = wb.SteeringVector({(0, "resid_pre"): torch.ones(tiny.d_model), (1, "resid_pre"): torch.ones(tiny.d_model)},
+                               model=tiny.name)
+    for steer_ in [vector.apply(tiny)] + ([both] if hasattr(both, "entries") else []):
+        with pytest.raises(ValueError, match=r"adds 2 vectors.*\.entries"):
+            steer_.layer  # noqa: B018
+    with pytest.raises(ValueError, match=r"scale=nan must be a finite number"):
+        wb.steer(tiny, torch.ones(tiny.d_model), layer=0, scale=float("nan"))
+    with pytest.raises(ValueError, match=r"scale='2' must be a number"):
+        wb.steer(tiny, torch.ones(tiny.d_model), layer=0, scale="2")

@@ -38,6 +38,19 @@ def test_user_history_is_the_shared_part(user_examples):
     assert all(it["title"] != "GOLD OF Q1" for it in hist)  # a later query's profile holds q1's gold
 
 
+def test_one_rule_for_a_usable_history_item():
+    from workbench.data.history import usable_item
+
+    assert usable_item({"text": "an article", "title": "a headline"})
+    assert not usable_item({"text": "an article", "title": "   "})  # whitespace is no output
+    assert not usable_item({"text": "an article"})
+    assert usable_item({"abstract": "an abstract", "title": "A Title"}, "lamp5")
+    assert not usable_item({"text": "an abstract", "title": "A Title"}, "lamp5")  # LaMP-5's input is the abstract
+    blank = Example(id="q3", user_id="u1", task="lamp4", input="x", gold="y",
+                    profile=PROFILE + ({"id": "9", "text": "an article", "title": " "},))
+    assert [it["id"] for it in user_history([blank])] == ["0", "1", "2", "3"]
+
+
 def test_vector_save_load_refuses_other_model(tiny, tmp_path):
     v = SteeringVector.at(torch.randn(tiny.d_model), 1, "resid_post", tiny.name, {"method": "test"})
     p = v.save(tmp_path / "v.pt")
@@ -52,8 +65,16 @@ def test_vector_save_load_refuses_other_model(tiny, tmp_path):
         other.apply(tiny)
 
 
+def _caa(model, preference, inputs, layers, task="lamp4"):
+    """CAA as the steering methods build it: the task's prompts with and without the preference."""
+    from workbench.data.prompts import preference_prompt, task_prompt
+
+    return caa_vectors(model, [preference_prompt(model, task, preference, x) for x in inputs],
+                       [task_prompt(model, task, x) for x in inputs], layers=layers)
+
+
 def test_caa_vector_changes_logits_and_cleans_up(tiny, tiny_ids):
-    vecs = caa_vectors(tiny, list(PROFILE), ["the city of paris", "the cat and the dog"], layers=[0, 1])
+    vecs = _caa(tiny, list(PROFILE), ["the city of paris", "the cat and the dog"], layers=[0, 1])
     assert set(vecs) == {0, 1}
     v = vecs[1]
     assert v.vector.shape == (tiny.d_model,) and v.norm > 0
@@ -68,35 +89,59 @@ def test_caa_vector_changes_logits_and_cleans_up(tiny, tiny_ids):
     assert (steered - base).abs().max() > 1e-3
     assert all_hook_handles(tiny) == before
     # A description (a string) gives a different vector than the history.
-    d = caa_vectors(tiny, "the user likes cats", ["the city of paris"], layers=[1])[1]
+    d = _caa(tiny, "the user likes cats", ["the city of paris"], layers=[1])[1]
     assert not torch.allclose(d.vector, v.vector)
 
 
 def test_caa_without_context_difference_is_zero(tiny):
     # Same context on both sides -> exactly zero: the contrast really is "with minus without".
-    v = caa_vectors(tiny, [], ["the city of paris"], layers=[1])[1]
+    v = _caa(tiny, [], ["the city of paris"], layers=[1])[1]
     assert v.norm == pytest.approx(0.0, abs=1e-6)
 
 
+def test_caa_takes_task_neutral_prompts(tiny):
+    # Any prompts with a shared ending: no task, no history fields.
+    v = caa_vectors(tiny, ["Be brief.\n\nSay something about paris", "Be brief.\n\nSay something about cats"],
+                    ["Say something about paris", "Say something about cats"], [1])[1]
+    assert v.norm > 0 and v.built["n_inputs"] == 2
+    with pytest.raises(ValueError, match="list of prompts"):
+        caa_vectors(tiny, "the user likes cats", ["the city of paris"], [1])  # the old (preference, articles) call
+    with pytest.raises(ValueError, match="1 positive but 2 negative"):
+        caa_vectors(tiny, ["a b"], ["b", "c"], [1])
+    # A LaMP-5 user (abstracts and titles) gets a vector from the same code.
+    items = [{"id": "1", "abstract": "we study cats on mats", "title": "Cats on Mats"}]
+    assert _caa(tiny, items, ["a paper about towers"], [1], task="lamp5")[1].norm > 0
+    assert _caa(tiny, "the user likes short titles", ["a paper about towers"], [1], task="lamp5")[1].norm > 0
+
+
 def test_optimized_vector_bound_and_progress(tiny):
+    from workbench.data.prompts import preference_prompt, task_prompt
+
     before = all_hook_handles(tiny)
-    v = optimized_vector(tiny, list(PROFILE), layer=0, steps=15, radius=0.3)
+    records = [(task_prompt(tiny, "lamp4", it["text"]), it["title"]) for it in PROFILE]
+    v = optimized_vector(tiny, records, layer=0, steps=15, radius=0.3)
     losses = v.built["losses"]
     assert losses[-1] < losses[0]
     assert v.norm <= 0.3 * v.built["typical_norm"] * 1.001
-    d = optimized_vector(tiny, list(PROFILE), layer=0, steps=3, description="the user likes cats")
-    assert d.built["target"] == "description KL"
+    teacher = [preference_prompt(tiny, "lamp4", "the user likes cats", it["text"]) for it in PROFILE]
+    d = optimized_vector(tiny, records, layer=0, steps=3, teacher=teacher)
+    assert d.built["target"] == "teacher KL"
     assert all_hook_handles(tiny) == before
     assert all(p.requires_grad for p in tiny.bridge.parameters())
     with pytest.raises(ValueError, match="layer"):
-        optimized_vector(tiny, list(PROFILE), layer=7)
+        optimized_vector(tiny, records, layer=7)
+    with pytest.raises(ValueError, match="one per record"):
+        optimized_vector(tiny, records, layer=0, teacher=teacher[:1])
+    with pytest.raises(ValueError, match=r"\(prompt, target\) pairs"):
+        optimized_vector(tiny, list(PROFILE), layer=0)  # item dicts: the caller makes the records
 
 
 def test_preference_words_rules(tiny):
-    desc = steerx_description(tiny, list(PROFILE), "u1", n_traces=2, top_k=5)
+    desc = steerx_description(tiny, list(PROFILE), "u1", task="lamp4", n_traces=2, top_k=5)
     assert 0 < len(desc.words) <= 5 and (desc.words["score"] > 0).all()
     assert desc.description and "{words}" not in desc.prompt
-    again = steerx_description(tiny, list(PROFILE), "u1", n_traces=2, top_k=5)  # from the disk cache
+    assert desc.prompt.startswith("Here are words that show how a user writes news headlines")  # LaMP-4's
+    again = steerx_description(tiny, list(PROFILE), "u1", task="lamp4", n_traces=2, top_k=5)  # from the disk cache
     assert again.description == desc.description and again.traces == []
     p = preference_words(desc.traces, top_k=None, top_p=0.5, by="diff")
     t = preference_words(desc.traces, top_k=None, threshold=float(p["score"].min()), by="diff")
@@ -120,6 +165,29 @@ def test_runner_methods(tiny, user_examples, name):
     assert torch.equal(again.vector.cpu(), state.vector.cpu())
     d = m.describe()
     assert d["backbone"] in ("caa", "opt") and d["source"] in ("all", "steerx")
+
+
+LAMP5 = tuple({"id": f"p{i}", "abstract": t, "title": h.title(), "date": f"2020-01-0{i + 1}"}
+              for i, (t, h) in enumerate(TEXTS))
+
+
+@pytest.mark.parametrize("name", ["caa-all", "steerx-opt"])
+def test_runner_methods_serve_another_task(tiny, name):
+    # LaMP-5 (abstract -> paper title): only its TaskSpec differs, the methods and science are the same.
+    from workbench.methods import GenerationSettings, make_methods
+
+    prefix = "Generate a title for the following abstract of a paper: "
+    exs = [Example(id=f"q{i}", user_id="u5", task="lamp5", input=prefix + x, profile=LAMP5, gold="g")
+           for i, x in enumerate(["towers of paris", "cats and dogs"])]
+    m = make_methods([name], GenerationSettings(max_new_tokens=4))[0]
+    m.opt_steps = 2
+    state = m.prepare_user(tiny, "u5", exs)
+    assert state.norm > 0
+    assert bool(state.built.get("description")) == (name == "steerx-opt")
+    lamp7 = [Example(id="t", user_id="u7", task="lamp7", input="a tweet", profile=({"id": "1", "text": "hi"},),
+                     gold="x")]
+    with pytest.raises(ValueError, match="no \\(input, user's output\\) pairs"):
+        m.prepare_user(tiny, "u7", lamp7)
 
 
 def test_sweep_picks_from_grid(tiny, user_examples):

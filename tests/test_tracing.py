@@ -12,6 +12,7 @@ from workbench.science.tracing import TokenEffects, label_tokens, spearman, trac
 
 USER = {
     "user_id": "u",
+    "task": "lamp4",
     "profile": [
         {"id": "a", "text": "the cat sat on the mat", "title": "cat news"},
         {"id": "b", "text": "the dog is in paris", "title": "dog travel headline"},
@@ -55,13 +56,27 @@ def deletion_loop_effects(model, prompt, target, positions):
 def test_labels_find_items_and_parts(tiny):
     lab = label_tokens(tiny, prompt_of(tiny), USER["profile"])
     f = lab.frame
-    titles = f[(f["part"] == "title") & (f["item"] == 1)]
+    titles = f[(f["part"] == "output") & (f["item"] == 1)]
     assert "".join(titles["token"]).split() == USER["profile"][1]["title"].split()
-    assert set(f.loc[f["part"] == "article", "item"]) == {0, 1}
+    assert set(f.loc[f["part"] == "input", "item"]) == {0, 1}
     assert (f.loc[f["part"] == "query", "item"] == -1).all()
-    assert set(titles["position"]) <= set(lab.positions("titles"))
+    assert set(titles["position"]) <= set(lab.positions("outputs"))
     with pytest.raises(ValueError, match="not found"):
         label_tokens(tiny, prompt_of(tiny), [{"text": "nothing like this", "title": "x"}])
+    with pytest.raises(ValueError, match="'titles' is now 'outputs'"):  # the old, LaMP-4-worded scope
+        lab.positions("titles")
+
+
+def test_labels_follow_the_tasks_fields(tiny):
+    # LaMP-5's items are an abstract and the user's title: the same parts, other fields.
+    from workbench.data.prompts import task_prompt
+
+    items = [{"id": "p1", "abstract": "we study cats on mats", "title": "Cats on Mats"},
+             {"id": "p2", "abstract": "dogs travel to paris", "title": "Parisian Dogs"}]
+    lab = label_tokens(tiny, task_prompt(tiny, "lamp5", "a paper about towers", items), items, ("abstract", "title"))
+    f = lab.frame
+    assert set(f.loc[f["part"] == "input", "item"]) == {0, 1}
+    assert "".join(f.loc[(f["part"] == "output") & (f["item"] == 1), "token"]).split() == ["Parisian", "Dogs"]
 
 
 def test_exact_equals_mask_deletion_and_scratch_loop(tiny):
@@ -123,7 +138,7 @@ def test_fast_modes_shape_and_no_leftovers(tiny):
 
     before = all_hook_handles(tiny)
     prompt = prompt_of(tiny)
-    for mode in ("gxi", "attn", "fast"):
+    for mode in ("gxi", "attn", "ig"):
         te = trace_tokens(tiny, prompt, USER["gold"], items=USER["profile"], mode=mode, generic_target="the city",
                           progress=False)
         assert list(te.frame.columns[-3:]) == ["effect", "effect_generic", "effect_diff"]
@@ -135,7 +150,7 @@ def test_fast_modes_shape_and_no_leftovers(tiny):
 
 def frame_effects():
     f = pd.DataFrame({"item": [0, 0, 0, 1, 1], "item_id": ["a", "a", "a", "b", "b"],
-                      "part": ["article", "article", "title", "title", "title"], "position": [1, 2, 3, 4, 5],
+                      "part": ["input", "input", "output", "output", "output"], "position": [1, 2, 3, 4, 5],
                       "token": ["Why", " do", " cats", " Dogs", "!"], "word": [0, 1, 2, 3, 4],
                       "effect": [0.5, 0.3, 0.1, -0.2, 0.1]})
     meta = {"model": "m", "mode": "exact", "target": "t", "reduce": "mean"}
@@ -155,7 +170,8 @@ def test_selection_rules():
         te.select(top_k=2, by="diff")
     items = te.by_item()
     assert items.loc[items["item"] == 0, "total"].item() == pytest.approx(0.9)
-    assert items.loc[items["item"] == 1, "title"].item() == pytest.approx(-0.1)
+    assert items.loc[items["item"] == 1, "output"].item() == pytest.approx(-0.1)
+    assert items["output_text"].tolist() == ["cats", "Dogs!"]  # read from the output's own tokens
 
 
 def test_rendering(tiny):
@@ -172,10 +188,15 @@ def test_rendering(tiny):
 def test_bad_input(tiny):
     with pytest.raises(ValueError, match="mode"):
         trace_tokens(tiny, prompt_of(tiny), "x", items=USER["profile"], mode="magic")
+    # 'fast' meant integrated gradients here but attribution patching in preference_scores
+    with pytest.raises(ValueError, match="'ig'.*attribution patching|attribution patching.*'ig'"):
+        trace_tokens(tiny, prompt_of(tiny), "x", items=USER["profile"], mode="fast")
+    with pytest.raises(ValueError, match="task"):
+        trace_example(tiny, {k: v for k, v in USER.items() if k != "task"})
     with pytest.raises(ValueError, match="outside the prompt"):
         trace_tokens(tiny, prompt_of(tiny), "news", positions=[10_000], progress=False)
     with pytest.raises(ValueError, match="selects no tokens"):
-        trace_tokens(tiny, prompt_of(tiny), "news", positions="titles", progress=False)  # no items given
+        trace_tokens(tiny, prompt_of(tiny), "news", positions="outputs", progress=False)  # no items given
     with pytest.raises(ValueError, match="empty"):
         trace_tokens(tiny, prompt_of(tiny), "", items=USER["profile"])
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from workbench.app.cli import main
 from workbench.data.lamp import load_lamp4_news
 from workbench.methods import GenerationSettings, Method, make_methods, register_method
-from workbench.runner.settings import apply_all, apply_settings, parse_assignments
-from workbench.data.splits import describe_split, split_users, user_side
-from workbench.runner.tuning import choose, grid_points, load_tuned, parse_grid, save_tuned, tune
+from workbench.data.history import dev_split, profile_examples
+from workbench.data.records import Dataset
+from workbench.runner.settings import apply_all, apply_settings, parse_assignments, parse_method_names
+from workbench.data.splits import describe_split, select_examples, split_users, user_side
+from workbench.runner.tuning import (DEFAULT_GRIDS, choose, grid_points, load_tuned, methods_for_run, parse_grid, plan_tuning,
+                                     save_tuned, tune, tune_methods)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,43 @@ def test_a_cut_dataset_keeps_the_whole_for_other_users_data(news):
     fints = make_methods(["fints"], GenerationSettings())[0]
     fints.prepare_run(None, list(tune)[:3], tune)
     assert len(fints._others) == len(news) > len(tune)
+
+
+# ---- which examples a run works on -----------------------------------------------------------
+
+def test_select_examples_is_the_one_way_examples_are_picked(news):
+    # queries: file order, a prefix for any n (a run grows in steps and resumes)
+    assert [ex.id for ex in select_examples(news, 5)] == [ex.id for ex in news][:5]
+    assert len(select_examples(news)) == len(news)
+    # users first, then n: the first tuning users' queries, never an evaluation user's
+    assert [ex.id for ex in select_examples(news, 4, users="tune")] == [ex.id for ex in split_users(news, "tune")][:4]
+    assert {ex.user_id for ex in select_examples(news, users="eval")} == set(split_users(news, "eval").users())
+    # gold: queries that have a profile; profile and dev: the history builders, unchanged
+    assert all(ex.profile for ex in select_examples(news, source="gold"))
+    assert [ex.id for ex in select_examples(news, 6, source="profile")] == [ex.id for ex in profile_examples(news, n=6)]
+    assert [ex.id for ex in select_examples(news, 3, source="profile")] == [ex.id for ex in profile_examples(news, n=6)][:3]
+    assert [ex.id for ex in select_examples(news, 2, source="dev", seed=1)] == [ex.id for ex in dev_split(news, 2, seed=1)]
+    every = select_examples(news, source="profile")  # n=None: every usable profile item once
+    assert len({ex.id for ex in every}) == len(every) > len(select_examples(news, 6, source="profile"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "golds"}, "source='golds': use one of"),
+    ({"n": 0}, "n=0 must be >= 1"),
+    ({"n": 2.5}, "n=2.5 must be a whole number"),
+    ({"users": "test"}, "users='test'"),
+    ({"users": "tune", "fraction": 1.0}, "fraction"),
+])
+def test_select_examples_refuses_bad_arguments(news, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        select_examples(news, **kwargs)
+
+
+def test_gold_examples_need_a_query_with_a_profile(news):
+    bare = Dataset([replace(ex, profile=()) for ex in news[:3]], "lamp4", "dev", "/data/x")
+    with pytest.raises(ValueError, match=r"no query in /data/x \(dev\) has a profile; --source gold"):
+        select_examples(bare, source="gold")
+    assert len(select_examples(bare)) == 3  # queries without a profile are still queries
 
 
 # ---- settings from text --------------------------------------------------------------------
@@ -90,6 +130,65 @@ def test_grid_parsing_and_points():
     assert len(points) == 6 and points[0] == {"alpha": "0.5", "top_percent": "2"}
     with pytest.raises(ValueError, match="twice"):
         parse_grid(["dps.alpha=1,1"])
+
+
+def test_method_names_from_text():
+    assert parse_method_names(" generic, rag ,") == ["generic", "rag"]
+    with pytest.raises(ValueError, match="--methods is empty"):
+        parse_method_names(" , ")
+
+
+# ---- what a run or a tune is set to, before any model loads ---------------------------------
+
+def _tuned_file(path, chosen, model="tiny-random"):
+    save_tuned([], path, {"model": model})
+    payload = json.loads(path.read_text())
+    payload["methods"] = {m: {"chosen": c} for m, c in chosen.items()}
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_methods_for_run_applies_defaults_then_tuned_then_set(tmp_path):
+    tuned = _tuned_file(tmp_path / "t.json", {"dps": {"alpha": "entropy"}, "fints": {"scale": 2.0}})
+    dps, rag = methods_for_run(["dps", "rag"], GenerationSettings(k=3), "tiny-random", tuned=[tuned],
+                               set_items=["dps.top_percent=2"])
+    assert dps.alpha == "entropy" and dps.top_percent == 2.0 and dps.settings.k == 3  # fints: not in this run, ignored
+    assert [m.name for m in methods_for_run(["rag"], GenerationSettings())] == ["rag"]  # nothing given: the defaults
+
+
+def test_methods_for_run_refuses_clashes_and_strays(tmp_path):
+    tuned = _tuned_file(tmp_path / "t.json", {"dps": {"alpha": "entropy"}})
+    other = _tuned_file(tmp_path / "u.json", {"dps": {"top_percent": 2.0}})
+    s = GenerationSettings()
+    with pytest.raises(ValueError, match=r"--set \['dps.alpha'\] would override settings chosen by tuning"):
+        methods_for_run(["dps"], s, "tiny-random", tuned=[tuned], set_items=["dps.alpha=0.5"])
+    with pytest.raises(ValueError, match="dps is tuned in two of the --tuned files; keep one"):
+        methods_for_run(["dps"], s, "tiny-random", tuned=[tuned, other])
+    with pytest.raises(ValueError, match="not in this run"):
+        methods_for_run(["rag"], s, set_items=["dps.alpha=0.5"])
+    with pytest.raises(ValueError, match="tuned on 'tiny-random', not on 'smollm2-135m'"):
+        methods_for_run(["dps"], s, "smollm2-135m", tuned=[tuned])
+    with pytest.raises(ValueError, match="unknown method"):
+        methods_for_run(["nope"], s, set_items=["dps.alpha"])  # the names first, before --set is read
+
+
+def test_plan_tuning_resolves_grids_and_checks_every_point():
+    grids, fixed = plan_tuning(["dps", "fints"], ["fints.scale=1,3"], ["dps.plausibility=none"])
+    assert grids == {"dps": DEFAULT_GRIDS["dps"], "fints": {"scale": ["1", "3"]}}
+    assert fixed == {"dps": {"plausibility": "none"}}
+
+
+@pytest.mark.parametrize("names, grid, fixed, message", [
+    (["generic"], [], [], r"\['generic'\] have no declared grid"),
+    (["dps"], ["dps.alpha=0.5,nan"], [], "dps.alpha='nan'"),
+    (["dps"], ["fints.scale=1"], [], r"--grid/--set name method\(s\) \['fints'\] that are not in --methods \['dps'\]"),
+    (["dps"], [], ["rag.k=2"], "not in --methods"),
+    (["dps"], [], ["dps.alpah=1"], "no setting 'alpah'"),
+    (["dps"], ["dps.alpha"], [], "METHOD.FIELD=V1,V2"),
+])
+def test_plan_tuning_refuses_what_would_fail_later(names, grid, fixed, message):
+    with pytest.raises(ValueError, match=message):
+        plan_tuning(names, grid, fixed)
 
 
 # ---- tune ------------------------------------------------------------------------------------
@@ -178,3 +277,14 @@ def test_cli_tune_writes_tuned_json(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "grid-test-copier.html").exists()
     assert main(["tune", "--model", "tiny-random", "--methods", "test-copier", "--grid", "dps.alpha=1",
                  "--out", str(tmp_path / "y")]) == 2  # a grid for a method not being tuned
+
+
+def test_tune_methods_writes_each_choice_as_it_is_made(tiny, news, tmp_path):
+    lines = []
+    results = tune_methods(tiny, news, {"test-copier": {"copy": ["0", "1"]}}, tmp_path, n=3, command="notebook",
+                           log=lines.append)
+    assert [r.chosen for r in results] == [{"copy": 1.0}] and lines == [repr(results[0])]
+    d = json.loads((tmp_path / "tuned.json").read_text())
+    assert d["command"] == "notebook" and d["n"] == 3 and d["settings"] == {"max_new_tokens": 32, "k": 5, "retrieval": "bm25"}
+    assert d["users"]["users"] == "tune" and load_tuned(tmp_path / "tuned.json", tiny.name) == {"test-copier": {"copy": 1.0}}
+    assert (tmp_path / "grid-test-copier.html").exists()

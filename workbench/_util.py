@@ -38,8 +38,36 @@ def stable_hash(obj: Any, length: int | None = HASH_CHARS) -> str:
 
 
 def slug(text: str, limit: int = 80) -> str:
-    """``text`` as a safe file-name part (model names hold ``/``)."""
+    """``text`` as a safe file-name part (model names hold ``/``). For text that comes from
+    data (user ids, example ids) use :func:`safe_name`: a slug may collide and be cut short."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))[:limit]
+
+
+SAFE_NAME_CHARS = 80
+"""Characters kept of a name's cleaned text; with the hash suffix a safe name stays far below
+every file system's 255-byte limit."""
+
+
+def safe_name(text: Any, limit: int = SAFE_NAME_CHARS) -> str:
+    """``text`` (anything from data: a user id, an example id, a method name) as one file name
+    that stays where it is put: the one place workbench turns data into file names.
+
+    ASCII letters, digits and ``-_.`` are kept, everything else (``/``, ``\\``, NUL, spaces,
+    non-ASCII) becomes ``_``, and a leading ``.`` too (no ``..``, no hidden files); a name that
+    had to change, or is longer than ``limit``, gets ``-`` and a hash of the original text, so
+    two different texts never share a file. A name already safe and short comes back as it is
+    (existing cache entries keep their names). A short, clean extension (``.json``, ``.pt``)
+    stays at the end.
+    """
+    text = str(text)
+    stem, dot, ext = text.rpartition(".")
+    if not (dot and stem and 1 <= len(ext) <= 8 and ext.isascii() and ext.isalnum()):
+        stem, ext = text, ""
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in stem)
+    clean = "_" * (len(clean) - len(clean.lstrip("."))) + clean.lstrip(".")
+    if clean != stem or len(stem) > limit or not clean:
+        clean = f"{clean[:limit]}-{stable_hash(text, 12)}"
+    return clean + (f".{ext}" if ext else "")
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -126,6 +154,93 @@ def free_path(path: Path) -> Path:
         i += 1
         candidate = path.with_name(f"{path.name}-{i}")
     return candidate
+
+
+LOCK_FILE = ".workbench.lock"
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another live process is writing the directory (see :func:`dir_lock`)."""
+
+
+_HELD_LOCKS: dict[tuple[str, int], list] = {}
+
+
+@contextmanager
+def dir_lock(path: str | Path, what: str = "run directory", fix: str = "use another --out") -> Iterator[Path]:
+    """Hold ``path`` (created if needed) for one writer while the block runs: the one lock of
+    every directory workbench writes results into (``bench``, ``tune``).
+
+    An exclusive ``fcntl.flock`` on ``path/.workbench.lock``: a second process is refused at
+    once with a :class:`DirectoryBusyError` naming the holder (its pid and command); the lock
+    belongs to the open file, so the system releases it when the holder exits or is killed —
+    a dead run never leaves a directory stuck (its lock file stays, unlocked, and is taken
+    over). Re-entrant within one thread (the CLI takes the lock before loading the model,
+    ``run_bench`` again inside). On release the lock file is removed, and so is the directory
+    if this call created it and nothing else was written (a command refused after taking the
+    lock leaves no trace). Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    import sys
+    import threading
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield Path(path)
+        return
+    path = Path(path).expanduser()
+    created = []  # the directories this call makes, deepest first
+    missing = path
+    while not missing.exists() and missing.parent != missing:
+        created.append(missing)
+        missing = missing.parent
+    path.mkdir(parents=True, exist_ok=True)
+    key = (os.path.realpath(path), threading.get_ident())
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS[key][1] -= 1
+        return
+    lock_path = path / LOCK_FILE
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(fd)
+            raise DirectoryBusyError(
+                f"{what} {path} is being written by another workbench process"
+                + (f" ({holder})" if holder else "") + f"; wait for it to finish, or {fix}. "
+                "(One writer per directory: two runs at once would mix their results.)") from None
+        try:  # the holder before us may have removed the file as we opened it: lock the one in place
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        about = f"pid {os.getpid()}: " + " ".join(["workbench", *sys.argv[1:]] if sys.argv else [])
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, about[:4000].encode("utf-8", "replace"), 0)
+    except OSError:
+        pass  # who holds it is a courtesy; the lock is what counts
+    _HELD_LOCKS[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD_LOCKS[key]
+        try:
+            lock_path.unlink()  # still ours: removed before the lock is let go
+            for made in created:
+                made.rmdir()  # only if empty: a refused command leaves no directory behind
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
 
 
 def file_sha256(path: str | Path) -> str:
@@ -215,10 +330,25 @@ def check_sampling(temperature: Any, top_p: Any, top_k: Any, do_sample: bool, se
 
 
 def cache_file(kind: str, model_name: str, name: str) -> Path:
-    """Where a derived artifact of ``kind`` for ``model_name`` lives in the workbench cache."""
+    """Where a derived artifact of ``kind`` for ``model_name`` lives in the workbench cache.
+
+    ``name`` is a file name, or ``folder/file name`` (one sub-folder, the caller's own): what
+    follows the first ``/`` is one file name whatever it holds, so a user id with ``../``, an
+    absolute path, NUL or 500 characters in it still names one file inside the cache
+    (:func:`safe_name`). Every path of the derived-artifact cache is built here.
+    """
     from workbench._cache import cache_root
 
-    return cache_root() / kind / slug(model_name) / name
+    folder, sep, file = str(name).partition("/")
+    parts = [safe_name(folder), safe_name(file)] if sep else [safe_name(name)]
+    model_part = slug(model_name)  # as before, so existing entries keep their place
+    if model_part.strip(".") == "":
+        model_part = safe_name(model_name)  # "." or "..": not a folder of its own
+    base = cache_root() / safe_name(kind)
+    path = base.joinpath(model_part, *parts)
+    if os.path.commonpath([os.path.abspath(base), os.path.abspath(path)]) != os.path.abspath(base):
+        raise ValueError(f"cache path for {name!r} would leave the cache ({base})")  # cannot happen: defence in depth
+    return path
 
 
 def cached(path: Path, load: Callable[[Path], T], build: Callable[[], T], save: Callable[[T, Path], Any],
@@ -271,17 +401,6 @@ def truncate_kv_cache(cache: Any, length: int) -> None:
         if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
-
-
-def last_positions_hook(n_layers: int, lo: int, n: int) -> tuple[str, Callable]:
-    """A hook keeping positions ``lo..lo+n-1`` before the final norm and the unembedding, which
-    then run on those positions only (the vocabulary projection dominates a small model's cost)."""
-    name = f"blocks.{n_layers - 1}.hook_resid_post"
-
-    def keep(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        return x[:, lo:lo + n]
-
-    return (name, keep)
 
 
 # ---- selection ------------------------------------------------------------------------------------

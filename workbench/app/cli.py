@@ -1,4 +1,10 @@
-"""The ``workbench`` command line: ``models``, ``demo``, ``bench``, ``heads``."""
+"""The ``workbench`` command line: ``models``, ``demo``, ``bench``, ``tune``, ``heads``.
+
+A thin layer: what a command decides (the methods' settings from ``--tuned`` and ``--set``, the
+grids to tune, the examples) is made by library functions a notebook can call too
+(:func:`workbench.runner.tuning.methods_for_run`, :func:`~workbench.runner.tuning.plan_tuning`,
+:func:`workbench.data.splits.select_examples`); this module reads options and prints.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from workbench.app.options import RAY, add_options
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -21,10 +29,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.core.loading import load_model
     from workbench.app.demo import run_demo
-    from workbench.core.loading import check_load_args
     from workbench.app.report import Report
+    from workbench.core.loading import check_load_args, load_model
 
     # Everything that can be wrong with the arguments fails here, not after minutes of analysis.
     check_load_args(args.model, args.device, args.dtype)
@@ -43,7 +50,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for row in top.itertuples():
         print(f"  layer {int(row.layer):>2}: {row.drop:+.3f}   (generic {row.drop_generic:+.3f})")
     if result.scores is not None:
-        print("\nPreference heads (PCS on the user's history, fast mode; nats/token):")
+        meta = result.scores.meta
+        print(f"\nPreference heads (PCS on {len(meta.get('example_ids', [])) or 'the'} history items of the user, "
+              f"{meta.get('mode')} mode, {meta.get('how')} masking; nats/token):")
         print("  " + ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in result.scores._top_values(5)))
     path = result.report.save(args.out, overwrite=args.force)
     if getattr(result.report, "kept_previous", None):
@@ -52,87 +61,99 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dataset(args: argparse.Namespace) -> tuple[Any, Path]:
-    """The dataset the command names (``--data`` or the default), checked against ``--task``."""
+def _check_common(args: argparse.Namespace) -> Any:
+    """The arguments every model command shares, checked before any data or model is read; the
+    run's GenerationSettings for a command that generates (None for ``heads``)."""
+    from workbench._util import check_writable_dir
+    from workbench.core.loading import check_load_args
+    from workbench.methods import GenerationSettings
+
+    check_load_args(args.model, args.device, args.dtype)
+    check_writable_dir(args.out, "--out directory")
+    if hasattr(args, "retrieval"):
+        return GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
+    return None
+
+
+def _load_dataset(args: argparse.Namespace) -> Any:
+    """The dataset the command names (``--data`` or the default), checked against ``--task``;
+    only the queries with a profile with ``--with-profile``."""
     from workbench.data.lamp import default_data_dir, load_lamp
 
     data_dir = args.data or default_data_dir()
     dataset = load_lamp(data_dir, split=args.split)
     if args.task and dataset.task != args.task:
         raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
-    return dataset, Path(data_dir)
+    if getattr(args, "with_profile", False):
+        dataset = dataset.with_profile()
+        if not len(dataset):
+            raise ValueError(f"--with-profile: no query in {data_dir} ({args.split}) has a profile item")
+    return dataset
 
 
-def _method_names(args: argparse.Namespace) -> list[str]:
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not names:
-        raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
-    return names
+def _cluster(args: argparse.Namespace) -> Any:
+    """The Ray cluster the command asked for, or None for a run in this process."""
+    if args.workers is None and args.ray_address is None:
+        if args.gpus_per_worker or args.threads_per_worker:
+            raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
+        return None
+    from workbench.runner.scaleout import Cluster, check_address, require_ray
 
-
-def _check_common(args: argparse.Namespace) -> None:
-    """The arguments every model command shares, checked before any data or model is read."""
-    from workbench._util import check_writable_dir
-    from workbench.core.loading import check_load_args
-
-    check_load_args(args.model, args.device, args.dtype)
-    check_writable_dir(args.out, "--out directory")
-
-
-def _methods_for_run(args: argparse.Namespace, settings: Any, model_name: str) -> list:
-    """The run's methods with their settings: defaults, then ``--tuned``, then ``--set`` (every
-    name and value checked before the model loads or anything runs)."""
-    from workbench.methods import make_methods
-    from workbench.runner.settings import apply_all, parse_assignments
-    from workbench.runner.tuning import load_tuned
-
-    names = _method_names(args)
-    methods = make_methods(names, settings)
-    changes = parse_assignments(args.set or [])
-    tuned: dict = {}
-    for path in getattr(args, "tuned", None) or []:
-        for method, chosen in load_tuned(path, model_name).items():
-            if method in tuned:
-                raise ValueError(f"{method} is tuned in two of the --tuned files; keep one")
-            tuned[method] = chosen
-    clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in tuned.get(m, {})]
-    if clash:
-        raise ValueError(f"--set {clash} would override settings chosen by tuning (--tuned); drop one of the two")
-    apply_all(methods, {m: fs for m, fs in tuned.items() if m in names})
-    apply_all(methods, changes)
-    return methods
-
-
-def _users(args: argparse.Namespace, dataset: Any) -> tuple[Any, dict | None]:
-    from workbench.data.splits import split_users
-
-    if args.users == "all":
-        return dataset, None
-    return split_users(dataset, args.users, args.fraction), {"users": args.users, "fraction": args.fraction}
+    require_ray()  # a missing extra fails before the data or the model is read
+    cluster = Cluster(workers=args.workers or 1, address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                      threads_per_worker=args.threads_per_worker, timeout_s=args.ray_timeout)
+    check_address(cluster.address, cluster.timeout_s)  # nobody answering fails in seconds, in our words
+    return cluster
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from workbench.core.loading import load_model
-    from workbench.runner.bench import check_run, format_summary, run_bench
-    from workbench.methods import GenerationSettings
+    from workbench._util import dir_lock
 
-    _check_common(args)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
-    methods = _methods_for_run(args, settings, args.model)
-    dataset, _ = _load_dataset(args)
-    dataset, users = _users(args, dataset)
-    check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
+    methods, dataset, cluster, run = _bench_plan(args)
+    # The directory's one writer from here to the end: a second `bench` into it is refused at once.
+    with dir_lock(args.out, "benchmark directory"):
+        return _bench_run(args, methods, dataset, cluster, run)
+
+
+def _bench_plan(args: argparse.Namespace) -> tuple[list, Any, Any, dict]:
+    """Everything ``bench`` checks before the model loads (nothing is written)."""
+    from workbench.data.splits import split_users
+    from workbench.runner.bench import check_run
+    from workbench.runner.settings import parse_method_names
+    from workbench.runner.tuning import describe_tuned, methods_for_run
+
+    settings = _check_common(args)
+    names = parse_method_names(args.methods)
+    methods = methods_for_run(names, settings, args.model, tuned=args.tuned or [], set_items=args.set or [])
+    dataset = split_users(_load_dataset(args), args.users, args.fraction)
+    users = None if args.users == "all" else {"users": args.users, "fraction": args.fraction}
+    tuned = describe_tuned(args.tuned, names) if args.tuned else None
+    if tuned and args.users != "eval":
+        for entry in tuned:
+            entry["evaluated_on"] = f"{args.users} users, tuning users included"
+        print(f"workbench: note: the --tuned settings were chosen on the tuning users, and --users {args.users} "
+              "evaluates on them too (so their scores flatter the tuned methods); pass --users eval to report on "
+              "users tuning never saw. Recorded in run.json (tuned).", file=sys.stderr)
+    check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users, tuned=tuned)
     cluster = _cluster(args)
+    return methods, dataset, cluster, dict(n=args.n, settings=settings, users=users, tuned=tuned)
+
+
+def _bench_run(args: argparse.Namespace, methods: list, dataset: Any, cluster: Any, run: dict) -> int:
+    from workbench.core.loading import load_model
+    from workbench.runner.bench import format_summary, run_bench
+
+    users = run["users"]
     if cluster is not None:
         from workbench.runner.scaleout import run_bench_distributed
 
         print(f"{args.model} on {cluster}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
-        result = run_bench_distributed(args.model, dataset, methods, args.out, cluster, n=args.n, settings=settings,
-                                       users=users, device=args.device, dtype=args.dtype)
+        result = run_bench_distributed(args.model, dataset, methods, args.out, cluster, device=args.device,
+                                       dtype=args.dtype, **run)
     else:
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         print(f"{model}\n{dataset!r}" + (f"  ({args.users} users)" if users else ""))
-        result = run_bench(model, dataset, methods, args.out, n=args.n, settings=settings, users=users)
+        result = run_bench(model, dataset, methods, args.out, **run)
     print()
     print(format_summary(result.summary))
     print(f"\noutputs: {args.out}/outputs.jsonl   table: {args.out}/results.csv   chart: {args.out}/results.html")
@@ -140,56 +161,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from workbench.core.loading import load_model
-    from workbench._util import atomic_write
-    from workbench.methods import GenerationSettings, make_methods
-    from workbench.runner.settings import apply_settings, parse_assignments
-    from workbench.data.splits import describe_split
-    from workbench.runner.tuning import DEFAULT_GRIDS, grid_points, parse_grid, save_tuned, tune
+    from workbench._util import dir_lock
+    from workbench.data.splits import select_examples
+    from workbench.methods import make_methods
+    from workbench.runner.bench import check_profiles
+    from workbench.runner.settings import parse_method_names
+    from workbench.runner.tuning import check_tuning_dir, plan_tuning, tuning_about
 
-    _check_common(args)
-    names = _method_names(args)
-    grids = parse_grid(args.grid or [])
-    untunable = [m for m in names if m not in grids and m not in DEFAULT_GRIDS]
-    if untunable:
-        raise ValueError(f"{untunable} have no declared grid (workbench.runner.tuning.DEFAULT_GRIDS); give one with --grid")
-    fixed = parse_assignments(args.set or [])
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, k=args.k, retrieval=args.retrieval)
-    make_methods(names, settings)  # unknown names fail here, before the model loads
-    stray = [m for m in [*grids, *fixed] if m not in names]
-    if stray:
-        raise ValueError(f"--grid/--set name method(s) {stray} that are not in --methods {names}")
-    for name in names:  # every grid value is a valid setting, before the model loads
-        for point in grid_points(grids.get(name, DEFAULT_GRIDS.get(name))):
-            apply_settings(make_methods([name], settings)[0], {**fixed.get(name, {}), **point})
-    dataset, _ = _load_dataset(args)
-    out = Path(args.out)
+    settings = _check_common(args)
+    grids, fixed = plan_tuning(parse_method_names(args.methods), args.grid or [], args.set or [], settings)
+    dataset = _load_dataset(args)
+    check_profiles(make_methods(list(grids), settings), select_examples(dataset, args.n, users="tune",
+                                                                        fraction=args.fraction))
+    check_tuning_dir(args.out, grids, fixed, tuning_about(args.model, dataset, args.fraction, args.metric, args.n, settings))
+    with dir_lock(args.out, "tuning directory"):  # held from before the model loads to the end
+        return _tune_run(args, settings, grids, fixed, dataset)
+
+
+def _tune_run(args: argparse.Namespace, settings: Any, grids: dict, fixed: dict, dataset: Any) -> int:
+    from workbench.core.loading import load_model
+    from workbench.data.splits import describe_split
+    from workbench.runner.tuning import tune_methods
+
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     split = describe_split(dataset, args.fraction)
     print(f"{model}\n{dataset!r}\ntuning users: {split['tune_users']} ({split['tune_examples']} examples); "
           f"evaluation users kept apart: {split['eval_users']}")
-    results = []
-    for name in names:
-        res = tune(model, dataset, name, grids.get(name, DEFAULT_GRIDS.get(name)), out, metric=args.metric, fraction=args.fraction,
-                   n=args.n, settings=settings, fixed=fixed.get(name))
-        results.append(res)
-        figure = res.figure()
-        atomic_write(out / f"grid-{name.replace('+', '_')}.html", lambda tmp: figure.write_html(tmp, include_plotlyjs="cdn"))
-        print(res)
-        about = {"model": model.name, "data": str(getattr(dataset, "path", "")), "split": dataset.split,
-                 "users": {"users": "tune", **split}, "metric": args.metric, "n": args.n,
-                 "settings": {"max_new_tokens": settings.max_new_tokens, "k": settings.k, "retrieval": settings.retrieval},
-                 "command": "workbench " + " ".join(sys.argv[1:])}
-        save_tuned(results, out / "tuned.json", about)  # after each method, so a cut-off tune keeps what it chose
-    print(f"\nchosen settings: {out / 'tuned.json'}   apply with: workbench bench --tuned {out / 'tuned.json'} --users eval")
+    tune_methods(model, dataset, grids, args.out, metric=args.metric, fraction=args.fraction, n=args.n, settings=settings,
+                 fixed=fixed, command="workbench " + " ".join(sys.argv[1:]), log=print)
+    tuned = Path(args.out) / "tuned.json"
+    print(f"\nchosen settings: {tuned}   apply with: workbench bench --tuned {tuned} --users eval")
     return 0
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
-    from workbench.core.loading import load_model
-    from workbench._util import atomic_write, verify_count
-    from workbench.data.history import profile_examples
-    from workbench.science.pcs import preference_scores
+    from workbench._util import dir_lock, verify_count
+    from workbench.data.splits import select_examples
 
     _check_common(args)
     verify_count(args.verify, 1, "heads")  # a bad --verify fails before the model loads
@@ -198,15 +205,20 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     target = out / "scores.json"
     if target.exists() and not args.force:
         raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
-    dataset, data_dir = _load_dataset(args)
-    if args.source == "profile":
-        examples = profile_examples(dataset, n=args.n, k=args.k)
-        label = f"{data_dir} ({args.split}), profile leave-one-out"
-    else:
-        examples = [ex for ex in dataset if ex.profile][: args.n]
-        label = f"{data_dir} ({args.split}), query golds"
-        if not examples:
-            raise ValueError(f"no query in {data_dir} ({args.split}) has a profile; --source gold needs some")
+    dataset = _load_dataset(args)
+    examples = select_examples(dataset, args.n, source=args.source)
+    with dir_lock(out, "heads directory"):  # one writer: a second `heads` into it is refused at once
+        if target.exists() and not args.force:  # again: another run may have finished meanwhile
+            raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
+        return _heads_run(args, dataset, examples, cluster, out, target)
+
+
+def _heads_run(args: argparse.Namespace, dataset: Any, examples: list, cluster: Any, out: Path, target: Path) -> int:
+    from workbench._util import atomic_write
+    from workbench.core.loading import load_model
+    from workbench.science.pcs import preference_scores
+
+    label = f"{dataset.path} ({args.split}), " + ("profile leave-one-out" if args.source == "profile" else "query golds")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"{model}\n{dataset!r}")
     scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
@@ -218,157 +230,48 @@ def _cmd_heads(args: argparse.Namespace) -> int:
     atomic_write(out / "heads.csv", lambda tmp: table.to_csv(tmp, index=False))
     print(f"\n{scores}\n({scores.meta['seconds']:.0f} s)")
     print("\nTop heads (PCS = NLL increase in nats/token when masked):")
-    for row in scores.frame.sort_values("pcs", ascending=False).head(args.top).itertuples():
+    for row in table.head(args.top).itertuples():
         print(f"  L{int(row.layer):>2}H{int(row.head)}  {row.pcs:+.4f}  (std {row.std:.4f})")
     print(f"\nscores: {target}   heatmap: {out / 'heatmap.html'}   table: {out / 'heads.csv'}")
     return 0
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number >= ``minimum`` (argparse turns the error into a usage message)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is too small: give a whole number >= {minimum}")
-        return value
-
-    parse.__name__ = "whole number"
-    return parse
-
-
-_count = _whole_number(1)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"{text} must be strictly between 0 and 1 (the share of users kept for tuning)")
-    return value
-
-
-def _add_cluster_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scale out on Ray (pip install \"workbench[ray]\")")
-    g.add_argument("--workers", default=None, type=_count,
-                   help="run on N Ray worker processes, each loading the model once (default: this process only)")
-    g.add_argument("--ray-address", default=None,
-                   help="join this Ray cluster (e.g. auto, ray://head:10001) instead of starting one here")
-    g.add_argument("--gpus-per-worker", default=0, type=float, help="GPUs Ray reserves per worker (default 0)")
-    g.add_argument("--threads-per-worker", default=None, type=_count,
-                   help="torch threads per worker (default: this machine's cores split evenly)")
-
-
-def _cluster(args: argparse.Namespace) -> Any:
-    """The Ray cluster the command asked for, or None for a run in this process."""
-    if args.workers is None and args.ray_address is None:
-        if args.gpus_per_worker or args.threads_per_worker:
-            raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
-        return None
-    from workbench.runner.scaleout import Cluster, require_ray
-
-    require_ray()  # a missing extra fails before the data or the model is read
-    return Cluster(workers=args.workers or 1, address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                   threads_per_worker=args.threads_per_worker)
-
-
-def _add_setting_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE",
-                   help="a method setting, e.g. --set dps.alpha=0.5 (repeatable; see each method's fields)")
-    p.add_argument("--users", default="all", choices=["tune", "eval", "all"],
-                   help="run on the tuning users, the evaluation users, or all (default)")
-    p.add_argument("--fraction", default=1 / 3, type=_fraction, help="share of users that are tuning users (default 1/3)")
+def _command(sub: Any, name: str, help: str, func: Any, names: str, ray: bool = False, **changes: dict) -> None:
+    # --debug is accepted after the command too (`workbench bench ... --debug`); SUPPRESS keeps a
+    # flag given before the command from being reset by the subcommand's default.
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback of an error")
+    add_options(p, names, **changes)
+    if ray:
+        add_options(p.add_argument_group(RAY[0]), RAY[1])
+    p.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Explain and steer how language models personalize.")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    # Also accepted after the command (`workbench bench ... --debug`); SUPPRESS keeps a flag
-    # given before the command from being reset by the subcommand's default.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("models", parents=[common], help="list the models workbench knows and whether each loads offline here")
-    m.set_defaults(func=_cmd_models)
-    d = sub.add_parser("demo", parents=[common], help="generic vs personalized output and per-layer head masking, as an HTML report")
-    d.add_argument("--model", default="smollm2-135m", help="model name or local checkpoint dir (default: smollm2-135m)")
-    d.add_argument("--out", default="workbench-report", type=Path, help="report directory (default: ./workbench-report)")
-    d.add_argument("--how", default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)")
-    d.add_argument("--max-new-tokens", default=32, type=_count)
-    d.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)")
-    d.add_argument("--dtype", default=None, help="float32, bf16, fp16 (default: fp32 on CPU, bf16 on GPU)")
-    d.add_argument("--force", action="store_true", help="replace an existing report instead of keeping it under previous/")
-    d.set_defaults(func=_cmd_demo)
-    b = sub.add_parser("bench", parents=[common], help="run personalization methods on LaMP-format data and compare them")
-    b.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
-    b.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: $WORKBENCH_LAMP4_DIR "
-                   "or ../shared/data/lamp4-news)")
-    b.add_argument("--split", default="dev")
-    b.add_argument("--model", default="smollm2-135m")
-    b.add_argument("--n", default=None, type=_count, help="first N examples (default: all)")
-    b.add_argument("--methods", default="generic,rag", help="comma-separated method names")
-    b.add_argument("--k", default=5, type=_count, help="profile items in the prompt (default 5)")
-    b.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
-    b.add_argument("--max-new-tokens", default=32, type=_count)
-    b.add_argument("--out", default="bench-results", type=Path)
-    b.add_argument("--device", default=None)
-    b.add_argument("--dtype", default=None)
-    _add_setting_args(b)
-    b.add_argument("--tuned", action="append", type=Path,
-                   help="tuned.json from `workbench tune`: use its chosen settings (repeatable, one file per tune run)")
-    _add_cluster_args(b)
-    b.set_defaults(func=_cmd_bench)
-    t = sub.add_parser("tune", parents=[common], help="choose methods' settings on the tuning users (never the evaluation users)")
-    t.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
-    t.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
-    t.add_argument("--split", default="dev")
-    t.add_argument("--model", default="smollm2-135m")
-    t.add_argument("--methods", required=True, help="comma-separated method names")
-    t.add_argument("--grid", action="append", metavar="METHOD.FIELD=V1,V2,...",
-                   help="values to try for one setting (repeatable); every combination is run "
-                        "(default: the method's declared grid, workbench.runner.tuning.DEFAULT_GRIDS)")
-    t.add_argument("--set", action="append", metavar="METHOD.FIELD=VALUE", help="a setting fixed at every grid point")
-    t.add_argument("--metric", default="rouge1", choices=["rouge1", "rougeL", "meteor"])
-    t.add_argument("--fraction", default=1 / 3, type=_fraction, help="share of users kept for tuning (default 1/3)")
-    t.add_argument("--n", default=None, type=_count, help="first N tuning examples only (default: all)")
-    t.add_argument("--k", default=5, type=_count)
-    t.add_argument("--retrieval", default="bm25", choices=["bm25", "recency"])
-    t.add_argument("--max-new-tokens", default=32, type=_count)
-    t.add_argument("--out", default="tune-results", type=Path, help="grid runs, figures and tuned.json (resumable)")
-    t.add_argument("--device", default=None)
-    t.add_argument("--dtype", default=None)
-    t.set_defaults(func=_cmd_tune)
-    h = sub.add_parser("heads", parents=[common], help="Preference Contribution Score of every attention head, with its heatmap")
-    h.add_argument("--task", default=None, help="expected task, e.g. lamp4 (checked against the data)")
-    h.add_argument("--data", default=None, type=Path, help="LaMP-format directory (default: ../shared/data/lamp4-news)")
-    h.add_argument("--split", default="dev")
-    h.add_argument("--model", default="smollm2-135m")
-    h.add_argument("--n", default=50, type=_count, help="examples to average over (default 50)")
-    h.add_argument("--source", default="profile", choices=["profile", "gold"],
-                   help="profile: leave-one-out over users' earlier items (default; never reads evaluation golds); "
-                        "gold: the split's queries and gold outputs")
-    h.add_argument("--how", default="uniform", choices=["uniform", "zero"], help="masking (default: uniform, as DPS)")
-    h.add_argument("--scope", default="output", choices=["output", "all"], help="positions masked (default: output)")
-    h.add_argument("--mode", default="exact", choices=["exact", "fast", "verified", "naive"],
-                   help="exact: every head masked; fast: attribution estimate; verified: fast, then the "
-                        "--verify heads it rates largest recomputed exactly")
-    h.add_argument("--verify", type=float, default=0.25,
-                   help="with --mode verified: share of heads (0-1) or count (>=1) recomputed exactly (default 0.25)")
-    h.add_argument("--contrast", default="none", choices=["none", "history", "generic"],
-                   help="none: plain PCS; history: how much a head carries the gain from the user's history; "
-                        "generic: the user's output vs the model's generic one (twice the cost)")
-    h.add_argument("--k", default=5, type=_count, help="profile items in each prompt (default 5)")
-    h.add_argument("--top", default=11, type=_count, help="how many top heads to print")
-    h.add_argument("--out", default="heads-results", type=Path)
-    h.add_argument("--force", action="store_true", help="replace existing scores in --out")
-    _add_cluster_args(h)
-    h.add_argument("--device", default=None)
-    h.add_argument("--dtype", default=None)
-    h.set_defaults(func=_cmd_heads)
+    _command(sub, "models", "list the models workbench knows and whether each loads offline here", _cmd_models, "")
+    _command(sub, "demo", "generic vs personalized output and per-layer head masking, as an HTML report", _cmd_demo,
+             "model out how max-new-tokens device dtype force",
+             out=dict(default="workbench-report", help="report directory (default: ./workbench-report)"),
+             how=dict(default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)"),
+             force=dict(help="replace an existing report instead of keeping it under previous/"))
+    _command(sub, "bench", "run personalization methods on LaMP-format data and compare them", _cmd_bench,
+             "task data split model n methods k retrieval max-new-tokens out device dtype set users fraction tuned "
+             "with-profile",
+             ray=True, out=dict(default="bench-results"))
+    _command(sub, "tune", "choose methods' settings on the tuning users (never the evaluation users)", _cmd_tune,
+             "task data split model methods grid set metric fraction n k retrieval max-new-tokens out device dtype "
+             "with-profile",
+             methods=dict(default=None, required=True), set=dict(help="a setting fixed at every grid point"),
+             fraction=dict(help="share of users kept for tuning (default 1/3)"),
+             n=dict(help="first N tuning examples only (default: all)"),
+             out=dict(default="tune-results", help="grid runs, figures and tuned.json (resumable)"))
+    _command(sub, "heads", "Preference Contribution Score of every attention head, with its heatmap", _cmd_heads,
+             "task data split model n source how scope mode verify contrast k top out force device dtype", ray=True,
+             n=dict(default=50, help="examples to average over (default 50)"), k=dict(help="profile items in each prompt (default 5)"),
+             out=dict(default="heads-results"), force=dict(help="replace existing scores in --out"))
     return p
 
 

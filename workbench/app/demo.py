@@ -7,6 +7,7 @@ masking all its heads lowers the log-likelihood of that personalized headline.
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,76 @@ from workbench.app.report import Report
 
 
 DEMO_MASKING = ("zero", "uniform")  # "mean" would need reference texts the demo doesn't have
+# Fast PCS (attribution patching) on the user's few history items takes seconds; exact PCS
+# would take minutes of a demo meant to finish in about one.
+DEMO_PCS_MODE = "fast"
+
+# What each masking and PCS mode does, in words, so the report explains the mode it was given
+# (the modes themselves are read from the objects the demo used, never restated).
+MASKING_IN_WORDS = {"uniform": "its query zeroed, so it attends uniformly", "zero": "its output zeroed",
+                    "mean": "its output replaced by its average"}
+PCS_MODE_IN_WORDS = {"fast": "attribution patching (one forward and backward pass per item)",
+                     "exact": "masking each head in turn", "naive": "masking each head in turn, one full forward each",
+                     "verified": "attribution patching, with the top heads checked by masking them"}
+
+
+@dataclass
+class DemoDps:
+    """How the demo's DPS headline was decoded: the ``dps`` method (its settings), the PCS
+    scores its heads were taken from, and the decoder that wrote the headline.
+
+    Every setting the report, the terminal and ``report.json`` state about DPS is read from
+    here, so a changed default shows up in all of them."""
+
+    method: Any  # workbench.methods.dps.Dps
+    scores: Any  # PreferenceScores on the user's history
+    decoder: Any  # the DpsDecoder that decoded (its heads are the ones masked)
+    headline: str = ""
+
+    @property
+    def heads(self) -> list[tuple[int, int]]:
+        return [tuple(h) for h in self.decoder.heads]
+
+    @property
+    def heads_text(self) -> str:
+        return ", ".join(f"L{layer}H{head}" for layer, head in self.heads)
+
+    @property
+    def pcs_text(self) -> str:
+        """E.g. ``fast PCS on 4 items`` (``fast contrastive PCS (history) ...`` with a contrast)."""
+        meta = self.scores.meta
+        return f"{meta['mode']} {self.scores.kind.replace('plain ', '')} on {meta['n_examples']} items"
+
+    @property
+    def alpha_text(self) -> str:
+        a = self.decoder.alpha
+        if a == "entropy":
+            cap = self.decoder.alpha_cap
+            return "α = entropy" + (f" (at most {cap:g})" if cap is not None else "")
+        return f"α {a:g}"
+
+    @property
+    def plausibility_text(self) -> str:
+        p = self.decoder.plausibility
+        return "no plausibility constraint" if p is None else f"plausibility {p:g}"
+
+    @property
+    def label(self) -> str:
+        """DPS's setting and its heads, e.g. ``DPS, α 1, plausibility 0.1, top 2% = 6 of 270 heads of
+        fast PCS on 4 items: L17H0, ...`` (the headline table's DPS row, the terminal's DPS line)."""
+        n_all = self.scores.meta["n_layers"] * self.scores.meta["n_heads"]
+        return (f"DPS, {self.alpha_text}, {self.plausibility_text}, top {self.method.top_percent:g}% = "
+                f"{len(self.heads)} of {n_all} heads of {self.pcs_text}: {self.heads_text}")
+
+    def settings(self) -> dict[str, Any]:
+        """For ``report.json`` and the report's header line."""
+        # Only what the demo used: its prompts hold the whole history (not the method's k, retrieval,
+        # pcs_examples), and its heads come from PCS on that history (not a heads_file).
+        dec = self.decoder
+        return {"dps": {"method": self.method.name, "alpha": dec.alpha, "alpha_cap": dec.alpha_cap,
+                        "plausibility": dec.plausibility, "top_percent": self.method.top_percent, "masking": dec.how,
+                        "heads": self.heads_text},
+                "pcs": {k: self.scores.meta.get(k) for k in ("mode", "how", "scope", "contrast", "n_examples")}}
 
 
 @dataclass
@@ -42,13 +113,15 @@ class DemoResult:
     scores: Any = None  # PreferenceScores on the user's history (leave-one-out)
     dps: str = ""
     report_path: Path | None = None
+    dps_run: DemoDps | None = None  # the settings, heads and decoder behind ``dps``
 
     def outputs(self) -> pd.DataFrame:
         return pd.DataFrame(
             [
                 {"prompt": "generic (article only)", "headline": self.generic},
                 {"prompt": "personalized (user's history + article)", "headline": self.personalized},
-                *([{"prompt": "personalized + DPS (top preference heads)", "headline": self.dps}] if self.dps else []),
+                *([{"prompt": f"personalized + {self.dps_run.label if self.dps_run else 'DPS'}", "headline": self.dps}]
+                  if self.dps else []),
                 {"prompt": "the user's real headline", "headline": self.gold},
             ]
         )
@@ -86,10 +159,11 @@ def run_demo(
     effects["drop_generic"] = generic_effects["drop"].to_numpy()
     top = effects.sort_values("drop", ascending=False).head(3)
     say.line("largest drops: " + ", ".join(f"layer {int(r.layer)} {r.drop:+.2f}" for r in top.itertuples()))
-    say.step(f"preference heads on the user's {len(user['profile'])} history items (fast PCS), then DPS")
-    scores, dps = _preference_heads(model, user, personal_prompt, max_new_tokens, progress)
-    if dps:
-        say.line(f"DPS: {dps}")
+    say.step(f"preference heads on the user's {len(user['profile'])} history items ({DEMO_PCS_MODE} PCS), then DPS")
+    dps_run = _preference_heads(model, user, personal_prompt, max_new_tokens, progress)
+    scores, dps = (dps_run.scores, dps_run.headline) if dps_run else (None, "")
+    if dps_run:
+        say.line(f"{dps_run.label}\n  DPS headline: {dps}")
     settings = {
         "model": model.name,
         "model source": model.source,
@@ -98,11 +172,12 @@ def run_demo(
         "decoding": "greedy",
         "user": user.get("user_id", "?"),
         "profile items": len(user["profile"]),
+        **(dps_run.settings() if dps_run else {}),
         "workbench": __version__,
         "python": platform.python_version(),
     }
     result = DemoResult(model.name, generic, personalized, user.get("gold", ""), effects, settings,
-                        scores=scores, dps=dps, report=Report("", {}))
+                        scores=scores, dps=dps, report=Report("", {}), dps_run=dps_run)
     result.report = build_report(result, user, model, say=say)
     say.done()
     return result
@@ -150,33 +225,34 @@ def _check_demo_args(user: Any, how: str, max_new_tokens: Any) -> None:
         raise ValueError(f"profile item(s) {bad} of the user need a 'text' and a 'title' (strings)")
 
 
-def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_tokens: int, progress: bool):
+def _preference_heads(model: Model, user: dict, personal_prompt: Any, max_new_tokens: int,
+                      progress: bool) -> DemoDps | None:
     """PCS of every head on the user's own history (each item predicted from the others), and
-    the headline DPS writes with the top heads — decoded with the ``dps`` method's settings
-    (chosen on tuning users), so the demo shows what the benchmark measures."""
-    from workbench.science.dps import dps_generate
+    the headline DPS writes with the top heads — decoded by the ``dps`` method's own decoder with
+    its settings (chosen on tuning users), so the demo shows what the benchmark measures."""
     from workbench.methods.dps import Dps
     from workbench.science.pcs import ScoringExample, preference_scores
 
     items = user["profile"]
     if len(items) < 2:
-        return None, ""
+        return None
     examples = [ScoringExample(f"{user.get('user_id', 'user')}/{i}", user.get("user_id", "user"),
                                headline_prompt(model, it["text"], items[:i] + items[i + 1:]), it["title"],
                                base_prompt=headline_prompt(model, it["text"], []))
                 for i, it in enumerate(items)]
-    setting = Dps()
-    if setting.contrast == "generic":  # the model's own headline without the history
+    method = Dps()
+    if method.contrast == "generic":  # the model's own headline without the history
         examples = [replace(ex, generic_target=first_line(model.generate(ex.base_prompt, max_new_tokens,
                                                                          until=first_line_complete)) or ".")
                     for ex in examples]
-    scores = preference_scores(model, examples, how="uniform", scope="output", mode="fast", progress=progress,
-                               contrast=setting.contrast,
+    fixed = method.describe()  # the masking and scope the method's PCS uses
+    scores = preference_scores(model, examples, how=fixed["how"], scope=fixed["scope"], mode=DEMO_PCS_MODE,
+                               progress=progress, contrast=method.contrast,
                                data=f"example user {user.get('user_id', '')}: history leave-one-out")
-    dps = first_line(dps_generate(model, personal_prompt, scores.top_percent(setting.top_percent), alpha=setting.alpha,
-                                  alpha_cap=setting.alpha_cap, plausibility=setting.plausibility,
-                                  max_new_tokens=max_new_tokens, until=first_line_complete))
-    return scores, dps
+    method.scores, method.heads = scores, scores.top_percent(method.top_percent)
+    decoder = method.decoder()
+    headline = first_line(decoder.decode(model, personal_prompt, max_new_tokens, until=first_line_complete))
+    return DemoDps(method, scores, decoder, headline)
 
 
 def build_report(result: DemoResult, user: dict, model: Model | None = None, say: Any = None) -> Report:
@@ -193,7 +269,9 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None, say
     r.add_table(pd.DataFrame(user["profile"])[["text", "title"]].rename(columns={"text": "article", "title": "their headline"}))
     r.add_text(f"New article: {user['query']}")
     r.add_heading("Generic vs personalized output")
-    r.add_table(result.outputs(), caption="Greedy decoding; first line of the output.")
+    st = result.settings
+    r.add_table(result.outputs(), caption=f"{st['decoding'].capitalize()} decoding, at most {st['max_new_tokens']} new "
+                "tokens; first line of the output.")
     r.add_heading("Which layers carry the personalization?")
     top = result.effects.sort_values("drop", ascending=False).head(3)
     top_txt = ", ".join(f"layer {int(row.layer)} ({row.drop:+.2f})" for row in top.itertuples())
@@ -207,31 +285,52 @@ def build_report(result: DemoResult, user: dict, model: Model | None = None, say
     )
     r.add_figure(layer_effect_figure(result.effects), caption="Hover a bar for the intact and masked log-likelihoods.")
     if result.scores is not None:
-        top = ", ".join(f"L{l}H{h}" for l, h in result.scores.top(5))
         r.add_heading("Preference heads, one by one")
-        r.add_text(
-            "The Preference Contribution Score (PCS) of a head is how much less likely the user's own headline "
-            "becomes when that head is masked (its query zeroed, so it attends uniformly), averaged over the "
-            "user's history: each earlier headline is predicted from the other items. Computed here by "
-            f"attribution patching (one forward and backward pass per item). Top heads: {top}. "
-            "Differential Preference Steering then decodes with score = (1+α)·log p − α·log p(top heads masked), "
-            "α = the entropy of the next-token distribution, choosing only among tokens with at least 10% of the "
-            "top token's probability (without that constraint this small model's output collapses); its headline "
-            "is in the table above."
-        )
+        r.add_text(_preference_text(result))
         r.add_figure(result.scores.heatmap(), caption="Red = masking the head lowers the likelihood of the user's headlines.")
     say = say or _Steps(None, 0)
     if model is not None:
         say.step("the SteerX and Fints views of the same user")
-        _plugin_sections(r, model, user, say)
+        _plugin_sections(r, model, user, say, result.settings["max_new_tokens"])
     say.step("the comparison of methods, from the saved benchmark results")
     _comparison_section(r)
     return r
 
 
+def _preference_text(result: DemoResult) -> str:
+    """The PCS and DPS paragraph, every setting in it read from the scores and the decoder used."""
+    meta = result.scores.meta
+    masking = MASKING_IN_WORDS.get(meta["how"], meta["how"])
+    computed = PCS_MODE_IN_WORDS.get(meta["mode"], f"{meta['mode']} mode")
+    text = (
+        "The Preference Contribution Score (PCS) of a head is how much less likely the user's own headline "
+        f"becomes when that head is masked ({meta['how']} masking: {masking}), averaged over the "
+        f"user's history: each of its {meta['n_examples']} headlines is predicted from the other items. Computed here "
+        f"by {computed}. Top heads: {', '.join(f'L{l}H{h}' for l, h in result.scores.top(5))}."
+    )
+    run = result.dps_run
+    if run is None:
+        return text
+    dec = run.decoder
+    if dec.alpha == "entropy":
+        alpha = ("α = the entropy of the next-token distribution"
+                 + (f", at most {dec.alpha_cap:g}" if dec.alpha_cap is not None else ""))
+    else:
+        alpha = f"α = {dec.alpha:g}"
+    plaus = ("choosing among all tokens (no plausibility constraint)" if dec.plausibility is None else
+             f"choosing only among tokens with at least {dec.plausibility * 100:g}% of the top token's probability")
+    return text + (
+        f"\n\nDifferential Preference Steering then masks the top {run.method.top_percent:g}% of heads "
+        f"({len(run.heads)} of {meta['n_layers'] * meta['n_heads']}: {run.heads_text}; {dec.how} masking) and decodes "
+        f"with score = (1+α)·log p − α·log p(those heads masked), {alpha}, {plaus}: the settings of the "
+        f"`{run.method.name}` method that `workbench bench` runs. Its headline is in the table above."
+    )
+
+
 def _comparison_section(r: Report, path: Path | None = None) -> None:
     # The full comparison takes hours of generation: the report shows the saved benchmark
     # results (and says where they came from) rather than re-running them.
+    from workbench.data.metrics import bootstrap_ci
     from workbench.runner.compare import best_covered, comparison_table, load_results
     from workbench.runner.figures import paired_figure
 
@@ -254,26 +353,31 @@ def _comparison_section(r: Report, path: Path | None = None) -> None:
     # Counts, not measurements (pandas made them floats because rag's own row is empty).
     counts = shown[["queries won", "queries lost"]]
     shown[counts.columns] = counts.astype("Int64").astype(object).where(counts.notna(), float("nan"))
+    # Every setting below comes from the results' own record (and the interval from the function
+    # that computed it), not from prose that would drift when a run's settings change.
+    run = src.get("settings", {})
+    level = inspect.signature(bootstrap_ci).parameters["ci"].default
     r.add_text(
-        f"Each method on the same {table.attrs['n']} LaMP-4 news queries"
+        f"Each method on the same {table.attrs['n']} {src.get('data', '')} queries ({src.get('split', '?')} split)"
         + (f" (methods run on fewer so far are not shown: {', '.join(f'{m} {k}' for m, k in behind.items())})"
            if behind else "")
-        + f"; {src.get('model', '')}, greedy decoding. 'rag' — the user's five most similar earlier "
-        "articles and headlines shown before the new article — is the bar: the paired difference says how much "
-        "better or worse each method is than rag on the same queries, with a 95% bootstrap interval; an "
+        + f"; {src.get('model', '')}, {run.get('decoding', '?')} decoding, at most {run.get('max_new_tokens', '?')} new "
+        f"tokens. 'rag' — the user's {run.get('k', '?')} most similar earlier articles and headlines "
+        f"({run.get('retrieval', '?')}) shown before the new article — is the bar: the paired difference says how much "
+        f"better or worse each method is than rag on the same queries, with a {level:.0%} bootstrap interval; an "
         "interval that contains 0 means no difference was detected."
     )
     r.add_table(shown, caption=f"From {path.name}; commands: {'; '.join(src.get('commands', []))}")
     r.add_figure(paired_figure(table), caption="Green: better than rag; red: worse; grey: no detectable difference.")
 
 
-def _plugin_sections(r: Report, model: Model, user: dict, say: Any) -> None:
+def _plugin_sections(r: Report, model: Model, user: dict, say: Any, max_new_tokens: int) -> None:
     # SteerX and Fints show their own views of the same user.
     from workbench.app.report_sections import SECTIONS
 
     for section in SECTIONS:
         t0 = time.perf_counter()
-        title, body = section(model, user)
+        title, body = section(model, user, max_new_tokens=max_new_tokens)
         say.line(f"{title} ({time.perf_counter() - t0:.0f} s)")
         r.add_heading(title)
         r.add_text(body, raw_html=True)

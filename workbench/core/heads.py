@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
-from workbench.core.hooks import HookSet
+from workbench.core.hooks import HookSet, hook_point
 from workbench.core.model import Model
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def head_means(model: Model, reference: Any, chat: bool | None = None) -> torch.
     for ids in batches:
         _, cache = model.bridge.run_with_cache(ids.to(model.device), names_filter=lambda n: n.endswith("attn.hook_z"))
         for layer in range(model.n_layers):
-            sums[layer] += cache[f"blocks.{layer}.attn.hook_z"].double().sum(dim=(0, 1)).cpu()
+            sums[layer] += cache[hook_point(layer, "attn.hook_z")].double().sum(dim=(0, 1)).cpu()
         count += ids.shape[0] * ids.shape[1]
     return (sums / count).to(model.dtype)
 
@@ -163,16 +163,85 @@ class HeadMask(HookSet):
                 # Scale the query after its norm (Gemma 3 normalises q, which would undo a
                 # scale applied before) and after the rotation (linear, so the order is
                 # otherwise immaterial). A zero query gives all-zero scores: uniform attention.
-                name = f"blocks.{layer}.attn.hook_rot_q"
-                if name not in self.model.bridge.hook_dict:
-                    name = f"blocks.{layer}.attn.hook_q"
-                hooks.append((name, _on_rows(_make_scale_hook(keep), rows)))
+                name, full_only = query_hook(self.model)
+                if full_only and bool(((w > 0) & (w < 1)).any()):
+                    raise ValueError(f"how='uniform' with partial weights is not supported on {_arch(self.model)}: its "
+                                     "query is normalised after the only query hook that runs, so a scaled query "
+                                     "would be normalised back; use weights of 1 or how='zero'")
+                hooks.append((hook_point(layer, name), _on_rows(_make_scale_hook(keep), rows)))
             elif self.how == "zero":
-                hooks.append((f"blocks.{layer}.attn.hook_z", _on_rows(_make_scale_hook(keep), rows)))
+                hooks.append((hook_point(layer, "attn.hook_z"), _on_rows(_make_scale_hook(keep), rows)))
             else:
                 mean = self.means[layer].to(dev, dt)[None, None]
-                hooks.append((f"blocks.{layer}.attn.hook_z", _on_rows(_make_mean_hook(keep, w * mean), rows)))
+                hooks.append((hook_point(layer, "attn.hook_z"), _on_rows(_make_mean_hook(keep, w * mean), rows)))
         return hooks
+
+
+def _arch(model: Model) -> str:
+    original = getattr(model.bridge, "original_model", None)
+    name = type(original).__name__ if original is not None else type(model.bridge).__name__
+    return f"{model.name!r} ({name})"
+
+
+@torch.no_grad()
+def query_hook(model: Model) -> tuple[str, bool]:
+    """The block-relative hook point where ``how="uniform"`` scales a head's query, and whether
+    only full masks (weight 1) are exact there; checked once per model, on a 4-token probe.
+
+    ``attn.hook_rot_q`` (after the query's norm and rotation) is preferred, ``attn.hook_q`` next.
+    The bridge lists hook points that never run on some architectures (``hook_rot_q`` of a fused
+    QKV projection, as in Phi-3 and GPT-NeoX): a hook there would silently mask nothing. So the
+    chosen point must run, and zeroing every query of layer 0 there must make its attention
+    uniform over the visible keys; otherwise a clear error names the architecture.
+    """
+    if "_query_hook" in model.__dict__:
+        return model.__dict__["_query_hook"]
+    bridge = model.bridge
+    names = [n for n in ("attn.hook_rot_q", "attn.hook_q") if hook_point(0, n) in bridge.hook_dict]
+    fired: list[str] = []
+    vocab = int(getattr(bridge.cfg, "d_vocab", 0) or 0) or 4
+    ids = (torch.arange(4) % vocab)[None].to(model.device)
+
+    def record(name: str):
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            fired.append(name)
+            return x
+        return fn
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            seen[name] = x.detach()
+            return x
+        return fn
+
+    watch = [(hook_point(0, n), keep(n)) for n in ("attn.hook_pattern", "attn.hook_z") if hook_point(0, n) in bridge.hook_dict]
+    bridge.run_with_hooks(ids, fwd_hooks=[(hook_point(0, n), record(n)) for n in names] + watch)
+    chosen = next((n for n in names if n in fired), None)
+    why = "the bridge runs no query hook point (attn.hook_rot_q / attn.hook_q) in its attention"
+    if chosen is not None:
+        zero = (hook_point(0, chosen), lambda x, hook: torch.zeros_like(x))
+        intact = dict(seen)
+        seen.clear()
+        bridge.run_with_hooks(ids, fwd_hooks=[zero] + watch)
+        if "attn.hook_pattern" in seen:
+            p = seen["attn.hook_pattern"].float()
+            visible = p > 0
+            row_max = p.amax(-1, keepdim=True)
+            ok = bool(torch.allclose(torch.where(visible, p, row_max), row_max.expand_as(p), atol=1e-4))
+        else:
+            ok = "attn.hook_z" in seen and not torch.equal(seen["attn.hook_z"], intact["attn.hook_z"])
+        if not ok:
+            why = f"zeroing the query at attn.{chosen.split('.')[-1]} does not make the attention uniform"
+            chosen = None
+    if chosen is None:
+        raise ValueError(f"how='uniform' (query zeroing) is not supported on {_arch(model)}: {why}, so the mask "
+                         "would be wrong; use how='zero' or how='mean'")
+    normed_later = chosen == "attn.hook_q" and any(
+        k.startswith("blocks.0.attn.") and ("q_norm" in k or k.endswith("hook_q_normed")) for k in bridge.hook_dict)
+    model.__dict__["_query_hook"] = (chosen, normed_later)
+    return chosen, normed_later
 
 
 def _on_rows(fn, rows: Any):
@@ -201,6 +270,16 @@ def _make_mean_hook(keep: torch.Tensor, shifted_mean: torch.Tensor):
     return replace_with_mean
 
 
+def check_how(how: str, reference: Any = None) -> None:
+    """A masking mode and what it needs, checked before any work: one of :data:`HOW`, and for
+    ``"mean"`` a ``reference`` (texts or token ids to average each head's output over, or
+    precomputed means)."""
+    if how not in HOW:
+        raise ValueError(f"how={how!r} is not a masking mode; use one of {HOW}")
+    if how == "mean" and reference is None:
+        raise ValueError("how='mean' needs reference=... (texts or token ids to average each head's output over)")
+
+
 def mask_heads(
     model: Model,
     heads: "Iterable[Head] | Mapping[Head, float]",
@@ -223,13 +302,10 @@ def mask_heads(
         ...     print(model.generate("Write a headline about tea."))
         >>> logits = model.bridge.run_with_hooks(ids, fwd_hooks=mask_heads(model, {(3, 1): 0.5}).hooks)  # doctest: +SKIP
     """
-    if how not in HOW:
-        raise ValueError(f"how={how!r} is not a masking mode; use one of {HOW}")
+    check_how(how, reference)
     weights = _normalise_heads(model, heads)
     means = None
     if how == "mean":
-        if reference is None:
-            raise ValueError("how='mean' needs reference=... (texts or token ids to average each head's output over)")
         if isinstance(reference, torch.Tensor) and reference.is_floating_point():
             expected = (model.n_layers, model.n_heads, model.d_head)
             if tuple(reference.shape) != expected:
@@ -266,12 +342,9 @@ def layer_mask_effects(
     from workbench.core._reuse import run_from_layer
     from workbench.core.model import logprobs_of
 
-    if how not in HOW:
-        raise ValueError(f"how={how!r} is not a masking mode; use one of {HOW}")
-    if how == "mean" and reference is None:
-        raise ValueError("how='mean' needs reference=... (texts or token ids to average each head's output over)")
+    check_how(how, reference)
     ids, start = model.prompt_and_target(prompt, target)
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.n_layers)]
+    names = [hook_point(layer, "hook_resid_pre") for layer in range(model.n_layers)]
     logits, cache = model.bridge.run_with_cache(ids, names_filter=names)
     base = float(logprobs_of(logits, ids, start).mean())
     means = head_means(model, reference) if how == "mean" else None

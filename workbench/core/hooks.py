@@ -18,6 +18,26 @@ import torch
 Hook = tuple[str, Callable]
 
 
+def hook_point(layer: int, name: str) -> str:
+    """The TransformerLens hook point ``name`` of block ``layer``: ``hook_point(3, "attn.hook_z")``
+    is ``"blocks.3.attn.hook_z"``. The one place that spells the bridge's block names."""
+    return f"blocks.{layer}.{name}"
+
+
+def last_positions_hook(n_layers: int, lo: int, n: int | None = None) -> tuple[str, Callable]:
+    """A hook keeping positions ``lo..lo+n-1`` (``lo`` onwards when ``n`` is None; ``lo=-1``: the
+    last one) at the unembedding's input, which then runs on those positions only (the vocabulary
+    projection dominates a small model's cost). Not at the last block's output: some models
+    (GPT-2) reshape the final norm's output to the full input length, which fails on fewer
+    positions. ``n_layers`` is unused (kept for callers)."""
+    end = None if n is None else lo + n
+
+    def keep(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return x[:, lo:end]
+
+    return ("unembed.hook_in", keep)
+
+
 class HookSet:
     """Hooks on one model, usable as a context manager (re-entrant) and as a hook list.
 
@@ -75,8 +95,10 @@ class PositionTracker:
     """Records the absolute position ids of the current forward pass.
 
     With a KV cache a hook sees only the new token(s), so ``x.shape[1]`` alone can't say
-    where they sit; the rotary embedding module is always called with the true position
-    ids, so a pre-hook there tells us.
+    where they sit; the rotary embedding module (or, in models with learned absolute
+    positions such as GPT-2, the position embedding) is always called with the true position
+    ids, so a pre-hook there tells us. A model with neither gets its positions from the length
+    of the KV cache it is handed.
     """
 
     def __init__(self, model: Any):
@@ -90,10 +112,13 @@ class PositionTracker:
         if self._depth > 1:
             return self
         bridge = self.model.bridge
-        self._handles.append(bridge.register_forward_pre_hook(self._reset))
+        self._handles.append(bridge.register_forward_pre_hook(self._reset, with_kwargs=True))
         rotary = getattr(bridge, "rotary_emb", None)
         if rotary is not None:
             self._handles.append(rotary.register_forward_pre_hook(self._record, with_kwargs=True))
+        pos_embed = getattr(bridge, "pos_embed", None)
+        if pos_embed is not None:
+            self._handles.append(pos_embed.register_forward_pre_hook(self._record_embedding, with_kwargs=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -105,8 +130,20 @@ class PositionTracker:
         self._handles.clear()
         self.position_ids = None
 
-    def _reset(self, module: Any, args: Any) -> None:
+    def _reset(self, module: Any, args: Any, kwargs: dict) -> None:
+        # A first guess, replaced by the ids the rotary or position embedding is called with.
         self.position_ids = None
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            return
+        cache = kwargs.get("past_key_values")
+        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        self.position_ids = torch.arange(past, past + x.shape[1], device=x.device)[None]
+
+    def _record_embedding(self, module: Any, args: Any, kwargs: dict) -> None:
+        pos = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(pos, torch.Tensor) and not pos.is_floating_point():
+            self.position_ids = pos
 
     def _record(self, module: Any, args: Any, kwargs: dict) -> None:
         pos = kwargs.get("position_ids")

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from workbench._util import check_int, check_sampling
+from workbench.core.hooks import last_positions_hook
 
 Messages = Sequence[dict]
 Prompt = "str | Messages | torch.Tensor"
@@ -214,7 +215,7 @@ class Model:
         # The prompt's pass needs the next-token logits of its last position only; the
         # vocabulary projection of every other position is most of a small model's prefill
         # (Hugging Face's generate skips it the same way). Later steps have one position.
-        last_only = (f"blocks.{self.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])
+        last_only = last_positions_hook(self.n_layers, -1)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                       top_k=top_k, eos_token_id=self.stop_token_ids, stop_at_eos=True, verbose=False)
         if stopping is not None:

@@ -5,7 +5,7 @@ has one entry, a Fints mix has an attention and an MLP entry — with the model 
 on and how it was built. Save it, load it (another model's vector is refused), and apply it
 with a context manager::
 
-    vec = caa_vectors(model, description, articles, [15])[15]
+    vec = caa_vectors(model, positive_prompts, negative_prompts, [15])[15]
     with vec.apply(model, scale=4.0):
         model.generate(prompt)
 
@@ -43,7 +43,7 @@ from typing import Any, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 
-from workbench._util import atomic_torch_save, check_int, load_torch_file, refuse_overwrite
+from workbench._util import atomic_torch_save, check_int, check_number, load_torch_file, refuse_overwrite
 from workbench.core.hooks import HookSet, PositionTracker
 from workbench.core.model import Model
 
@@ -160,26 +160,34 @@ class Steer(HookSet):
         self.hooks = [(SITES[site].write_hook(layer), self._make_hook(vector, scale))
                       for layer, site, vector, scale in entries]
 
-    # The one-entry view (what ``steer`` builds).
+    # The one-entry view (what ``steer`` builds). Like SteeringVector.layer, it refuses to pick
+    # one entry of several: the first layer of a multi-layer vector would be a silent half-truth.
+    def _one(self, what: str) -> int:
+        if len(self.entries) != 1:
+            raise ValueError(f"this Steer adds {len(self.entries)} vectors "
+                             f"({', '.join(SITES[s].write_hook(layer) for layer, s, _, _ in self.entries)}); "
+                             f"`.{what}` names one: use `.entries` (layer, site, vector, scale)")
+        return 0
+
     @property
     def layer(self) -> int:
-        return self.entries[0][0]
+        return self.entries[self._one("layer")][0]
 
     @property
     def site(self) -> str:
-        return self.entries[0][1]
+        return self.entries[self._one("site")][1]
 
     @property
     def vector(self) -> torch.Tensor:
-        return self.entries[0][2]
+        return self.entries[self._one("vector")][2]
 
     @property
     def scale(self) -> float:
-        return self.entries[0][3]
+        return self.entries[self._one("scale")][3]
 
     @property
     def hook_name(self) -> str:
-        return self.hooks[0][0]
+        return self.hooks[self._one("hook_name")][0]
 
     def __repr__(self) -> str:
         where = "all positions" if self.positions is None else f"positions={self.positions!r}"
@@ -218,18 +226,6 @@ class Steer(HookSet):
         return add
 
 
-def _check_scale(scale: Any) -> float:
-    try:
-        if isinstance(scale, (str, bytes, bool)):
-            raise TypeError
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale={scale!r} must be a number") from None
-    if s != s or s in (float("inf"), float("-inf")):
-        raise ValueError(f"scale={scale!r} must be a finite number")
-    return s
-
-
 def steer(
     model: Model,
     vector: Any,
@@ -256,7 +252,7 @@ def steer(
         ...     print(model.generate("Tell me about your weekend."))
     """
     check_site(model, [layer], site)
-    return Steer(model, [(int(layer), site, _as_vector(model, vector), _check_scale(scale))], _check_positions(positions, model))
+    return Steer(model, [(int(layer), site, _as_vector(model, vector), check_number("scale", scale))], _check_positions(positions, model))
 
 
 @dataclass
@@ -343,8 +339,8 @@ class SteeringVector:
         MLP scale). Refuses a vector of another model.
         """
         self.check_model(model)
-        scale = _check_scale(scale)
-        scales = {s: _check_scale(v) for s, v in (site_scales or {}).items()}
+        scale = check_number("scale", scale)
+        scales = {s: check_number(f"site_scales[{s!r}]", v) for s, v in (site_scales or {}).items()}
         for layer, site in self.vectors:
             check_site(model, [layer], site)
         entries = [(int(layer), site, _as_vector(model, v), scales.get(site, scale))

@@ -5,6 +5,9 @@ vectors, Fints vectors, tuning) needs examples whose answer it may look at. LaMP
 grow over time — a later query's profile holds earlier queries' gold outputs — so those
 examples come from the profile items, never from the queries' golds:
 
+- :func:`usable_item`: the one rule for a history item that can be used (its task's input
+  and output fields both hold text), applied by everything below and by the prompts, the
+  steering vectors and Fints' pairs;
 - :func:`user_history`: the profile items *all* of one user's queries share (never a gold);
 - :func:`held_out_example`: one history item as a query (its input, the user's own output as
   the gold), the other items as the profile;
@@ -21,12 +24,14 @@ import numpy as np
 from workbench._util import check_int
 
 # The history fields a user's history is made of when the task does not say otherwise
-# (LaMP-4: the article and the user's headline); :func:`held_out_example` asks the task.
+# (LaMP-4: the article and the user's headline); :func:`item_fields` asks the task.
 INPUT_FIELD = "text"
 OUTPUT_FIELD = "title"
 
 
-def _fields(task: str) -> tuple[str, str]:
+def item_fields(task: str) -> tuple[str, str]:
+    """``(input field, output field)`` of ``task``'s history items (LaMP-5: abstract, title);
+    tasks without both fall back to LaMP-4's ``text`` and ``title``."""
     from workbench.data.tasks import TASKS
 
     spec = TASKS.get(task)
@@ -35,8 +40,15 @@ def _fields(task: str) -> tuple[str, str]:
     return spec.input_field, spec.output_field
 
 
-def _usable(item: dict) -> bool:
-    return bool(item.get(INPUT_FIELD)) and bool(item.get(OUTPUT_FIELD))
+def _filled(value: Any) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def usable_item(item: dict, task: str = "lamp4") -> bool:
+    """The one rule for a usable history item: its input and output fields (of ``task``) both hold
+    more than whitespace. Every builder of history examples, vectors and pairs filters with it."""
+    source, target = item_fields(task)
+    return isinstance(item, dict) and _filled(item.get(source)) and _filled(item.get(target))
 
 
 def user_history(examples: Sequence[Any]) -> list[dict]:
@@ -47,22 +59,25 @@ def user_history(examples: Sequence[Any]) -> list[dict]:
     """
     if not examples:
         raise ValueError("no examples: pass the user's queries (e.g. dataset.by_user(user_id))")
-    key = lambda it: (str(it.get("id", "")), it.get(OUTPUT_FIELD, ""))  # noqa: E731
+    task = task_of(examples)
+    source, target = item_fields(task)
+    key = lambda it: (str(it.get("id", "")), it.get(target, ""))  # noqa: E731
     common = set(map(key, examples[0].profile))
     for ex in examples[1:]:
         common &= set(map(key, ex.profile))
-    items = [it for it in examples[0].profile if key(it) in common and _usable(it)]
+    items = [it for it in examples[0].profile if key(it) in common and usable_item(it, task)]
     if not items:
         raise ValueError(f"user {examples[0].user_id}'s queries share no profile item with "
-                         f"'{INPUT_FIELD}' and '{OUTPUT_FIELD}'")
+                         f"'{source}' and '{target}'")
     if all(it.get("date") for it in items):
         items = sorted(items, key=lambda it: str(it["date"]))
     return items
 
 
-def history_key(history: Sequence[dict]) -> list:
-    """What identifies a history for a cache key: item ids and the user's outputs."""
-    return [(str(it.get("id", "")), it.get(OUTPUT_FIELD, "")) for it in history]
+def history_key(history: Sequence[dict], task: str = "lamp4") -> list:
+    """What identifies a history of ``task`` for a cache key: item ids and the user's outputs."""
+    target = item_fields(task)[1]
+    return [(str(it.get("id", "")), it.get(target, "")) for it in history]
 
 
 def held_out_example(held: dict, rest: Sequence[dict], user_id: str = "", task: str = "lamp4",
@@ -71,12 +86,17 @@ def held_out_example(held: dict, rest: Sequence[dict], user_id: str = "", task: 
     as the profile (the fields are the ``task``'s, e.g. LaMP-5's abstract and title)."""
     from workbench.data.records import Example
 
-    source, target = _fields(task)
+    source, target = item_fields(task)
     return Example(id=id if id is not None else f"{user_id}/history-{held.get('id')}", user_id=user_id,
                    task=task, input=held[source], profile=tuple(rest), gold=held[target])
 
 
-def _task_of(examples: Sequence[Any]) -> str:
+def task_of(examples: Sequence[Any]) -> str:
+    """The one task of ``examples`` (``"lamp4"`` for objects without a ``task``).
+
+    Raises:
+        ValueError: the examples mix tasks.
+    """
     tasks = {getattr(ex, "task", "lamp4") for ex in examples}
     if len(tasks) > 1:
         raise ValueError(f"examples mix tasks {sorted(tasks)}; build history examples one task at a time")
@@ -101,8 +121,8 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
     check_int("n", n, minimum=1)
     check_int("seed", seed)
     dataset = list(dataset)
-    task = _task_of(dataset)
-    source, target = _fields(task)
+    task = task_of(dataset)
+    source, target = item_fields(task)
     golds = {ex.gold for ex in dataset if ex.gold}
     rng = np.random.default_rng(seed)
     per_user: dict[str, list[Any]] = {}
@@ -112,7 +132,7 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
         seen = seen_items.setdefault(ex.user_id, set())
         for it in ex.profile:
             key = str(it.get("id", len(seen)))
-            if key not in seen and it.get(source) and it.get(target) and it[target] not in golds:
+            if key not in seen and usable_item(it, task) and it[target] not in golds:
                 seen.add(key)
                 items.append(it)
     queues = {}
@@ -122,8 +142,9 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
         order = rng.permutation(len(items))
         queues[uid] = [(items[j], [items[i] for i in range(len(items)) if i != j]) for j in order]
     if not queues:
-        raise ValueError("no user has two or more profile items with 'text' and 'title'; "
-                         "profile_examples needs LaMP-4-style profiles (pass examples with gold outputs instead)")
+        raise ValueError(f"no user has two or more profile items with '{source}' and '{target}'; "
+                         "profile_examples needs profiles of (input, output) items (pass examples with gold outputs "
+                         "instead)")
     out: list[Any] = []
     while len(out) < n and any(queues.values()):
         for uid in list(queues):
@@ -147,5 +168,5 @@ def dev_split(dataset: Iterable[Any], n_users: int = 8, seed: int = 0) -> list:
         uid = users[i]
         hist = user_history(by_user[uid])
         held = hist[-1]
-        out.append(held_out_example(held, hist[:-1], uid, _task_of(by_user[uid]), id=f"{uid}/dev-{held.get('id')}"))
+        out.append(held_out_example(held, hist[:-1], uid, task_of(by_user[uid]), id=f"{uid}/dev-{held.get('id')}"))
     return out

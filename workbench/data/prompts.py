@@ -1,8 +1,9 @@
 """Prompt formats for personalised generation: rendering an example and its user's history.
 
 Owns :func:`build_prompt` (a LaMP example with its top-ranked profile items, fitted to the
-model's context), :func:`headline_prompt` (a headline request after a given history) and
-:func:`first_line`. What each task's prompt says comes from its spec in
+model's context), :func:`task_prompt` (a task's request after a given history, optionally with
+a context; :func:`headline_prompt` is LaMP-4's), :func:`preference_prompt` (the same with a
+user's preference as context) and :func:`first_line`. What each task's prompt says comes from its spec in
 :mod:`workbench.data.tasks`; which items are shown comes from :mod:`workbench.data.retrieval`.
 
 At 135M parameters the format matters: showing a user's earlier items as earlier chat
@@ -16,33 +17,65 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from workbench.data.retrieval import rank_profile
-from workbench.data.tasks import GENERIC, TASKS, prompt_tasks
-from workbench.data.tasks import task_text
+from workbench.data.tasks import GENERIC, TASKS, prompt_tasks, task_text
 
-# headline_prompt asks what LaMP-4's item prompt asks, so the two cannot drift apart.
-HEADLINE_INSTRUCTION = TASKS["lamp4"].instruction
+def task_prompt(model: Any, task: str, text: str, history: Iterable[dict] = (), system: str | None = None) -> Any:
+    """A prompt asking for ``task``'s output for the input ``text``, after the user's ``history``.
+
+    ``history`` items are the task's profile items (LaMP-4: ``text``, an earlier article, and
+    ``title``, the user's headline for it), shown as earlier turns: the task's instruction for
+    the item's input, then the user's output. ``system``: a context shown before everything
+    (a system message, or the first paragraph of a plain-text prompt). Returns chat messages
+    when the model has a chat template, plain few-shot text (labelled with the task's
+    ``input_label`` / ``output_label``) otherwise; either can go to ``model.generate``.
+
+    Raises:
+        ValueError: the task has no turns format (see :func:`workbench.data.tasks.steering_task`),
+            or a history item is not usable (:func:`workbench.data.history.usable_item`).
+    """
+    from workbench.data.history import usable_item
+    from workbench.data.tasks import steering_task
+
+    spec = steering_task(task)
+    source, target = spec.input_field, spec.output_field
+    history = list(history)
+    for i, item in enumerate(history):
+        if not usable_item(item, task):
+            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise ValueError(f"history item {i} needs non-empty '{source}' and '{target}' fields, got keys {keys}")
+    if getattr(model, "has_chat_template", False):
+        messages: list[dict] = [{"role": "system", "content": system}] if system is not None else []
+        for item in history:
+            messages.append({"role": "user", "content": spec.instruction.format(text=item[source])})
+            messages.append({"role": "assistant", "content": item[target]})
+        messages.append({"role": "user", "content": spec.instruction.format(text=text)})
+        return messages
+    inp, out = spec.input_label, spec.output_label
+    shots = "".join(f"{inp}: {item[source]}\n{out}: {item[target]}\n\n" for item in history)
+    context = f"{system}\n\n" if system is not None else ""
+    return f"{context}{shots}{inp}: {text}\n{out}:"
+
+
+def preference_prompt(model: Any, task: str, preference: "str | Iterable[dict]", text: str) -> Any:
+    """:func:`task_prompt` for ``text`` with a user's preference as context: a description
+    (``str``, shown as the system message through the task's ``description_context``) or their
+    history items (earlier turns, like ``rag``). SteerX's CAA contrasts it with the prompt
+    without context; its optimised vector learns what it does."""
+    from workbench.data.tasks import get_task
+
+    if isinstance(preference, str):
+        template = get_task(task).description_context
+        if not template:
+            raise ValueError(f"task {task!r} has no description_context to show a preference description with; "
+                             "add one to its TaskSpec in workbench.data.tasks")
+        return task_prompt(model, task, text, system=template.format(description=preference))
+    return task_prompt(model, task, text, list(preference))
 
 
 def headline_prompt(model: Any, article: str, history: Iterable[dict] = ()) -> Any:
-    """A prompt asking for the headline of ``article``, after the user's ``history``.
-
-    ``history`` items are dicts with ``text`` (an earlier article) and ``title`` (its
-    headline, as the user wrote it). Returns chat messages when the model has a chat
-    template, plain few-shot text otherwise; either can go to ``model.generate``.
-    """
-    history = list(history)
-    for i, item in enumerate(history):
-        if not item.get("text") or not item.get("title"):
-            raise ValueError(f"history item {i} needs non-empty 'text' and 'title' fields, got keys {sorted(item)}")
-    if getattr(model, "has_chat_template", False):
-        messages: list[dict] = []
-        for item in history:
-            messages.append({"role": "user", "content": HEADLINE_INSTRUCTION.format(text=item["text"])})
-            messages.append({"role": "assistant", "content": item["title"]})
-        messages.append({"role": "user", "content": HEADLINE_INSTRUCTION.format(text=article)})
-        return messages
-    shots = "".join(f"Article: {item['text']}\nHeadline: {item['title']}\n\n" for item in history)
-    return f"{shots}Article: {article}\nHeadline:"
+    """LaMP-4's :func:`task_prompt`: the headline of ``article`` after the user's ``history``
+    (items with ``text``, an earlier article, and ``title``, the user's headline for it)."""
+    return task_prompt(model, "lamp4", article, history)
 
 
 def first_line(text: str) -> str:
@@ -99,7 +132,7 @@ def _render(model: Any, example: Any, text: str, items: list[dict]) -> Any:
         return _chat_or_text(model, [], request)
     raise ValueError(
         f"no prompt format for task {task!r} yet (generation tasks {', '.join(prompt_tasks())} are supported); "
-        "write one with headline_prompt as a model, or pass your own prompt to model.generate"
+        "add one to the task's TaskSpec in workbench.data.tasks, or pass your own prompt to model.generate"
     )
 
 

@@ -29,7 +29,11 @@ from workbench.data.tasks import GENERIC, NOT_TEXT_FIELDS, TASKS, task_text
 if TYPE_CHECKING:  # only for the annotations; a runtime import would make data -> retrieval -> data
     from workbench.data.records import Example
 
-__all__ = ["bm25_scores", "query_text", "rank_profile", "recency_order", "tokens"]
+__all__ = ["RETRIEVALS", "bm25_scores", "query_text", "rank_profile", "recency_order", "tokens"]
+
+# The ways a profile can be ranked (``rank_profile``'s ``by``): every other place that accepts
+# a retrieval name (GenerationSettings, PCS, the command line) takes its choices from here.
+RETRIEVALS = ("bm25", "recency")
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -111,7 +115,7 @@ def rank_profile(example: Example, k: int = 5, by: str = "bm25", query: str | No
     Example:
         >>> [it["title"] for it in rank_profile(ds[0], k=3)]   # doctest: +SKIP
     """
-    if by not in ("bm25", "recency"):
+    if by not in RETRIEVALS:
         raise ValueError(f"by={by!r}: use 'bm25' or 'recency'")
     items = list(example.profile)
     if k <= 0 or not items:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench._util import stable_hash
+from workbench._util import check_int, stable_hash
+from workbench.data.history import dev_split, profile_examples
 
 TUNE_FRACTION = 1 / 3
 SPLITS = ("tune", "eval", "all")
@@ -54,3 +55,47 @@ def describe_split(dataset: Any, fraction: float = TUNE_FRACTION) -> dict:
     return {"fraction": fraction, "salt": _SALT, "tune_users": len(tune), "eval_users": len(users) - len(tune),
             "tune_examples": sum(ex.user_id in tune for ex in dataset),
             "eval_examples": sum(ex.user_id not in tune for ex in dataset)}
+
+
+SOURCES = ("queries", "gold", "profile", "dev")
+
+
+def select_examples(dataset: Any, n: int | None = None, *, source: str = "queries", users: str = "all",
+                    fraction: float = TUNE_FRACTION, seed: int = 0) -> list:
+    """The examples a run works on: the one place the runner and the command line pick them.
+
+    Args:
+        dataset: a :class:`~workbench.data.records.Dataset` or a list of examples.
+        n: how many (None: all there are).
+        source: what becomes an example —
+
+            - ``"queries"``: the dataset's queries in file order (``bench``, ``tune``);
+            - ``"gold"``: the queries that have a profile, in file order (``heads --source gold``);
+            - ``"profile"``: leave-one-out examples built from users' profiles, round-robin over
+              users; no evaluation gold is read (``heads --source profile``;
+              :func:`workbench.data.history.profile_examples`);
+            - ``"dev"``: one leave-one-out example per user, their most recent item held out,
+              ``n`` users chosen by ``seed`` (:func:`workbench.data.history.dev_split`).
+        users: ``"tune"``, ``"eval"`` or ``"all"``: cut to one side of the user split first
+            (:func:`split_users`, at ``fraction``).
+        seed: the order of profile items (``"profile"``) or the users chosen (``"dev"``).
+
+    Except for ``"dev"``, the first ``n`` are a prefix of the first ``n + 1``: a run can grow in
+    steps of ``n`` and resume.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}: use one of {SOURCES}")
+    if n is not None:
+        check_int("n", n, minimum=1)
+    dataset = split_users(dataset, users, fraction)
+    if source == "profile":
+        # every profile item at most once: the most profile_examples can make
+        most = max(1, sum(len(ex.profile) for ex in dataset))
+        return profile_examples(dataset, n=n if n is not None else most, seed=seed)
+    if source == "dev":
+        return dev_split(dataset, n_users=n if n is not None else len({ex.user_id for ex in dataset}), seed=seed)
+    examples = [ex for ex in dataset if ex.profile or source == "queries"]
+    if source == "gold" and not examples:
+        where = f"{dataset.path} ({dataset.split})" if getattr(dataset, "path", "") else "this dataset"
+        raise ValueError(f"no query in {where} has a profile; --source gold (source='gold') needs some")
+    return examples[:n]

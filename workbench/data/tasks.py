@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # only for the annotations
     from workbench.data.records import Example
 
 __all__ = ["GENERIC", "NOT_TEXT_FIELDS", "STRING_FIELDS", "TASKS", "TaskSpec", "get_task", "prompt_tasks",
-           "task_text"]
+           "steering_task", "task_text"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,15 @@ class TaskSpec:
         input_field: the profile field that is an item's input in the prompt.
         output_field: the profile field that is the user's output for it (``"turns"``).
         history_intro: the line above the listed items (``"list"``).
+        input_label, output_label: how an item's input and output are labelled in the plain-text
+            prompt of a model without a chat template (``Article:`` / ``Headline:``).
+        description_context: the system message that shows a user's preference description
+            (``{description}``) to the model: SteerX's contrast (CAA) and teacher (optimised).
+        describe_prompt: the request that turns a user's preference words (``{words}``) into
+            that description (SteerX).
+
+    The steering methods (SteerX, Fints) need a task whose history items pair an input with
+    the user's output (``input_field`` and ``output_field``); :func:`steering_task` checks it.
     """
 
     name: str
@@ -67,6 +76,10 @@ class TaskSpec:
     input_field: str = ""
     output_field: str = ""
     history_intro: str = ""
+    input_label: str = "Input"
+    output_label: str = "Answer"
+    description_context: str = ""
+    describe_prompt: str = ""
 
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
@@ -81,11 +94,21 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("lamp4", "generation", prefix="Generate a headline for the following article: ",
              required_fields=("id", "text", "title"), doc_fields=("text", "title"),
              prompt_style="turns", instruction="Write a headline for this article:\n{text}",
-             input_field="text", output_field="title"),
+             input_field="text", output_field="title", input_label="Article", output_label="Headline",
+             description_context="You are writing news headlines for one particular user. {description}",
+             describe_prompt=(
+                 "Here are words that show how a user writes news headlines, most telling first:\n{words}\n\n"
+                 "In one or two sentences, describe this user's headline style and the topics they write about. "
+                 "Start with \"The user\".")),
     TaskSpec("lamp5", "generation", prefix="Generate a title for the following abstract of a paper: ",
              required_fields=("id", "title", "abstract"), doc_fields=("title", "abstract"),
              prompt_style="turns", instruction="Write a title for this paper abstract:\n{text}",
-             input_field="abstract", output_field="title"),
+             input_field="abstract", output_field="title", input_label="Abstract", output_label="Title",
+             description_context="You are writing paper titles for one particular user. {description}",
+             describe_prompt=(
+                 "Here are words that show how a user titles their papers, most telling first:\n{words}\n\n"
+                 "In one or two sentences, describe this user's title style and the topics they write about. "
+                 "Start with \"The user\".")),
     # LaMP-6 (email subjects) is private data: only the id is checked, and its items' text
     # fields are not known, so retrieval uses every string field.
     TaskSpec("lamp6", "generation", required_fields=("id",)),
@@ -125,6 +148,22 @@ def get_task(name: str) -> TaskSpec:
 def prompt_tasks() -> list[str]:
     """The tasks that have a prompt format (``prompt_style`` set), in registry order."""
     return [name for name, spec in TASKS.items() if spec.prompt_style]
+
+
+def steering_task(name: str) -> TaskSpec:
+    """The spec of ``name`` if its history items pair an input with the user's output, shown as
+    earlier turns (what contrastive pairs, SteerX traces and steering vectors are built from).
+
+    Raises:
+        ValueError: ``name`` is unknown, or its items have no input/output pair (e.g. LaMP-7's
+            tweets); the message names the tasks that work.
+    """
+    spec = get_task(name)
+    if spec.prompt_style != "turns" or not spec.input_field or not spec.output_field:
+        ok = [n for n, s in TASKS.items() if s.prompt_style == "turns" and s.input_field and s.output_field]
+        raise ValueError(f"task {name!r} has no (input, user's output) pairs in its history to steer with; "
+                         f"the steering methods work on {', '.join(ok)}")
+    return spec
 
 
 def task_text(example: Example) -> str:

@@ -36,22 +36,98 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
 
-from workbench._util import check_int
+from workbench._util import check_int, check_number
 from workbench.core.hooks import HookSet
 from workbench.core.model import Model
 from workbench.data.prompts import build_prompt, first_line, first_line_complete
+from workbench.data.retrieval import RETRIEVALS
 
 METHODS: dict[str, Callable[..., "Method"]] = {}
-RETRIEVALS = ("bm25", "recency")
+
+
+_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
 def register_method(cls: type) -> type:
-    """Class decorator: make a :class:`Method` subclass available by its ``name``."""
+    """Class decorator: make a :class:`Method` subclass available by its ``name``.
+
+    A name is letters, digits and ``_.+-`` (at most 64, not starting with a dot): it ends up
+    in file and directory names (tuning runs, cached vectors)."""
+    if not isinstance(cls.name, str) or not _METHOD_NAME.fullmatch(cls.name):
+        raise ValueError(f"method name {cls.name!r}: use letters, digits and _.+- only (at most 64), "
+                         "starting with a letter or digit")
     METHODS[cls.name] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class Check:
+    """What values one method setting accepts: the one place settings are validated.
+
+    Declared per method in its ``checks`` class attribute (``{field: Check(...)}``, merged
+    along the class's bases, so a subclass that only changes a default keeps its checks);
+    :meth:`Method.check_settings` applies them when a setting is changed (``--set``, ``--grid``,
+    ``--tuned``) and again, with the model, before a run does any work.
+
+    - ``minimum`` / ``maximum`` (inclusive), ``above`` / ``below`` (exclusive): a number's range;
+      ``whole``: an int;
+    - ``choices``: the values allowed (for text settings; ``None`` may be one);
+    - ``words``: words a numeric setting also accepts (DPS's ``alpha="entropy"``);
+    - ``layer``: a layer index, checked against the model's layers once it is known;
+    - ``file``: a path that must name an existing file.
+
+    ``None`` passes wherever the field's type allows it (``float | None``). A field named
+    ``layer`` with no check of its own is checked as a layer (``Check(whole=True, layer=True)``).
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    whole: bool = False
+    choices: tuple | None = None
+    words: tuple = ()
+    layer: bool = False
+    file: bool = False
+
+    def __call__(self, where: str, value: Any, model: Any = None, optional: bool = False) -> None:
+        if value is None and (optional or (self.choices is not None and None in self.choices)):
+            return
+        if self.choices is not None:
+            if value not in self.choices:
+                shown = ", ".join("none" if c is None else str(c) for c in self.choices)
+                raise ValueError(f"{where}={value!r}: use one of {shown}")
+            return
+        if isinstance(value, str) and self.words:
+            if value not in self.words:
+                raise ValueError(f"{where}={value!r}: give a number or one of {', '.join(self.words)}")
+            return
+        if self.file:
+            from pathlib import Path
+
+            if not isinstance(value, (str, Path)) or not Path(value).expanduser().is_file():
+                raise FileNotFoundError(f"{where}={value!r}: no such file; give the path of a saved file "
+                                        "(e.g. scores.json from `workbench heads`) or none")
+            return
+        if self.whole or self.layer:
+            low = 0 if self.layer and self.minimum is None else self.minimum
+            check_int(where, value, minimum=None if low is None else math.ceil(low),
+                      maximum=None if self.maximum is None else math.floor(self.maximum))
+        check_number(where, value, self.minimum, self.maximum, self.above)
+        if self.below is not None and not value < self.below:
+            raise ValueError(f"{where}={value} must be < {self.below:g}")
+        n_layers = getattr(model, "n_layers", None)
+        if self.layer and n_layers is not None and value >= n_layers:
+            raise ValueError(f"{where}={value}: {getattr(model, 'name', 'the model')} has {n_layers} layers "
+                             f"(0..{n_layers - 1}); give a layer in that range (or none: the method's default)")
+
+
+_LAYER = Check(whole=True, layer=True)
 
 
 @dataclass
@@ -103,6 +179,26 @@ class Method:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     name: ClassVar[str] = "method"
     uses_profile: ClassVar[bool] = False
+    checks: ClassVar[dict[str, Check]] = {}  # what each setting accepts (see Check); merged along the bases
+
+    # ---- its settings ----
+    def setting_checks(self) -> dict[str, Check]:
+        """``{field: Check}`` of every setting that declares one (this class's and its bases')."""
+        merged: dict[str, Check] = {}
+        for klass in reversed(type(self).__mro__):
+            merged.update(klass.__dict__.get("checks", {}))
+        if "layer" in {f.name for f in fields(self)}:
+            merged.setdefault("layer", _LAYER)
+        return merged
+
+    def check_settings(self, model: Any = None) -> None:
+        """Raise a ValueError (FileNotFoundError for a missing file) naming ``METHOD.FIELD``
+        for a setting outside what the method accepts; with ``model``, also what depends on
+        its shape (a layer index). Called when a setting changes and before a run starts."""
+        types = {f.name: str(f.type) for f in fields(self)}
+        for name, check in self.setting_checks().items():
+            if name in types:
+                check(f"{self.name}.{name}", getattr(self, name), model, optional="None" in types[name])
 
     # ---- the parts a method supplies ----
     def prepare_run(self, model: Model, examples: list, dataset: Any) -> None:
@@ -199,6 +295,11 @@ class Combination(Method):
         steering, decoding = self.parts
         self.steering = METHODS[steering](settings=self.settings)
         self.decoding = METHODS[decoding](settings=self.settings, heads_file=self.heads_file)
+
+    def check_settings(self, model: Any = None) -> None:
+        super().check_settings(model)
+        for part in (self.steering, self.decoding):
+            part.check_settings(model)
 
     def describe(self) -> dict:
         shared = set(asdict(self.settings))

@@ -15,7 +15,7 @@ from typing import Any
 
 from workbench._util import cache_file, cached, results_dir, stable_hash
 from workbench.science.dps import DpsDecoder
-from workbench.methods import Decoder, Method, register_method
+from workbench.methods import Check, Decoder, Method, register_method
 from workbench.core.model import Model
 
 
@@ -47,6 +47,15 @@ class Dps(Method):
     pcs_examples: int = 40
     heads_file: str | None = None
     contrast: str | None = None  # None: plain PCS; "history" / "generic": contrastive PCS (preference_scores)
+    checks = {
+        "top_percent": Check(above=0, maximum=100),
+        "alpha": Check(minimum=0, words=("entropy",)),
+        "alpha_cap": Check(minimum=0),
+        "plausibility": Check(minimum=0, maximum=1),
+        "pcs_examples": Check(whole=True, minimum=1),
+        "heads_file": Check(file=True),
+        "contrast": Check(choices=(None, "history", "generic")),
+    }
 
     def describe(self) -> dict:
         # The masking and the PCS scope are fixed by the method; recorded so a reader sees them.

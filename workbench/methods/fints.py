@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from workbench._util import stable_hash
-from workbench.science.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, fints_steer, \
-    picked, sample_vectors
+from workbench.science.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, picked, \
+    sample_vectors
 from workbench.core.hooks import HookSet
-from workbench.methods import Method, register_method
+from workbench.methods import Check, Method, register_method
 from workbench.core.model import Model
 from workbench.science.pairs import contrastive_pairs
-from workbench.core.steering import SteeringVector
+from workbench.core.steering import SITES, SteeringVector
 
 # fints, fints+rag and caa-user of one run need the same vectors: computed once per process.
 _VECTOR_MEMO: dict[tuple, SampleVectors] = {}
@@ -42,6 +42,11 @@ class FintsMethod(Method):
     n_others: int = 5
     threshold: float = 0.15
     seed: int = 0
+    checks = {"scale": Check(), "top_k": Check(whole=True, minimum=1), "tau": Check(above=0),
+              "weighting": Check(choices=("softmax", "uniform")), "attn_site": Check(choices=tuple(SITES)),
+              "mlp_site": Check(choices=tuple(SITES)), "max_items": Check(whole=True, minimum=1),
+              "select": Check(choices=("query", "recent")), "n_others": Check(whole=True, minimum=0),
+              "threshold": Check(minimum=0, maximum=1), "seed": Check(whole=True)}
 
     def describe(self) -> dict:
         d = super().describe()
@@ -88,7 +93,8 @@ class FintsMethod(Method):
             return None, {"fints_items": "", "fints_weights": "", "steered": False}
         mix = self.mix(mine, example)
         used = picked(mix)
-        return fints_steer(model, mix, self.scale), {
+        # one scale for both sites: the mix is applied like every other steering vector
+        return mix.apply(model, scale=self.scale), {
             "fints_items": ";".join(used["item_id"].astype(str)),
             "fints_weights": ";".join(f"{w:.3f}" for w in used["weight"]), "steered": True}
 

@@ -21,14 +21,15 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from workbench._version import __version__
-from workbench._util import atomic_write, atomic_write_text, check_int, check_writable_dir, read_json_file
+from workbench._util import atomic_write, atomic_write_text, check_int, check_writable_dir, dir_lock, read_json_file
+from workbench.data.splits import select_examples
 from workbench.methods import GenerationSettings, Method, make_methods
 from workbench.core.model import Model
 
@@ -171,7 +172,11 @@ def merge_run_info(out: Path, run_info: dict, partial: bool = False) -> dict:
             f"{out} holds a run with different {', '.join(diff)}" + (f" ({shown})" if shown else "")
             + "; resuming would mix results. Use another --out directory (or delete that one)."
         )
-    old_ms, new_ms = old.get("method_settings", {}), run_info.get("method_settings", {})
+    # Only methods with results there bind the directory: one that failed before writing a
+    # record (a bad setting, an interrupted preparation) leaves nothing to mix with.
+    present = {m for m, _ in read_outputs(out / OUTPUTS_FILE, repair=False)}
+    old_ms = {m: v for m, v in old.get("method_settings", {}).items() if m in present}
+    new_ms = run_info.get("method_settings", {})
     changed = [m for m in new_ms if m in old_ms and old_ms[m] != new_ms[m]]
     if changed:
         raise ValueError(
@@ -186,7 +191,7 @@ def merge_run_info(out: Path, run_info: dict, partial: bool = False) -> dict:
                       stacklevel=3)
     merged = dict(run_info)
     # methods may be added to an existing run; keep the union
-    merged["methods"] = sorted(set(old.get("methods", [])) | set(run_info["methods"]))
+    merged["methods"] = sorted({m for m in old.get("methods", []) if m in present} | set(run_info["methods"]))
     merged["method_settings"] = {**old_ms, **new_ms}
     merged["example_ids"], merged["n"] = longer, len(longer)
     return merged
@@ -226,19 +231,39 @@ def _data_fingerprint(dataset: Any) -> dict[str, str]:
     return Dataset(list(dataset), "").fingerprint()  # all of it: a run that grows keeps its fingerprint
 
 
-def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, users: Any) -> tuple[list, list, Path, dict]:
+PROFILE_FIX = ("on the command line pass --with-profile (only queries whose user has history); "
+               "in Python filter with dataset.with_profile()")
+
+
+def check_profiles(methods: list, examples: list) -> None:
+    """Refuse, before any work, a run whose personalized methods would meet an example with an
+    empty profile (they need at least one item), naming the way out."""
+    personal = [m.name for m in methods if getattr(m, "uses_profile", False)]
+    empty = [ex for ex in examples if not ex.profile]
+    if personal and empty:
+        raise ValueError(f"{len(empty)} of the {len(examples)} examples have an empty profile (e.g. {empty[0].id} of "
+                         f"user {empty[0].user_id}), and {', '.join(personal)} need at least one profile item; "
+                         + PROFILE_FIX)
+
+
+def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, users: Any,
+             tuned: list | None = None) -> tuple[list, list, Path, dict]:
     """Check every argument that needs no model; return the methods, examples, the directory and
-    what ``run.json`` will record apart from the model."""
+    what ``run.json`` will record apart from the model. ``tuned``: where settings came from
+    (:func:`workbench.runner.tuning.describe_tuned`), recorded as ``tuned``."""
     _check_args(dataset, methods, n, settings)
     settings = settings or GenerationSettings()
     ms = make_methods(list(methods), settings) if isinstance(methods[0], str) else list(methods)
-    examples = list(dataset)[: n if n is not None else None]
+    examples = select_examples(dataset, n)
     if not examples:
         raise ValueError("no examples to run on (empty dataset or n=0)")
     missing_gold = [ex.id for ex in examples if ex.gold is None]
     if missing_gold:
         raise ValueError(f"{len(missing_gold)} examples have no gold output (e.g. {missing_gold[0]}); "
                          "benchmarks need a split with outputs")
+    for m in ms:
+        m.check_settings()
+    check_profiles(ms, examples)
     out = check_writable_dir(out_dir, "benchmark directory")
     info = {
         "task": examples[0].task,
@@ -249,9 +274,9 @@ def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, us
         "example_ids": [ex.id for ex in examples],
         "methods": [m.name for m in ms],
         "method_settings": {m.name: m.describe() for m in ms},
-        "settings": {"max_new_tokens": settings.max_new_tokens, "k": settings.k, "retrieval": settings.retrieval,
-                     "decoding": "greedy"},
+        "settings": {**asdict(settings), "decoding": "greedy"},
         "users": users,
+        **({"tuned": tuned} if tuned else {}),
         "workbench": __version__,
         "python": platform.python_version(),
     }
@@ -266,11 +291,12 @@ def check_run(
     n: int | None = None,
     settings: GenerationSettings | None = None,
     users: dict | None = None,
+    tuned: list | None = None,
 ) -> None:
     """Everything :func:`run_bench` would refuse that can be known without loading the model:
     the arguments, and a directory holding another run or results nothing identifies. Writes
     nothing. (The model's dtype and device are compared when :func:`run_bench` runs.)"""
-    _, _, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
+    _, _, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
     merge_run_info(out, {"model": model_name, **info}, partial=True)
     read_outputs(out / OUTPUTS_FILE, repair=False)
 
@@ -284,6 +310,7 @@ def run_bench(
     settings: GenerationSettings | None = None,
     progress: bool = True,
     users: dict | None = None,
+    tuned: list | None = None,
 ) -> BenchResult:
     """Run ``methods`` on the first ``n`` examples of ``dataset`` and score them.
 
@@ -296,16 +323,31 @@ def run_bench(
         settings: decoding/prompt settings shared by every method.
         users: which users ``dataset`` was cut to (e.g. ``{"users": "eval", "fraction": 0.33}``),
             recorded with the run; a directory of a run on other users is refused.
+        tuned: the tuned-settings files the methods' settings came from, recorded with the run
+            (:func:`workbench.runner.tuning.describe_tuned`).
+
+    One process writes a directory at a time (:func:`workbench._util.dir_lock`): a second run
+    into it is refused while the first is alive. Every method's settings are checked against
+    the model (e.g. a layer it does not have) before any method runs.
 
     Every argument, and the directory, is checked before anything is written. ``results.csv``
     and ``results.html`` describe everything the directory holds (every method, all its
     examples), so a call on fewer examples or methods returns its part without shrinking them.
     """
-    from tqdm.auto import tqdm
-
-    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
+    for m in ms:
+        m.check_settings(model)  # what depends on the model's shape, before any method runs
     run_info = {"model": model.name, "model_source": model.source, "dtype": str(model.dtype).replace("torch.", ""),
                 "device": str(model.device), **info}
+    merge_run_info(out, run_info)  # refuse another run before taking the directory
+    with dir_lock(out, "benchmark directory"):
+        return _run_locked(model, dataset, ms, examples, out, run_info, progress)
+
+
+def _run_locked(model: Model, dataset: Any, ms: list, examples: list, out: Path, run_info: dict,
+                progress: bool) -> BenchResult:
+    from tqdm.auto import tqdm
+
     merged, done = open_run(out, run_info)
     outputs_path = out / OUTPUTS_FILE
 
@@ -327,7 +369,8 @@ def run_bench(
 
 def open_run(out: Path, run_info: dict) -> tuple[dict, dict[tuple[str, str], dict]]:
     """Claim ``out`` for a run: check it against the run already there, write the merged
-    ``run.json``, and return it with the finished records (METEOR filled in where it can be now)."""
+    ``run.json``, and return it with the finished records (METEOR filled in where it can be now).
+    The caller holds the directory's lock (:func:`workbench._util.dir_lock`)."""
     merged = merge_run_info(out, run_info)
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)

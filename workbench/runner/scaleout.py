@@ -14,13 +14,14 @@ scores equal a serial run's (tests check it); the tables are summarized in the s
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench._util import check_int
+from workbench._util import check_int, check_number, dir_lock
 
 RAY_EXTRA = 'pip install "workbench[ray]"  (or: pip install ray)'
 
@@ -46,15 +47,19 @@ class Cluster:
             model on it.
         threads_per_worker: torch threads per worker; None: this machine's cores split evenly
             (local cluster) or 1 (a joined cluster, where Ray's ``num_cpus`` decides placement).
+        timeout_s: how long to wait for the cluster at ``address`` to answer before giving up
+            with workbench's own message (:func:`check_address`), instead of Ray's retries.
     """
 
     workers: int = 2
     address: str | None = None
     gpus_per_worker: float = 0
     threads_per_worker: int | None = None
+    timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_int("workers", self.workers, minimum=1)
+        check_number("timeout_s", self.timeout_s, above=0)
         if self.threads_per_worker is not None:
             check_int("threads_per_worker", self.threads_per_worker, minimum=1)
         if not (isinstance(self.gpus_per_worker, (int, float)) and 0 <= self.gpus_per_worker):
@@ -74,6 +79,27 @@ class Cluster:
     def map_examples(self, model_name: str, examples: list, kwargs: dict, **options: Any) -> list:
         """:func:`map_examples` on this cluster (what :func:`workbench.science.pcs.preference_scores` calls)."""
         return map_examples(model_name, examples, kwargs, self, **options)
+
+
+def check_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail fast, with workbench's own message, when nobody answers at a Ray ``address``
+    (``host:port`` or ``ray://host:port``; ``auto`` and None are Ray's to resolve): Ray itself
+    retries for minutes, printing only its internal log lines. Raises a ValueError for an
+    address that is not ``host:port``, a ConnectionError when nothing answers in ``timeout_s``."""
+    if address is None or address in ("auto", "local"):
+        return
+    where = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = where.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray-address {address!r}: give host:port (e.g. head-node:6379), ray://host:10001 or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__)
+        raise ConnectionError(
+            f"no Ray cluster answers at {address} ({why}, waited up to {timeout_s:g} s); start one there "
+            f"(`ray start --head --port {port}`), check the address, or leave --ray-address out to run on "
+            "this machine") from None
 
 
 class _Pool:
@@ -142,6 +168,7 @@ class _Session:
                 kwargs["num_cpus"] = self.cluster.workers * self.cluster.threads
                 kwargs["object_store_memory"] = 256 * 1024**2  # the data and results are small
             else:
+                check_address(self.cluster.address, self.cluster.timeout_s)
                 kwargs["address"] = self.cluster.address
             # Workers import workbench from this interpreter's environment and find files
             # relative to the driver's directory.
@@ -156,6 +183,15 @@ class _Session:
     def __exit__(self, *exc: Any) -> None:
         if self.started:
             require_ray().shutdown()
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the driver knows of the workers' model (it loads none): enough to check settings."""
+
+    name: str
+    n_layers: int
+    n_heads: int
 
 
 def _worker_class(ray: Any, cluster: Cluster) -> Any:
@@ -180,7 +216,7 @@ def _worker_class(ray: Any, cluster: Cluster) -> Any:
         def about(self) -> dict:
             m = self.model
             return {"model": m.name, "model_source": m.source, "dtype": str(m.dtype).replace("torch.", ""),
-                    "device": str(m.device)}
+                    "device": str(m.device), "shape": _Shape(m.name, m.n_layers, m.n_heads)}
 
         def bench_unit(self, method_name: str, user_id: str, pending_ids: list[str]) -> list[dict]:
             from workbench.runner.bench import run_user
@@ -218,6 +254,7 @@ def run_bench_distributed(
     device: Any = None,
     dtype: Any = None,
     progress: bool = True,
+    tuned: list | None = None,
     _after_result: Callable[[_Pool], None] | None = None,
 ) -> Any:
     """:func:`workbench.runner.bench.run_bench` on Ray workers: the same directory, records and tables.
@@ -226,13 +263,22 @@ def run_bench_distributed(
     (method, user) pairs, largest first; the driver appends each unit's records when it completes.
     ``_after_result`` is a test hook, called with the worker pool after each completed unit.
     """
+    from workbench.runner.bench import check_run, plan_run
+
+    check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users, tuned=tuned)  # before Ray
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
+    check_address(cluster.address, cluster.timeout_s)
+    with dir_lock(out, "benchmark directory"):  # the driver is the directory's one writer
+        return _run_distributed(model_name, dataset, ms, examples, out, info, cluster, device, dtype, progress,
+                                _after_result)
+
+
+def _run_distributed(model_name: str, dataset: Any, ms: list, examples: list, out: Path, info: dict, cluster: Cluster,
+                     device: Any, dtype: Any, progress: bool, _after_result: Callable[[_Pool], None] | None) -> Any:
     from tqdm.auto import tqdm
 
-    from workbench.runner.bench import OUTPUTS_FILE, append_record, check_run, finish_run, group_by_user, open_run, plan_run, \
-        read_outputs
+    from workbench.runner.bench import OUTPUTS_FILE, append_record, finish_run, group_by_user, open_run, read_outputs
 
-    check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users)  # before Ray starts
-    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users)
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)
     by_user = group_by_user(examples)
@@ -249,6 +295,9 @@ def run_bench_distributed(
 
         pool = _Pool(cluster, make)
         about = ray.get(pool.actors[0].about.remote())
+        shape = about.pop("shape")
+        for m in ms:  # what depends on the model's shape, before any unit runs
+            m.check_settings(shape)
         merged, done = open_run(out, {**about, **info})
         bar = tqdm(total=sum(len(u[2]) for u in units), desc=f"bench ({cluster.workers} workers)",
                    disable=not progress or not units)

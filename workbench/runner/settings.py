@@ -23,6 +23,14 @@ _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
 
+def parse_method_names(text: str) -> list[str]:
+    """``"generic, rag"`` -> ``["generic", "rag"]`` (``--methods``); an empty list is an error."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError("--methods is empty; name at least one method, e.g. --methods generic,rag")
+    return names
+
+
 def parse_assignments(items: Iterable[str]) -> dict[str, dict[str, str]]:
     """``["dps.alpha=0.5", "fints.layer=18"]`` -> ``{"dps": {"alpha": "0.5"}, "fints": {"layer": "18"}}``."""
     out: dict[str, dict[str, str]] = {}
@@ -107,6 +115,8 @@ def apply_settings(method: Any, changes: Mapping[str, Any], prefix: str | None =
     check = getattr(method, "__post_init__", None)
     if check is not None and not parts:
         check()  # the method's own checks of its settings (e.g. a steering method's ``on``)
+    if hasattr(method, "check_settings"):
+        method.check_settings()  # every declared range (workbench.methods.Check), naming METHOD.FIELD
     return method
 
 

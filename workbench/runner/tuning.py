@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from workbench._util import atomic_write_text, slug, stable_hash
+from workbench._util import atomic_write_text, dir_lock, file_sha256, free_path, slug, stable_hash
 from workbench.data.metrics import GENERATION_METRICS, bootstrap_ci
-from workbench.runner.settings import apply_settings, settable_fields
 from workbench.data.splits import TUNE_FRACTION, split_users
+from workbench.runner.settings import apply_all, apply_settings, parse_assignments, settable_fields
 
 TUNED_FORMAT = "workbench.tuned/1"
 TIE_DECIMALS = 4
@@ -73,6 +73,89 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(fields, combo)) for combo in itertools.product(*(grid[f] for f in fields))]
 
 
+def plan_tuning(names: Sequence[str], grid_items: Sequence[str] = (), set_items: Sequence[str] = (),
+                settings: Any = None) -> tuple[dict[str, dict[str, list]], dict[str, dict[str, str]]]:
+    """What ``workbench tune`` will run, checked before any model loads.
+
+    Args:
+        names: the methods to tune.
+        grid_items: ``--grid`` texts (``METHOD.FIELD=V1,V2,...``); a method without one is tuned
+            over its :data:`DEFAULT_GRIDS` entry.
+        set_items: ``--set`` texts (``METHOD.FIELD=VALUE``), fixed at every grid point.
+        settings: the run's :class:`~workbench.methods.GenerationSettings` (default: defaults).
+
+    Returns:
+        ``(grids, fixed)``: ``{method: its grid}`` for every name, and ``{method: fixed settings}``.
+
+    Raises a ValueError for a method with no grid, an unknown method, a grid or setting naming a
+    method that is not being tuned, and any grid value that is not a valid setting (every point
+    is applied to a fresh method, with the fixed settings).
+    """
+    from workbench.methods import GenerationSettings, make_methods
+
+    grids = parse_grid(grid_items)
+    untunable = [m for m in names if m not in grids and m not in DEFAULT_GRIDS]
+    if untunable:
+        raise ValueError(f"{untunable} have no declared grid (workbench.runner.tuning.DEFAULT_GRIDS); give one with --grid")
+    fixed = parse_assignments(set_items)
+    settings = settings or GenerationSettings()
+    make_methods(list(names), settings)  # unknown names fail here
+    stray = [m for m in [*grids, *fixed] if m not in names]
+    if stray:
+        raise ValueError(f"--grid/--set name method(s) {stray} that are not in --methods {list(names)}")
+    planned = {name: grids.get(name, DEFAULT_GRIDS.get(name)) for name in names}
+    for name, grid in planned.items():
+        for point in grid_points(grid):
+            apply_settings(make_methods([name], settings)[0], {**fixed.get(name, {}), **point})
+    return planned, fixed
+
+
+def methods_for_run(names: Sequence[str], settings: Any, model_name: str | None = None, *,
+                    tuned: Sequence[str | Path] = (), set_items: Sequence[str] = ()) -> list:
+    """A run's methods with their settings: the defaults, then the choices of ``tuned``
+    (``tuned.json`` files from :func:`save_tuned`), then ``set_items`` (``--set`` texts).
+
+    The rule for the two sources: a field may be set by one of them, never both (tuning chose it
+    on the tuning users; overriding it by hand silently would report a setting nobody tuned),
+    and no method may be tuned in two files. Tuned choices for methods not in ``names`` are
+    ignored (one file may cover more methods than a run), but a file none of whose methods is
+    in the run is an error (it would be ignored silently); ``--set`` for a method not in the
+    run is an error. Files tuned on a model other than ``model_name`` are refused. Everything
+    is checked before a model loads.
+    """
+    from workbench.methods import make_methods
+
+    methods = make_methods(list(names), settings)
+    changes = parse_assignments(set_items)
+    chosen: dict[str, dict[str, Any]] = {}
+    for path in tuned:
+        in_file = load_tuned(path, model_name)
+        if not set(in_file) & set(names):
+            raise ValueError(f"--tuned {path} holds settings for {sorted(in_file) or 'no method'}, none of which is in "
+                             f"--methods {list(names)}; add the tuned method(s) to --methods, or drop this --tuned")
+        for method, fields in in_file.items():
+            if method in chosen:
+                raise ValueError(f"{method} is tuned in two of the --tuned files; keep one")
+            chosen[method] = fields
+    clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in chosen.get(m, {})]
+    if clash:
+        raise ValueError(f"--set {clash} would override settings chosen by tuning (--tuned); drop one of the two")
+    apply_all(methods, {m: fs for m, fs in chosen.items() if m in names})
+    apply_all(methods, changes)
+    return methods
+
+
+def describe_tuned(paths: Sequence[str | Path], names: Sequence[str]) -> list[dict]:
+    """What a run records of its ``--tuned`` files: each file's path, SHA-256, the methods it
+    tunes and those this run applied it to (``run.json``'s ``tuned``)."""
+    out = []
+    for path in paths:
+        methods = sorted(load_tuned(path))
+        out.append({"path": str(Path(path).resolve()), "sha256": file_sha256(path), "methods": methods,
+                    "applied": [m for m in names if m in methods]})
+    return out
+
+
 @dataclass
 class TuningResult:
     """One method's grid on the tuning users: a row per point and the chosen settings."""
@@ -82,6 +165,8 @@ class TuningResult:
     points: pd.DataFrame
     chosen: dict
     defaults: dict
+    grid: dict | None = None  # {field: [values]} as tuned (recorded, so a later tune can't replace it unseen)
+    fixed: dict | None = None  # settings fixed at every point
 
     def __repr__(self) -> str:
         best = self.points[self.points["chosen"]].iloc[0]
@@ -99,7 +184,22 @@ class TuningResult:
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "chosen": self.chosen, "defaults": self.defaults,
+                "grid": _as_text(self.grid), "fixed": _as_text(self.fixed),
                 "points": json.loads(self.points.to_json(orient="records"))}
+
+
+def _as_text(settings: Mapping[str, Any] | None) -> dict:
+    """A grid or fixed settings as text (``None`` -> ``"none"``, numbers as floats), so one typed on the
+    command line (``1``) and one declared in Python (``1.0``) compare equal."""
+    def text(v: Any) -> str:
+        if v is None or str(v).strip().lower() in ("none", "null"):
+            return "none"
+        try:
+            return repr(float(v)) if not isinstance(v, bool) else str(v)
+        except (TypeError, ValueError):
+            return str(v).strip()
+
+    return {k: [text(x) for x in v] if isinstance(v, (list, tuple)) else text(v) for k, v in (settings or {}).items()}
 
 
 def _point_label(point: Mapping[str, Any]) -> str:
@@ -168,18 +268,140 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     best = choose(table, metric, defaults, list(grid))
     table["chosen"] = table.index == best
     chosen = {k: rows[best][k] for k in grid}  # from the rows: a table column would turn None into NaN
-    return TuningResult(method, metric, table, chosen, {k: default_of(defaults, k) for k in grid})
+    return TuningResult(method, metric, table, chosen, {k: default_of(defaults, k) for k in grid}, dict(grid),
+                        dict(fixed or {}))
+
+
+def tune_methods(model: Any, dataset: Any, grids: Mapping[str, Mapping[str, Sequence[Any]]], out_dir: str | Path, *,
+                 metric: str = "rouge1", fraction: float = TUNE_FRACTION, n: int | None = None, settings: Any = None,
+                 fixed: Mapping[str, Mapping[str, Any]] | None = None, command: str | None = None,
+                 log: Callable[[str], None] | None = None) -> list[TuningResult]:
+    """:func:`tune` each method of ``grids`` (``{method: grid}``, e.g. from :func:`plan_tuning`)
+    in ``out_dir``, as ``workbench tune`` does: each method's grid chart goes to
+    ``grid-<method>.html`` and ``tuned.json`` is rewritten after each method, so a tune cut off
+    part-way keeps what it chose (and resumes: finished grid points are read back).
+
+    ``tuned.json`` records the model, data, users, metric, ``n``, settings and ``command``;
+    ``log`` (e.g. ``print``) gets each method's result as it is chosen.
+
+    Results accumulate: methods tuned earlier into the same ``out_dir`` stay in ``tuned.json``
+    (and the file as it was is kept under ``previous/``); a method already tuned there over
+    another grid, or a directory tuned on other data, users, metric or settings, is refused
+    before anything runs (:func:`check_tuning_dir`). One ``tune`` writes a directory at a time
+    (:func:`workbench._util.dir_lock`). Every grid point is checked against the model (e.g. a
+    layer it lacks) before the first one runs.
+    """
+    from workbench._util import atomic_write
+    from workbench.methods import GenerationSettings, make_methods
+
+    settings = settings or GenerationSettings()
+    out = Path(out_dir)
+    about = tuning_about(model.name, dataset, fraction, metric, n, settings, command)
+    check_tuning_dir(out, grids, fixed, about)
+    for name, grid in grids.items():  # what depends on the model's shape, before any point runs
+        for point in grid_points(grid):
+            m = make_methods([name], settings)[0]
+            apply_settings(m, {**(fixed or {}).get(name, {}), **point})
+            m.check_settings(model)
+    results = []
+    with dir_lock(out, "tuning directory"):
+        check_tuning_dir(out, grids, fixed, about)  # again, now that no one else writes it
+        target = out / TUNED_FILE
+        if target.exists():  # nothing is overwritten without keeping the previous file
+            import shutil
+            import time
+
+            keep = free_path(out / "previous" / f"tuned-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            keep.parent.mkdir(exist_ok=True)
+            shutil.copy2(target, keep)
+        for name, grid in grids.items():
+            res = tune(model, dataset, name, grid, out, metric=metric, fraction=fraction, n=n, settings=settings,
+                       fixed=(fixed or {}).get(name), progress=log is not None)
+            results.append(res)
+            figure = res.figure()
+            atomic_write(out / f"grid-{slug(name)}.html", lambda tmp: figure.write_html(tmp, include_plotlyjs="cdn"))
+            if log is not None:
+                log(repr(res))
+            save_tuned(results, target, about)
+    return results
+
+
+TUNED_FILE = "tuned.json"
+# What makes two tunes into one directory comparable: they must agree on all of these. (``n`` and
+# the metric may change — a tune grows, or is judged otherwise: each method records its own.)
+_TUNING_IDENTITY = ("model", "data", "split", "users", "settings")
+
+
+def tuning_about(model_name: str, dataset: Any, fraction: float, metric: str, n: int | None, settings: Any,
+                 command: str | None = None) -> dict:
+    """What ``tuned.json`` records of where its choices came from (everything but the methods)."""
+    from workbench.data.splits import describe_split
+
+    return {"model": model_name, "data": str(getattr(dataset, "path", "")), "split": getattr(dataset, "split", ""),
+            "users": {"users": "tune", **describe_split(dataset, fraction)}, "metric": metric, "n": n,
+            "settings": asdict(settings), "command": command}
+
+
+def check_tuning_dir(out: str | Path, grids: Mapping[str, Mapping[str, Sequence[Any]]],
+                     fixed: Mapping[str, Mapping[str, Any]] | None, about: Mapping[str, Any]) -> None:
+    """Refuse (ValueError) a tune into ``out`` that would replace results already there: a
+    ``tuned.json`` made on another model, data, users or settings, or one holding a method of
+    ``grids`` tuned over another grid or with other fixed settings. The same grid again resumes
+    (e.g. on a larger ``n``) and replaces that method's entry; the file before is kept under
+    ``previous/``. Reads only; called before the model loads (``workbench tune``) and again by
+    :func:`tune_methods`."""
+    path = Path(out) / TUNED_FILE
+    if not path.exists():
+        return
+    fix = f"use another --out (a run can take several --tuned files), or move {path} away"
+    d = _read_tuned(path)
+    diff = [k for k in _TUNING_IDENTITY if k in d and d.get(k) != about.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {json.dumps(d.get(k), default=str)[:60]} there, "
+                          f"{json.dumps(about.get(k), default=str)[:60]} now" for k in diff)
+        raise ValueError(f"{path} holds settings tuned with other {', '.join(diff)} ({shown}); its choices would "
+                         f"no longer say what they were tuned on: {fix}")
+    for name, grid in grids.items():
+        before = d["methods"].get(name)
+        if not isinstance(before, dict) or before.get("grid") is None:
+            continue  # not tuned there (or by a workbench that did not record grids: the old file is kept)
+        now_grid, now_fixed = _as_text(grid), _as_text((fixed or {}).get(name))
+        if before.get("grid") != now_grid or (before.get("fixed") or {}) != now_fixed:
+            raise ValueError(f"{path} already holds {name} tuned over grid {before.get('grid')}"
+                             + (f" with {before.get('fixed')}" if before.get("fixed") else "")
+                             + f"; tuning it over {now_grid}" + (f" with {now_fixed}" if now_fixed else "")
+                             + f" would replace those scores and that choice: {fix}")
 
 
 def save_tuned(results: Sequence[TuningResult], path: str | Path, about: Mapping[str, Any]) -> Path:
     """Write ``tuned.json``: where the choice came from (``about``: model, data, users, command)
-    and, per method, the chosen settings and every grid point's score."""
-    payload = {"format": TUNED_FORMAT, **about, "methods": {r.method: r.to_dict() for r in results}}
+    and, per method, the chosen settings and every grid point's score. Methods already in the
+    file (an earlier tune into the same directory, on the same model) are kept."""
+    path = Path(path)
+    earlier: dict = {}
+    if path.exists():
+        try:
+            old = _read_tuned(path)
+        except ValueError:
+            old = {}
+        if old and old.get("model") == about.get("model"):
+            earlier = old["methods"]
+    now = {r.method: {**r.to_dict(), "n": about.get("n")} for r in results}
+    payload = {"format": TUNED_FORMAT, **about, "methods": {**earlier, **now}}
     return atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def load_tuned(path: str | Path, model_name: str | None = None) -> dict[str, dict[str, Any]]:
     """``{method: chosen settings}`` from a ``tuned.json``; refuses settings tuned on another model."""
+    d = _read_tuned(path)
+    if model_name is not None and d.get("model") != model_name:
+        raise ValueError(f"{path} holds settings tuned on {d.get('model')!r}, not on {model_name!r}; "
+                         f"tune them on this model (`workbench tune --model {model_name} ...`)")
+    return {name: dict(m.get("chosen", {})) for name, m in d["methods"].items()}
+
+
+def _read_tuned(path: str | Path) -> dict:
+    """The content of a ``tuned.json``; a missing, damaged or foreign file is a ValueError."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -189,7 +411,4 @@ def load_tuned(path: str | Path, model_name: str | None = None) -> dict[str, dic
         raise ValueError(f"{path} is not a readable tuned-settings file ({e})") from None
     if not isinstance(d, dict) or d.get("format") != TUNED_FORMAT or not isinstance(d.get("methods"), dict):
         raise ValueError(f"{path} is not a tuned-settings file written by `workbench tune`")
-    if model_name is not None and d.get("model") != model_name:
-        raise ValueError(f"{path} holds settings tuned on {d.get('model')!r}, not on {model_name!r}; "
-                         f"tune them on this model (`workbench tune --model {model_name} ...`)")
-    return {name: dict(m.get("chosen", {})) for name, m in d["methods"].items()}
+    return d

@@ -1,11 +1,13 @@
-"""Contrastive activation addition (CAA): a steering vector from a preference context.
+"""Contrastive activation addition (CAA): a steering vector from a contrast of prompts.
 
-The vector at a layer/site is the mean activation over a new input's tokens (its last user
-turn and the assistant header) *with* the preference context minus *without* it. The
-preference is a description (SteerX, shown as the system message) or the user's history
-items (the ALL-history baseline, shown as earlier chat turns like ``rag``). Reading uses the
-site table of :mod:`workbench.core.steering`, so adding the vector at the site moves the
-activation by exactly the measured difference.
+The vector at a layer/site is the mean activation over the tokens that end each *positive*
+prompt (the same input with a preference context) minus the same tokens of its *negative*
+(the input without it): the tokens both prompts end with, e.g. a new input's last user turn
+and the assistant header. Which context is the preference — a description shown as the
+system message (SteerX) or the user's history items shown as earlier turns (the ALL-history
+baseline) — is the caller's: :func:`workbench.data.prompts.preference_prompt` builds both
+from a task's spec. Reading uses the site table of :mod:`workbench.core.steering`, so adding
+the vector at the site moves the activation by exactly the measured difference.
 """
 
 from __future__ import annotations
@@ -15,26 +17,10 @@ from typing import Any, Sequence
 
 import torch
 
-from workbench._util import last_positions_hook, truncate_kv_cache
+from workbench._util import truncate_kv_cache
+from workbench.core.hooks import last_positions_hook
 from workbench.core.model import Model
 from workbench.core.steering import SITES, SteeringVector, check_site, read_site
-
-DESCRIPTION_CONTEXT = "You are writing news headlines for one particular user. {description}"
-"""How a description is shown to the model (as the system message) for CAA and steerx-opt."""
-
-
-def preference_context(model: Model, preference: "str | Sequence[dict]", article: str) -> Any:
-    """The prompt for ``article`` with a preference context: a description (``str``, shown as
-    the system message) or history items (shown as earlier chat turns, like ``rag``)."""
-    from workbench.data.prompts import headline_prompt
-
-    if isinstance(preference, str):
-        context = DESCRIPTION_CONTEXT.format(description=preference)
-        if model.has_chat_template:
-            return [{"role": "system", "content": context}] + headline_prompt(model, article)
-        return f"{context}\n\n" + headline_prompt(model, article)
-    return headline_prompt(model, article, list(preference))
-
 
 def encode_prompt(model: Model, prompt: Any) -> torch.Tensor:
     """Token ids of ``prompt``; a leading system message (a description) is kept as the system turn."""
@@ -88,28 +74,34 @@ def _suffix_means(model: Model, seqs: list[torch.Tensor], suffix_lens: list[int]
     return {L: v / len(seqs) for L, v in sums.items()}
 
 
-def caa_vectors(model: Model, preference: "str | Sequence[dict]", articles: Sequence[str], layers: Sequence[int],
+def caa_vectors(model: Model, positive: Sequence[Any], negative: Sequence[Any], layers: Sequence[int],
                 site: str = "resid_post", built: dict | None = None) -> dict[int, SteeringVector]:
-    """CAA vectors at several layers: mean activation over the new input's tokens (the last
-    user turn and the assistant header) with the preference context, minus without it.
+    """CAA vectors at several layers: the mean activation over the tokens each ``positive``
+    prompt shares at its end with its ``negative`` (the input after the context), minus the same
+    over the ``negative`` prompts.
 
-    ``preference``: a description (str) or the history items (ALL-history baseline).
-    ``articles``: the inputs to average over (e.g. the user's new articles).
+    ``positive``, ``negative``: equally long lists of prompts (text or chat messages; a leading
+    system message is kept as the system turn), pair ``i`` the same input with and without
+    the preference context, e.g. from :func:`workbench.data.prompts.preference_prompt` and
+    :func:`workbench.data.prompts.task_prompt`. ``built``: recorded on the vectors.
     """
     if isinstance(layers, (numbers.Integral, str)):
         raise ValueError(f"layers={layers!r}: give a list of layers, e.g. [{layers}]")
+    for name, prompts in (("positive", positive), ("negative", negative)):
+        if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+            raise ValueError(f"{name} must be a list of prompts (text or chat messages), one per input; "
+                             "build them with workbench.data.prompts.preference_prompt and task_prompt")
+    if len(positive) != len(negative):
+        raise ValueError(f"{len(positive)} positive but {len(negative)} negative prompts; give one pair per input")
+    if not positive:
+        raise ValueError("no prompt pairs to average activations over")
     layers = list(layers)
     check_site(model, layers, site)
-    articles = [a for a in articles if a]
-    if not articles:
-        raise ValueError("no articles to average activations over")
-    from workbench.data.prompts import headline_prompt
-
     pos, neg, m = [], [], []
-    for a in articles:
-        p = encode_prompt(model, preference_context(model, preference, a))
-        q = model.encode(headline_prompt(model, a))
-        model.check_fits(p.shape[-1], what="preference context plus article")
+    for a, b in zip(positive, negative):
+        p = encode_prompt(model, a)
+        q = encode_prompt(model, b)
+        model.check_fits(p.shape[-1], what="prompt with the preference context")
         k = _common_suffix(p, q)
         if k == 0:
             raise ValueError("the prompts with and without the preference share no final tokens; "
@@ -119,8 +111,6 @@ def caa_vectors(model: Model, preference: "str | Sequence[dict]", articles: Sequ
         m.append(k)
     mp = _suffix_means(model, pos, m, layers, site)
     mn = _suffix_means(model, neg, m, layers, site)
-    info = {"method": "caa", "site": site, "n_articles": len(articles),
-            "preference": preference if isinstance(preference, str) else f"{len(preference)} history items",
-            **(built or {})}
+    info = {"method": "caa", "site": site, "n_inputs": len(pos), **(built or {})}
     return {L: SteeringVector.at((mp[L] - mn[L]).to(model.dtype), L, site, model.name, {**info, "layer": L})
             for L in layers}

@@ -33,6 +33,7 @@ from workbench.core._reuse import run_from_layer
 from workbench._util import check_int, check_number, check_sampling, filter_logits
 from workbench.core.heads import HeadMask, mask_heads
 from workbench.core.model import Model
+from workbench.core.hooks import last_positions_hook
 
 
 @dataclass
@@ -148,7 +149,7 @@ def dps_generate(
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
 
     # Only the last position's logits are needed from a prefill: skip the unembedding elsewhere.
-    last_only = [(f"blocks.{model.n_layers - 1}.hook_resid_post", lambda x, hook: x[:, -1:])]
+    last_only = [last_positions_hook(model.n_layers, -1)]
     low = min(mask.layers) if mask.layers else 0
     shared = None  # with branching: the one-row cache of the layers below ``low``
     if branch and not mask_prompt and ids.shape[-1] > 1 and low > 0:

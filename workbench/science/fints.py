@@ -4,10 +4,10 @@ Instead of one steering vector per user, Fints keeps one vector per *history ite
 for each new input, mixes the vectors of the items most relevant to it:
 
 1. **Contrastive pairs** (:func:`workbench.science.pairs.contrastive_pairs`). For each of the user's history items
-   (LaMP-4: an earlier article and the user's own headline for it) the prompt is the
-   headline prompt for that article with ``n_others`` items of *other* users as earlier chat
-   turns (the authors' "others" mode). Positive = the user's headline; negative = what the
-   model writes for that prompt (greedy). A pair is kept only if ROUGE-L(negative, positive)
+   (an earlier input and the user's own output for it) the prompt is the task's prompt for
+   that input with ``n_others`` items of *other* users as earlier chat turns (the authors'
+   "others" mode). Positive = the user's output; negative = what the model writes for that
+   prompt (greedy). A pair is kept only if ROUGE-L(negative, positive)
    < ``threshold`` (0.15): the model's own guess must really differ from the user's.
 2. **Sample-level vectors** (:func:`sample_vectors`). For each kept pair, the mean over the
    response tokens of activation(prompt + positive) - activation(prompt + negative) at one
@@ -37,7 +37,7 @@ Choices that are ours, not the authors' (their code is documented in
   (8) items: by default the union of each of the user's queries' BM25 top items (exactly the
   items the aggregation can pick), else the most recent ones.
 - *Leakage.* LaMP profiles grow over time, so a later query's profile can hold an earlier
-  query's article and gold headline. Vectors are built per item, and each query only ever
+  query's input and gold output. Vectors are built per item, and each query only ever
   uses items of its own profile.
 
 Example::
@@ -71,7 +71,7 @@ from workbench.core.steering import SITES, Steer, SteeringVector, read_site
 
 
 # How these were chosen (benchmarks/fints_sweep.py, SmolLM2-135M, 3 leave-one-out history
-# items of 3 users, never the dev queries): every steered setting made the user's own headline
+# items of 3 users, never the dev queries): every steered setting made the user's own (LaMP-4) output
 # *less* likely on average (teacher-forced NLL), least so at scale 1 (+0.006..+0.14 nats per
 # token at layers 4-26; scale 2: +0.06..+0.62; scale 4: +0.3..+1.7). So scale 1, the authors'
 # c; the layers are not distinguishable at scale 1 on 3 examples, so the layer is the authors'
@@ -168,7 +168,7 @@ class SampleVectors:
 
     def for_example(self, example: Any) -> "SampleVectors":
         """The items of ``example``'s own profile: what may be used when answering it."""
-        return self.subset(item_id(it) for it in example.profile)
+        return self.subset(item_id(it, example.task) for it in example.profile)
 
     def user_mean(self) -> SteeringVector:
         """The user-level mean vectors (the ``caa-user`` baseline), as one :class:`SteeringVector`."""
@@ -291,7 +291,7 @@ def aggregate(
             BM25 scores are first divided by the best score (so tau acts on a 0-1 scale).
         weighting: ``"softmax"`` or ``"uniform"`` (plain mean of the top ``k``).
         scorer: ``"bm25"`` or a function ``(query, docs) -> scores`` (e.g. an embedding
-            model's similarities, used as they are). Documents are item text + headline.
+            model's similarities, used as they are). Documents are an item's input + output.
     """
     from workbench.data.retrieval import query_text
 
@@ -333,10 +333,10 @@ def aggregate(
 
 def fints_steer(model: Model, mix: SteeringVector, scale: float = DEFAULT_SCALE, mlp_scale: float | None = None) -> Steer:
     """Steer ``model`` with a Fints mix (:func:`aggregate` or :meth:`SampleVectors.user_mean`)
-    while the context is active.
-
-    ``scale`` multiplies both vectors unless ``mlp_scale`` is given for the MLP one (the
-    authors' alpha and beta). Hooks are removed on exit, also after an exception.
+    while the context is active: :meth:`SteeringVector.apply <workbench.core.steering.SteeringVector.apply>`
+    (``mix.apply(model, scale=scale)``), with the MLP sites' scale set apart when ``mlp_scale``
+    is given (the authors' alpha and beta, as ``site_scales``). Hooks are removed on exit,
+    also after an exception.
     """
     if mlp_scale is None:
         return mix.apply(model, scale=scale)

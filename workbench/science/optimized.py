@@ -1,9 +1,11 @@
 """Optimised steering vectors: a norm-bounded vector fitted with a few Adam steps.
 
-Two targets (SteerX's second backbone): the likelihood of the user's own history outputs
-given their inputs (ALL-history), or — with a description — the distribution of the model
-that reads the description (context distillation: the vector learns what the description
-does). The vector is projected onto a ball of ``radius`` x the typical residual norm.
+The records are ``(prompt, target)`` pairs (e.g. a user's earlier inputs, as the task's
+prompt, and the outputs they wrote). Two objectives (SteerX's second backbone): the
+likelihood of the targets given the prompts (ALL-history), or — with ``teacher`` prompts,
+the same inputs with a context such as a preference description — the distribution of the
+model that reads the teacher prompt (context distillation: the vector learns what the
+context does). The vector is projected onto a ball of ``radius`` x the typical residual norm.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import torch
 
 from workbench.core._reuse import run_from_layer
 from workbench._util import check_int, check_number, frozen_parameters
-from workbench.science.caa import encode_prompt, preference_context
+from workbench.science.caa import encode_prompt
 from workbench.core.model import Model
 from workbench.core.steering import SITES, SteeringVector, check_site, read_site
 
 DEFAULT_RADIUS = 0.25
-"""x the median residual norm; 0.5 garbled headlines on SmolLM2 (3-query smoke run)."""
+"""x the median residual norm; 0.5 garbled the outputs on SmolLM2 (LaMP-4, 3-query smoke run)."""
 
 DEFAULT_STEPS = 12
 
@@ -40,33 +42,37 @@ def _pad(seqs: list[torch.Tensor], pad: int) -> torch.Tensor:
     return out
 
 
-def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str = "resid_post", *,
-                     description: str | None = None, steps: int = DEFAULT_STEPS, radius: float = DEFAULT_RADIUS, lr: float | None = None,
-                     seed: int = 0, built: dict | None = None) -> SteeringVector:
-    """A vector at ``layer``/``site`` fitted with Adam to the user's history items.
+def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: int, site: str = "resid_post", *,
+                     teacher: Sequence[Any] | None = None, steps: int = DEFAULT_STEPS, radius: float = DEFAULT_RADIUS,
+                     lr: float | None = None, seed: int = 0, built: dict | None = None) -> SteeringVector:
+    """A vector at ``layer``/``site`` fitted with Adam to ``records``, ``(prompt, target)`` pairs.
 
-    Without ``description`` (ALL-history): maximise the mean log-likelihood of each item's
-    headline given its article (generic prompt, steered). With ``description`` (SteerX): on
-    the same headline tokens, minimise KL(model reading the description || steered model
-    without it) — the vector learns what the description does. After each step the vector is
-    projected onto the ball of radius ``radius`` x the median residual-stream norm at that
-    layer. Prompts are right-padded into one batch; padding follows the real tokens so it
-    never affects them under causal attention.
+    Without ``teacher`` (ALL-history): maximise the mean log-likelihood of each target given
+    its prompt (steered). With ``teacher`` (SteerX: one prompt per record, the same input with
+    the description as context): on the same target tokens, minimise KL(model reading the
+    teacher prompt || steered model reading the record's prompt) — the vector learns what the
+    context does. After each step the vector is projected onto the ball of radius ``radius`` x
+    the median residual-stream norm at that layer. Prompts are right-padded into one batch;
+    padding follows the real tokens so it never affects them under causal attention.
     """
-    from workbench.data.prompts import headline_prompt
-
     check_site(model, [layer], site)
-    items = [it for it in items if it.get("text") and it.get("title")]
-    if not items:
-        raise ValueError("no history items with 'text' and 'title' to fit the vector to")
+    records = list(records)
+    if not records:
+        raise ValueError("no (prompt, target) records to fit the vector to")
+    if any(not isinstance(r, tuple) or len(r) != 2 or not isinstance(r[1], str) or not r[1].strip() for r in records):
+        raise ValueError("records must be (prompt, target) pairs with a non-empty target text, e.g. "
+                         "[(task_prompt(model, task, item_input), item_output), ...]")
+    if teacher is not None and (isinstance(teacher, str) or len(teacher) != len(records)):
+        raise ValueError(f"teacher must be a list of prompts, one per record ({len(records)}); "
+                         "e.g. [preference_prompt(model, task, description, item_input), ...]")
     check_int("steps", steps, minimum=1)
     check_number("radius", radius, above=0)
     if lr is not None:
         check_number("lr", lr, above=0)
     bridge = model.bridge
     seqs, spans, teach = [], [], []
-    for it in items:
-        ids, start = model.prompt_and_target(headline_prompt(model, it["text"]), it["title"])
+    for prompt, target in records:
+        ids, start = model.prompt_and_target(prompt, target)
         seqs.append(ids)
         spans.append((start, ids.shape[-1]))
     batch = _pad(seqs, int(model.tokenizer.pad_token_id or 0))
@@ -88,10 +94,10 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
         for i, (_, e) in enumerate(spans):
             valid[i, _SKIP_FIRST:e] = True
         typical = float(acts.float().norm(dim=-1)[valid].median())
-        if description is not None:
-            for it in items:
-                ctx = encode_prompt(model, preference_context(model, description, it["text"]))
-                t = model.tokenizer(it["title"], add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+        if teacher is not None:
+            for context, (_, target) in zip(teacher, records):
+                ctx = encode_prompt(model, context)
+                t = model.tokenizer(target, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
                 full = torch.cat([ctx, t], dim=1)
                 c0 = ctx.shape[-1]
                 teach.append(bridge(full)[0, c0 - 1:full.shape[-1] - 1].float().log_softmax(-1))
@@ -123,7 +129,7 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
                 else:
                     logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add)])
                 lp = logits[rows, cols].float().log_softmax(-1)
-                if description is None:
+                if teacher is None:
                     loss = -lp.gather(-1, tgt[:, None]).mean()
                 else:
                     loss = (teacher.exp() * (teacher - lp)).sum(-1).mean()
@@ -134,7 +140,7 @@ def optimized_vector(model: Model, items: Sequence[dict], layer: int, site: str 
                 if n > bound:
                     v.mul_(bound / n)
             losses.append(round(float(loss.detach()), 4))
-    info = {"method": "opt", "target": "description KL" if description is not None else "history headlines",
-            "steps": steps, "radius": radius, "lr": lr, "typical_norm": round(typical, 3), "n_items": len(items),
+    info = {"method": "opt", "target": "teacher KL" if teacher is not None else "target likelihood",
+            "steps": steps, "radius": radius, "lr": lr, "typical_norm": round(typical, 3), "n_items": len(records),
             "losses": losses, "layer": layer, **(built or {})}
     return SteeringVector.at(v.detach().to(model.dtype), layer, site, model.name, info)

@@ -1,11 +1,15 @@
 """Fints step 1: contrastive pairs from a user's history.
 
-For each chosen history item (LaMP-4: an earlier article and the user's own headline for
-it) the prompt is the headline prompt for that article with ``n_others`` items of *other*
-users as earlier chat turns (the authors' "others" mode). Positive = the user's headline;
-negative = what the model writes for that prompt (greedy). A pair is kept only if
+For each chosen history item (an earlier input and the user's own output for it, e.g.
+LaMP-4's article and headline) the prompt is the task's prompt for that input with
+``n_others`` items of *other* users as earlier chat turns (the authors' "others" mode).
+Positive = the user's output; negative = what the model writes for that prompt (greedy). A pair is kept only if
 ROUGE-L(negative, positive) < ``threshold`` (0.15): the model's own guess must really
 differ from the user's. Negatives cost one generation each, so they are cached on disk.
+
+Which fields of an item are its input and output, and the prompt, are the task's
+(:mod:`workbench.data.tasks`); the rows that come out are task-neutral (``text``: the input,
+``positive``, ``negative``, ``prompt``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from workbench._util import atomic_write_text, slug, stable_hash
+from workbench._util import atomic_write_text, cache_file, stable_hash
 from workbench.core.model import Model
+from workbench.data.history import item_fields, task_of, usable_item
+from workbench.data.tasks import steering_task
 
 PAIR_FORMAT = 1  # bump when the prompt or the negative generation changes (cache key)
 
@@ -26,53 +32,63 @@ def _sha(obj: Any) -> str:
     return stable_hash(obj, length=None)
 
 
-def item_id(item: dict) -> str:
-    """A history item's id; items without one get one from their content, the same in every profile."""
+def item_id(item: dict, task: str) -> str:
+    """A history item's id; items without one get one from their content (``task``'s input and
+    output fields), the same in every profile."""
     if item.get("id") is not None:
         return str(item["id"])
-    return "item-" + _sha([item.get("text"), item.get("title")])[:10]
+    return "item-" + _content(item, task)[:10]
+
+
+def _content(item: dict, task: str) -> str:
+    """A hash of the item's input and output: the same item, whichever profile it comes from."""
+    return _sha([item.get(f) for f in item_fields(task)])
 
 
 def is_example(x: Any) -> bool:
     return hasattr(x, "profile") and hasattr(x, "input")
 
 
-def _history_items(history: Any) -> tuple[list[dict], list[Any], str | None]:
-    """(items, examples, user_id) from an Example, a list of Examples or a list of item dicts."""
+def _history_items(history: Any, task: str | None) -> tuple[list[dict], list[Any], str | None, str]:
+    """(items, examples, user_id, task) from an Example, a list of Examples or a list of item dicts."""
     if is_example(history):
         history = [history]
     history = list(history)
     if not history:
-        raise ValueError("history is empty; pass a user's Example(s) or a list of profile items {'text', 'title'}")
+        raise ValueError("history is empty; pass a user's Example(s) or a list of their profile items")
     if all(is_example(h) for h in history):
         users = {ex.user_id for ex in history}
         if len(users) > 1:
             raise ValueError(f"history mixes users {sorted(users)}; build pairs one user at a time")
+        found = task_of(history)
+        if task is not None and task != found:
+            raise ValueError(f"task={task!r} but the examples are {found!r}; leave task out for Examples")
         items: dict[str, dict] = {}
         for ex in history:
             for it in ex.profile:
-                items.setdefault(item_id(it), it)
-        return list(items.values()), history, history[0].user_id
+                items.setdefault(item_id(it, found), it)
+        return list(items.values()), history, history[0].user_id, found
     if not all(isinstance(h, dict) for h in history):
         raise ValueError("history must be an Example, a list of Examples of one user, or a list of profile item dicts")
-    return history, [], None
+    if task is None:
+        raise ValueError("a list of profile items does not say its task: pass task=... (e.g. task='lamp4'), "
+                         "which names the items' input and output fields")
+    steering_task(task)
+    return history, [], None, task
 
 
-def _usable(item: dict) -> bool:
-    return bool(str(item.get("text", "")).strip()) and bool(str(item.get("title", "")).strip())
-
-
-def select_items(history: Any, max_items: int = 8, by: str = "query", k: int = 5) -> list[dict]:
+def select_items(history: Any, max_items: int = 8, by: str = "query", k: int = 5, task: str | None = None) -> list[dict]:
     """Which of a user's history items get vectors (each costs one generation).
 
     ``by="query"`` (needs Examples): round-robin over the user's queries, each query's BM25
     top-``k`` items of its own profile, until ``max_items`` — the items the aggregation can
     pick. ``by="recent"``: the ``max_items`` newest items (by date, else list position).
+    ``task``: the items' task, needed only for a list of item dicts (Examples carry theirs).
     """
     from workbench.data.retrieval import rank_profile, recency_order
 
-    items, examples, _ = _history_items(history)
-    items = [it for it in items if _usable(it)]
+    items, examples, _, task = _history_items(history, task)
+    items = [it for it in items if usable_item(it, task)]
     if max_items is not None and max_items < 1:
         raise ValueError(f"max_items must be >= 1 (or None for all items), got {max_items}")
     if by == "recent":
@@ -82,17 +98,17 @@ def select_items(history: Any, max_items: int = 8, by: str = "query", k: int = 5
     if not examples:
         raise ValueError("by='query' needs the user's Examples (their inputs are the queries); "
                          "with a list of profile items use by='recent'")
-    rankings = [[it for it in rank_profile(ex, k=max(k, max_items or k)) if _usable(it)] for ex in examples]
+    rankings = [[it for it in rank_profile(ex, k=max(k, max_items or k)) if usable_item(it, task)] for ex in examples]
     chosen: dict[str, dict] = {}
     limit = max_items or sum(len(r) for r in rankings)
     for depth in range(max(len(r) for r in rankings)):
         for r in rankings:
             if depth < len(r) and len(chosen) < limit:
-                chosen.setdefault(_sha([r[depth].get("text"), r[depth].get("title")]), r[depth])
+                chosen.setdefault(_content(r[depth], task), r[depth])
     return list(chosen.values())
 
 
-def _others_pool(others: Any, exclude_user: str | None) -> list[dict]:
+def _others_pool(others: Any, exclude_user: str | None, task: str) -> list[dict]:
     if others is None:
         return []
     pool: dict[str, dict] = {}
@@ -101,11 +117,11 @@ def _others_pool(others: Any, exclude_user: str | None) -> list[dict]:
             if exclude_user is not None and x.user_id == exclude_user:
                 continue
             for it in x.profile:
-                if _usable(it):
-                    pool.setdefault(_sha([it["text"], it["title"]]), it)
+                if usable_item(it, task):
+                    pool.setdefault(_content(it, task), it)
         elif isinstance(x, dict):
-            if _usable(x):
-                pool.setdefault(_sha([x["text"], x["title"]]), x)
+            if usable_item(x, task):
+                pool.setdefault(_content(x, task), x)
         else:
             raise ValueError("others must be a Dataset/list of Examples or a list of profile item dicts")
     return list(pool.values())
@@ -115,11 +131,10 @@ class _PairCache:
     """Per-user JSON file of generated negatives, keyed by everything that determines them."""
 
     def __init__(self, model: Model, user_id: str, enabled: bool):
-        from workbench._cache import cache_root
-
         self.enabled = enabled
         self.model_name = model.name
-        self.path = cache_root() / "fints" / "pairs" / f"{slug(model.name)}--{slug(user_id)}.json"
+        # the user id comes from the data: cache_file makes it one safe file name in the cache
+        self.path = cache_file("fints", model.name, f"pairs/{user_id}.json")
         self.records: dict[str, dict] = {}
         self.dirty = False
         if enabled and self.path.exists():
@@ -158,18 +173,20 @@ def contrastive_pairs(
     max_new_tokens: int = 24,
     seed: int = 0,
     user_id: str | None = None,
+    task: str | None = None,
     cache: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Positive/negative headline pairs for a user's history items.
+    """Positive/negative output pairs for a user's history items.
 
     Args:
         model: the model that writes the negatives (and later reads the activations).
         history: the user's :class:`~workbench.data.records.Example` (its profile), a list of one
-            user's Examples (the union of their profiles), or a list of item dicts with
-            ``text`` and ``title``.
+            user's Examples (the union of their profiles), or a list of item dicts of ``task``.
         others: other users' items for the negatives' prompts: a Dataset or list of Examples
             (the history's own user is left out) or a list of item dicts.
+        task: the task of a list of item dicts (its input and output fields and its prompt,
+            :mod:`workbench.data.tasks`); Examples carry their own.
         max_items, select: at most this many items, chosen by :func:`select_items`:
             ``"query"`` (the default for Examples) or ``"recent"`` (the default for item
             dicts); ``max_items=None`` keeps all.
@@ -181,52 +198,55 @@ def contrastive_pairs(
             one file per model and user, keyed by model, settings and item contents.
 
     Returns:
-        A DataFrame, one row per item: ``item_id, text, positive, negative, rougeL, kept,
-        others`` (ids of the other users' items) and ``prompt`` (what the model saw);
+        A DataFrame, one row per item: ``item_id, text`` (the item's input), ``positive`` (the
+        user's output), ``negative, rougeL, kept, others`` (ids of the other users' items) and
+        ``prompt`` (what the model saw);
         ``df.attrs`` records the model, user and settings.
     """
     from tqdm.auto import tqdm
 
     from workbench.data.metrics import rouge_scorer
-    from workbench.data.prompts import generate_line, headline_prompt
+    from workbench.data.prompts import generate_line, task_prompt
 
     if not threshold >= 0:
         raise ValueError(f"threshold={threshold} is a ROUGE-L F limit; use a number >= 0 (the authors use 0.15)")
     if n_others < 0:
         raise ValueError(f"n_others must be >= 0, got {n_others}")
-    all_items, examples, uid = _history_items(history)
-    uid = str(user_id or uid or "user-" + _sha([[it.get("text"), it.get("title")] for it in all_items])[:12])
+    all_items, examples, uid, task = _history_items(history, task)
+    src, tgt = item_fields(task)
+    uid = str(user_id or uid or "user-" + _sha([[it.get(src), it.get(tgt)] for it in all_items])[:12])
     select = select or ("query" if examples else "recent")
-    items = select_items(history, max_items=max_items, by=select)
+    items = select_items(history, max_items=max_items, by=select, task=None if examples else task)
     if not items:
-        raise ValueError(f"user {uid} has no history item with both 'text' and 'title'; Fints needs some")
-    pool = _others_pool(others, exclude_user=uid if examples else None)
-    own = {_sha([it["text"], it["title"]]) for it in all_items if _usable(it)}
-    pool = [it for it in pool if _sha([it["text"], it["title"]]) not in own]
+        raise ValueError(f"user {uid} has no history item with both '{src}' and '{tgt}'; Fints needs some")
+    pool = _others_pool(others, exclude_user=uid if examples else None, task=task)
+    own = {_content(it, task) for it in all_items if usable_item(it, task)}
+    pool = [it for it in pool if _content(it, task) not in own]
     if n_others > 0 and len(pool) < n_others:
         raise ValueError(f"others has {len(pool)} usable items of other users, fewer than n_others={n_others}; "
                          "pass the whole dataset as others (or lower n_others)")
-    settings = {"n_others": n_others, "max_new_tokens": max_new_tokens, "seed": seed, "format": PAIR_FORMAT,
-                "dtype": str(model.dtype)}
+    settings = {"task": task, "n_others": n_others, "max_new_tokens": max_new_tokens, "seed": seed,
+                "format": PAIR_FORMAT, "dtype": str(model.dtype)}
     store = _PairCache(model, uid, cache)
     rows = []
     for item in tqdm(items, desc=f"pairs {uid}", disable=not progress, leave=False):
         # The same item always gets the same other-user turns (a string seed hashes stably).
-        rng = random.Random(f"{seed}:{item['text']}:{item['title']}")
+        text, positive = item[src], item[tgt]
+        rng = random.Random(f"{seed}:{text}:{positive}")
         shown = rng.sample(pool, n_others) if n_others else []
-        prompt = headline_prompt(model, item["text"], shown)
-        key = _sha([model.name, settings, item["text"], item["title"], [[o["text"], o["title"]] for o in shown]])
+        prompt = task_prompt(model, task, text, shown)
+        key = _sha([model.name, settings, text, positive, [[o[src], o[tgt]] for o in shown]])
         rec = store.get(key)
         if rec is None:
             negative = generate_line(model, prompt, max_new_tokens=max_new_tokens)
-            rouge = float(rouge_scorer().score(item["title"], negative)["rougeL"].fmeasure) if negative else 1.0
+            rouge = float(rouge_scorer().score(positive, negative)["rougeL"].fmeasure) if negative else 1.0
             rec = {"negative": negative, "rougeL": rouge}
             store.put(key, rec)
             store.save()  # after each generation, so an interrupted build keeps what it made
-        rows.append({"item_id": item_id(item), "text": item["text"],
-                     "positive": item["title"], "negative": rec["negative"], "rougeL": rec["rougeL"],
+        rows.append({"item_id": item_id(item, task), "text": text,
+                     "positive": positive, "negative": rec["negative"], "rougeL": rec["rougeL"],
                      "kept": bool(rec["negative"]) and rec["rougeL"] < threshold,
-                     "others": [item_id(o) for o in shown], "prompt": prompt})
+                     "others": [item_id(o, task) for o in shown], "prompt": prompt})
     store.save()
     df = pd.DataFrame(rows)
     df.attrs.update({"model": model.name, "user_id": uid, "settings": {**settings, "threshold": threshold,

@@ -39,11 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.core._reuse import run_from_layer
-from workbench._util import (check_int, empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache,
-                            verify_count)
-from workbench.core.heads import HOW, head_means, mask_heads
+from workbench.core._reuse import fork_kv_cache, run_from_layer
+from workbench._util import check_int, empty_kv_cache, frozen_parameters, verify_count
+from workbench.core.heads import check_how, head_means, mask_heads
+from workbench.core.hooks import last_positions_hook, hook_point
 from workbench.core.model import Model
+from workbench.data.retrieval import RETRIEVALS
 from workbench.science.pcs_result import PreferenceScores
 
 __all__ = ["CONTRASTS", "MODES", "SCOPES", "ScoringExample", "preference_scores",
@@ -122,7 +123,7 @@ class _Scorer:
         n_layers = model.n_layers
         self.targets = self.ids[0, self.start:]
         self.resid: dict[int, torch.Tensor] = {}
-        store = [(f"blocks.{L}.hook_resid_pre", self._store(L)) for L in range(n_layers)] if reuse else []
+        store = [(hook_point(L, "hook_resid_pre"), self._store(L)) for L in range(n_layers)] if reuse else []
         if scope == "all":
             # Only the positions that predict the target need the unembedding (a 49k-row matmul).
             logits = bridge.run_with_hooks(self.ids, fwd_hooks=store + [self._slice_hook()])
@@ -131,8 +132,9 @@ class _Scorer:
             self.prefix_len = self.start - 1
             self.suffix = self.ids[:, self.prefix_len:]
             self.cache = self._prefix_cache()
-            logits = bridge.run_with_hooks(self.suffix, fwd_hooks=store, past_key_values=self.cache)
-            truncate_kv_cache(self.cache, self.prefix_len)
+            # Each pass extends a fork of the prefix cache: cutting the cache back afterwards
+            # can't restore what a sliding-window layer evicted.
+            logits = bridge.run_with_hooks(self.suffix, fwd_hooks=store, past_key_values=fork_kv_cache(self.cache))
         self.base = self._nll(logits)
 
     def _store(self, layer: int):
@@ -169,8 +171,7 @@ class _Scorer:
             return self._nll(logits)
         if self.reuse:
             with mask:
-                logits = run_from_layer(bridge, self.resid[low], low, past_key_values=self.cache)
-            truncate_kv_cache(self.cache, self.prefix_len)
+                logits = run_from_layer(bridge, self.resid[low], low, past_key_values=fork_kv_cache(self.cache))
         else:  # from scratch: the prompt prefix unmasked, then the output positions masked
             cache = self._prefix_cache()
             with mask:
@@ -205,9 +206,9 @@ def _attribution(model: Model, ex: ScoringExample, scope: str, how: str, means: 
 
         return fn
 
-    hooks = [("hook_embed", leaf)] + [(f"blocks.{L}.attn.hook_z", keep_z(L)) for L in range(model.n_layers)]
+    hooks = [("hook_embed", leaf)] + [(hook_point(L, "attn.hook_z"), keep_z(L)) for L in range(model.n_layers)]
     if how == "uniform":
-        hooks += [(f"blocks.{L}.attn.hook_v", keep_v(L)) for L in range(model.n_layers)]
+        hooks += [(hook_point(L, "attn.hook_v"), keep_v(L)) for L in range(model.n_layers)]
     with frozen_parameters(bridge), torch.enable_grad():
         logits = bridge.run_with_hooks(ids, fwd_hooks=hooks)
         lp = logits[0, start - 1:-1].float().log_softmax(-1)
@@ -320,17 +321,14 @@ def preference_scores(
     """
     from tqdm.auto import tqdm
 
-    if how not in HOW:
-        raise ValueError(f"how={how!r}: use one of {HOW}")
+    check_how(how, reference)
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r}: use 'output' (mask where the output is produced) or 'all'")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
     k = check_int("k", k, minimum=0)
-    if retrieval not in ("bm25", "recency"):
+    if retrieval not in RETRIEVALS:
         raise ValueError(f"retrieval={retrieval!r}: use 'bm25' or 'recency'")
-    if how == "mean" and reference is None:
-        raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
     if contrast not in CONTRASTS:
         raise ValueError(f"contrast={contrast!r}: use None (plain PCS), 'history' or 'generic'")
     L, H = model.n_layers, model.n_heads
@@ -338,8 +336,6 @@ def preference_scores(
     items = _scoring_examples(model, examples, k, retrieval, contrast)
     means = None
     if how == "mean":
-        if reference is None:
-            raise ValueError("how='mean' needs reference=... (texts to average each head's output over)")
         means = reference if isinstance(reference, torch.Tensor) and reference.is_floating_point() else head_means(model, reference)
     t0 = time.perf_counter()
     twice = 1 if contrast is None else 2

@@ -78,16 +78,18 @@ class TokenEffects:
         return out.sort_values(["score", "position"], ascending=[False, True]).reset_index(drop=True)
 
     def by_item(self, by: str | None = None) -> pd.DataFrame:
-        """Effects summed per history item and part (article / title), in prompt order."""
+        """Effects summed per history item and part (input / output), in prompt order, with the
+        item's output text (``output_text``)."""
         col = self._col(by)
         f = self.frame[self.frame["item"] >= 0]
         tab = f.pivot_table(index=["item", "item_id"], columns="part", values=col, aggfunc="sum", fill_value=0.0)
-        tab = tab.reindex(columns=[c for c in ("article", "title", "template") if c in tab.columns])
+        tab = tab.reindex(columns=[c for c in ("input", "output", "template") if c in tab.columns])
         tab["total"] = tab.sum(axis=1)
         tab = tab.reset_index()
         tab.columns.name = None
-        tab.insert(2, "title_text", [str(self.items[i].get("title", "")) if i < len(self.items) else ""
-                                     for i in tab["item"]])
+        # the output's own tokens, so no task's field name is needed to find it
+        outputs = self.frame[self.frame["part"] == "output"].groupby("item")["token"].apply(lambda t: "".join(t).strip())
+        tab.insert(2, "output_text", [str(outputs.get(i, "")) for i in tab["item"]])
         return tab
 
     def select(self, top_k: int | None = None, top_p: float | None = None, threshold: float | None = None,

@@ -1,9 +1,12 @@
 """Which prompt token is what: each token of a prompt labelled with the history item and part
-(article, title, template markup, query) it comes from, and the word it belongs to.
+(the item's input, its output, template markup, the query) it comes from, and the word it
+belongs to.
 
 :func:`label_tokens` gives a :class:`PromptTokens`; its :meth:`~PromptTokens.positions`
-turns a scope (``"history"``, ``"titles"``, ...) into the prompt positions that
-:func:`workbench.science.tracing.trace_tokens` traces.
+turns a scope (``"history"``, ``"outputs"``, ...) into the prompt positions that
+:func:`workbench.science.tracing.trace_tokens` traces. Which fields of an item are its input
+and output is the task's (:func:`workbench.data.history.item_fields`); the labels are the
+same for every task (for LaMP-4, ``input`` is the article and ``output`` the headline).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import pandas as pd
 import torch
 
 from workbench.core.model import Model
+from workbench.data.history import INPUT_FIELD, OUTPUT_FIELD
 
-SCOPES = ("history", "titles", "articles", "prompt")
+SCOPES = ("history", "outputs", "inputs", "prompt")
+# Scope names from before parts were task-neutral (LaMP-4's words), and their new names.
+_RENAMED_SCOPES = {"titles": "outputs", "articles": "inputs"}
 _WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 
 
@@ -28,7 +34,7 @@ class PromptTokens:
 
     ``frame`` has one row per prompt token: ``position``, ``token`` (its text, with the
     whitespace before the next token), ``item`` (index of the history item in prompt order, or
-    -1), ``item_id``, ``part`` (``article``, ``title``, ``template`` inside an item,
+    -1), ``item_id``, ``part`` (``input``, ``output``, ``template`` inside an item,
     ``query`` after the history, ``other`` before it) and ``word`` (index of the word it is
     part of, -1 for markup).
     """
@@ -39,9 +45,9 @@ class PromptTokens:
     items: list[dict]
 
     def positions(self, scope: "str | Sequence[int]") -> list[int]:
-        """Prompt positions of a scope: ``history`` (article and title tokens of every item),
-        ``titles``, ``articles``, ``prompt`` (every token but the first and the last) or a
-        list of positions."""
+        """Prompt positions of a scope: ``history`` (input and output tokens of every item),
+        ``outputs`` (the user's outputs, e.g. headlines), ``inputs``, ``prompt`` (every token but
+        the first and the last) or a list of positions."""
         f = self.frame
         n = len(f)
         if not isinstance(scope, str):
@@ -51,12 +57,15 @@ class PromptTokens:
                 raise ValueError(f"positions {bad[:5]} are outside the prompt (0..{n - 2}; the last prompt token "
                                  "predicts the output and can't be traced)")
             return pos
+        if scope in _RENAMED_SCOPES:
+            raise ValueError(f"scope {scope!r} is now {_RENAMED_SCOPES[scope]!r} (item parts are named for every "
+                             "task: 'input' and 'output')")
         if scope == "history":
-            keep = f["part"].isin(["article", "title"])
-        elif scope == "titles":
-            keep = f["part"] == "title"
-        elif scope == "articles":
-            keep = f["part"] == "article"
+            keep = f["part"].isin(["input", "output"])
+        elif scope == "outputs":
+            keep = f["part"] == "output"
+        elif scope == "inputs":
+            keep = f["part"] == "input"
         elif scope == "prompt":
             keep = (f["position"] > 0) & (f["position"] < n - 1)
         else:
@@ -75,11 +84,13 @@ def _prompt_text(model: Model, prompt: Any) -> tuple[str, bool]:
     return model.format_chat(prompt), False
 
 
-def label_tokens(model: Model, prompt: Any, items: Sequence[dict] = ()) -> PromptTokens:
+def label_tokens(model: Model, prompt: Any, items: Sequence[dict] = (),
+                 fields: tuple[str, str] = (INPUT_FIELD, OUTPUT_FIELD)) -> PromptTokens:
     """Tokenize ``prompt`` as :meth:`Model.encode` does and label each token.
 
-    ``items`` are the history items in the order the prompt shows them (dicts with
-    ``text`` and ``title``); their texts are looked up in the rendered prompt, in order.
+    ``items`` are the history items in the order the prompt shows them; ``fields`` names their
+    input and output fields (the task's, :func:`workbench.data.history.item_fields`; the
+    default is LaMP-4's). Their texts are looked up in the rendered prompt, in order.
     """
     if isinstance(prompt, torch.Tensor):
         raise ValueError("label_tokens needs the prompt as text or chat messages, not token ids")
@@ -91,12 +102,12 @@ def label_tokens(model: Model, prompt: Any, items: Sequence[dict] = ()) -> Promp
                          "token labels would be misaligned (pass positions=[...] to trace_tokens instead)")
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     n = len(offsets)
-    # Character spans of each item's article and title, searched in order.
+    # Character spans of each item's input and output, searched in order.
     spans: list[tuple[int, str, int, int]] = []
     cursor = 0
     last_end = 0
     for j, it in enumerate(items):
-        for part, key in (("article", "text"), ("title", "title")):
+        for part, key in zip(("input", "output"), fields):
             s = str(it.get(key, "") or "")
             if not s:
                 continue

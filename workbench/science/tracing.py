@@ -1,6 +1,6 @@
 """Token-level causal effects: how much each history token matters for an output.
 
-For a prompt (a user's history, then the new input) and an output ``y`` (e.g. the headline
+For a prompt (a user's history, then the new input) and an output ``y`` (e.g. the output
 the user wrote), the effect of prompt token ``i`` is::
 
     effect_i = log p(y | prompt) - log p(y | prompt with token i deleted)
@@ -23,7 +23,8 @@ tokens and four gradient estimates, all traced tokens at once.
   pass. First-order estimate of replacing a token's embedding by zero. Aliases ``"grad"``,
   ``"gradient"``.
 - ``"ig"``: integrated gradients on the embeddings (embeddings of the traced tokens scaled
-  from zero to their value in ``ig_steps`` midpoint steps). ``"fast"`` is an alias.
+  from zero to their value in ``ig_steps`` midpoint steps). (``"fast"``, its old alias, is
+  refused: in :mod:`workbench.science.pcs` ``mode="fast"`` means attribution patching.)
 - ``"attn"``: the gradient of the score with respect to an *attention gate* per traced token
   (every query's attention to that token, in every layer and head, multiplied by the gate
   before the softmax renormalises), at gate 1; one forward and one backward pass. A gate of
@@ -47,7 +48,7 @@ available to us (see ``shared/research/methods.md`` §3).
 
 :func:`trace_example` builds the prompt of a LaMP example (or a ``dict`` user like
 :data:`workbench.data.examples.EXAMPLE_USER`) and labels every token with the profile item and
-part (``article`` / ``title``) it comes from (:mod:`workbench.science.token_labels`). The result is a
+part (``input`` / ``output``) it comes from (:mod:`workbench.science.token_labels`). The result is a
 :class:`~workbench.science.token_effects.TokenEffects`.
 """
 
@@ -62,8 +63,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench._util import empty_kv_cache, frozen_parameters, last_positions_hook, truncate_kv_cache, verify_count
+from workbench._util import empty_kv_cache, frozen_parameters, truncate_kv_cache, verify_count
+from workbench.core.hooks import last_positions_hook, hook_point
 from workbench.core.model import Model
+from workbench.data.history import item_fields
 from workbench.science.token_effects import TokenEffects
 from workbench.science.token_labels import SCOPES, PromptTokens, label_tokens
 
@@ -71,7 +74,11 @@ __all__ = ["MODES", "SCOPES", "PromptTokens", "TokenEffects", "example_prompt", 
            "trace_example", "trace_tokens"]
 
 MODES = ("exact", "naive", "gxi", "ig", "attn", "attn-sat", "attn-ig", "verified")
-_ALIASES = {"fast": "ig", "grad": "gxi", "gradient": "gxi"}
+_ALIASES = {"grad": "gxi", "gradient": "gxi"}
+# Mode names that meant something else here than elsewhere, and what to ask for instead.
+_RENAMED_MODES = {"fast": "'fast' was this module's alias for 'ig' (integrated gradients), but "
+                          "preference_scores' mode='fast' is attribution patching; ask for 'ig' (or the one-pass "
+                          "'attn' estimate)"}
 _ONE_PASS = ("gxi", "attn", "attn-sat")  # estimates from one forward and backward (no integration steps)
 
 
@@ -212,7 +219,7 @@ def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor,
                 add = add.index_add(1, pos, bias.to(scores.dtype))
                 return scores + add[:, None, None, :]
 
-            hooks = [(f"blocks.{L}.attn.hook_attn_scores", gate) for L in range(model.n_layers)]
+            hooks = [(hook_point(L, "attn.hook_attn_scores"), gate) for L in range(model.n_layers)]
             with torch.enable_grad():
                 logits = bridge.run_with_hooks(ids.expand(B, -1), fwd_hooks=hooks + [
                     last_positions_hook(model.n_layers, n - 1, target.shape[1])])
@@ -253,7 +260,7 @@ def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tenso
         return p
 
     hooks = [h for L in range(model.n_layers) for h in (
-        (f"blocks.{L}.attn.hook_attn_scores", gate), (f"blocks.{L}.attn.hook_pattern", pattern))]
+        (hook_point(L, "attn.hook_attn_scores"), gate), (hook_point(L, "attn.hook_pattern"), pattern))]
     with frozen_parameters(bridge), torch.enable_grad():
         logits = bridge.run_with_hooks(ids, fwd_hooks=hooks + [last_positions_hook(model.n_layers, n - 1, target.shape[1])])
         _score(logits, target[0], reduce).sum().backward()
@@ -303,6 +310,7 @@ def trace_tokens(
     target: str,
     *,
     items: Sequence[dict] = (),
+    fields: tuple[str, str] | None = None,
     positions: "str | Sequence[int]" = "history",
     mode: str = "exact",
     generic_target: str | None = None,
@@ -319,14 +327,16 @@ def trace_tokens(
     Args:
         model: a :class:`workbench.Model`.
         prompt: text or chat messages (as for :meth:`Model.generate`).
-        target: the output whose likelihood is traced (e.g. the user's real headline).
-        items: the history items in the order the prompt shows them (dicts with ``text`` and
-            ``title``), to label tokens by item and part; needed for the ``history`` scopes.
-        positions: ``"history"`` (article and title tokens of every item, the default),
-            ``"titles"``, ``"articles"``, ``"prompt"`` (all prompt tokens) or a list of positions.
+        target: the output whose likelihood is traced (e.g. the user's real output).
+        items: the history items in the order the prompt shows them, to label tokens by item
+            and part; needed for the ``history`` scopes.
+        fields: the items' input and output fields (the task's,
+            :func:`workbench.data.history.item_fields`); default LaMP-4's.
+        positions: ``"history"`` (input and output tokens of every item, the default),
+            ``"outputs"``, ``"inputs"``, ``"prompt"`` (all prompt tokens) or a list of positions.
         mode: one of :data:`MODES` — ``"exact"`` (deletion with KV reuse), ``"naive"``
             (deletion, full forward per token), ``"gxi"`` (gradient x input on the embeddings),
-            ``"ig"`` / ``"fast"`` (integrated gradients on the embeddings), ``"attn"`` (gradient
+            ``"ig"`` (integrated gradients on the embeddings), ``"attn"`` (gradient
             of an attention gate per token), ``"attn-sat"`` (the same with AtP*'s saturation
             fix) or ``"attn-ig"`` (integrated gradients along the
             gates) or ``"verified"`` (the ``estimate`` mode for every token, then the share
@@ -358,9 +368,11 @@ def trace_tokens(
     """
     from tqdm.auto import tqdm
 
+    if mode in _RENAMED_MODES:
+        raise ValueError(f"mode={mode!r}: {_RENAMED_MODES[mode]}")
     mode = _ALIASES.get(mode, mode)
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: use one of {MODES} (or 'fast' for 'ig')")
+        raise ValueError(f"mode={mode!r}: use one of {MODES}")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce={reduce!r}: use 'mean' (nats per output token) or 'sum'")
     if ig_steps < 1:
@@ -369,7 +381,7 @@ def trace_tokens(
         batch_size = 1 if model.device.type == "cpu" else 16
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    labels = label_tokens(model, prompt, items)
+    labels = label_tokens(model, prompt, items) if fields is None else label_tokens(model, prompt, items, fields)
     pos = labels.positions(positions)
     prompt_ids = labels.ids
     targets = [_target_ids(model, target)]
@@ -381,6 +393,8 @@ def trace_tokens(
     base = _base_scores(model, prompt_ids, targets, reduce)
     n_verify = 0
     if mode == "verified":
+        if estimate in _RENAMED_MODES:
+            raise ValueError(f"estimate={estimate!r}: {_RENAMED_MODES[estimate]}")
         estimate = _ALIASES.get(estimate, estimate)
         if estimate not in ("gxi", "ig", "attn", "attn-sat", "attn-ig"):
             raise ValueError(f"estimate={estimate!r}: verified mode ranks tokens with 'attn', 'attn-sat', 'gxi', "
@@ -438,16 +452,17 @@ def trace_tokens(
 
 
 def example_prompt(model: Model, example: Any, k: int = 5, by: str = "bm25") -> tuple[Any, list[dict], str, Any]:
-    """``(prompt, items in prompt order, query article, generic prompt)`` for a LaMP
-    :class:`~workbench.data.records.Example` (the ``rag`` prompt) or a ``dict`` user with ``profile``
-    and ``query`` (like :data:`workbench.data.examples.EXAMPLE_USER`; all its items are shown)."""
-    from workbench.data.prompts import build_prompt, headline_prompt
+    """``(prompt, items in prompt order, query input, generic prompt)`` for a LaMP
+    :class:`~workbench.data.records.Example` (the ``rag`` prompt) or a ``dict`` user with ``task``,
+    ``profile`` and ``query`` (like :data:`workbench.data.examples.EXAMPLE_USER`; all its items are shown)."""
+    from workbench.data.prompts import build_prompt, task_prompt
 
     if isinstance(example, dict):
-        if not example.get("profile") or not example.get("query"):
-            raise ValueError("a dict user needs a non-empty 'profile' and a 'query' (see workbench.data.examples.EXAMPLE_USER)")
-        items = list(example["profile"])
-        return headline_prompt(model, example["query"], items), items, example["query"], headline_prompt(model, example["query"])
+        if not example.get("profile") or not example.get("query") or not example.get("task"):
+            raise ValueError("a dict user needs a 'task', a non-empty 'profile' and a 'query' "
+                             "(see workbench.data.examples.EXAMPLE_USER)")
+        items, query, task = list(example["profile"]), example["query"], example["task"]
+        return task_prompt(model, task, query, items), items, query, task_prompt(model, task, query)
     example.require_profile()
     prompt, info = build_prompt(model, example, k=k, by=by, reserve=0)
     by_id = {str(it.get("id", "")): it for it in example.profile}
@@ -471,7 +486,7 @@ def trace_example(
 ) -> TokenEffects:
     """Token effects of the history in a LaMP example's ``rag`` prompt (or a dict user's).
 
-    ``target`` defaults to the example's gold output (the headline the user really wrote):
+    ``target`` defaults to the example's gold output (what the user really wrote):
     use that only to *explain* a known example, never to build anything evaluated on it.
     ``generic=True`` also traces the model's own output without the history (greedy) for the
     difference in effects; a string is used as that generic output. Other keyword arguments
@@ -491,6 +506,8 @@ def trace_example(
             raise RuntimeError("the model wrote an empty generic output; pass generic='some text' instead")
     elif isinstance(generic, str):
         generic_target = generic
+    task = example["task"] if isinstance(example, dict) else example.task
+    kwargs.setdefault("fields", item_fields(task))
     te = trace_tokens(model, prompt, target, items=items, generic_target=generic_target, **kwargs)
     te.meta["example"] = example.get("user_id", "") if isinstance(example, dict) else example.id
     return te
