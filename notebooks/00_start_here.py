@@ -27,6 +27,19 @@
 # 3. **steer** — add a vector to the model's internal state while it writes.
 #
 # You don't need to know TransformerLens. Where it shows up, we explain it.
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★☆☆ introductory |
+# | **You need** | Python and a little PyTorch (tensors and their shapes); `./install.sh` done. No interpretability background. |
+# | **You will learn** | generating with and without a user's history; hook points and `run_with_cache`; masking heads (`zero`, `uniform`) and measuring the change in log-likelihood; what a preference head and its PCS are; adding a steering vector |
+# | **Time** | 54 s to run on 2 CPU cores, no GPU (measured), plus ~30 min to read and do the exercises |
+# | **Exercises** | 0.1 the PCS of one head by hand (★☆☆, ~10 min) · 0.2 a hook that switches one head off (★★☆, ~10 min) |
+# | **Methods** | TransformerLens hooks (Nanda & Bloom, 2022); preference heads and DPS (Zhang et al., 2026 — [docs/methods.md](../docs/methods.md#preference-heads-and-differential-preference-steering)); activation steering (Turner et al., 2023, arXiv 2308.10248; CAA: Rimsky et al., 2024, arXiv 2312.06681) |
+#
+# Exercises have a stub to fill in and a `check(...)` that says whether your answer is right (and,
+# for the usual mistakes, what went wrong). Until you fill it in, the check says "not done yet".
+# `solution("name")` prints a worked answer — try first.
 
 # %% [markdown]
 # ## 1. Load the model
@@ -40,6 +53,7 @@
 # %%
 import torch
 import workbench as wb
+from exercises import check, solution   # the course's exercise checks (notebooks/exercises/)
 
 model = wb.load_model()          # the default: "smollm2-135m"
 model
@@ -119,7 +133,7 @@ for how in ["zero", "uniform"]:
 mask = wb.mask_heads(model, {(20, 4): 1.0, (21, 0): 0.5}, how="uniform")
 print(mask)
 masked_logits = model.bridge.run_with_hooks(ids, fwd_hooks=mask.hooks)
-print("largest logit change:", float((masked_logits - logits).abs().max()) > 0)
+print(f"largest logit change: {float((masked_logits - logits).abs().max()):.3f}")
 
 # %% [markdown]
 # ### Which layers does the personalized headline need?
@@ -153,8 +167,15 @@ effects.sort_values("drop", ascending=False).head(5).round(3)
 # averaged over many (history, article, the user's headline $y$) examples, where
 # $p_{\setminus(l,h)}$ is the model with head $h$ of layer $l$ masked (uniform attention). A large
 # PCS means "this head carries something the user-aligned output needs". On LaMP-4 news, two
-# heads stand out: **L1H0** and **L18H8** (notebook 02). Here is the same measurement on our
-# one example, next to two heads picked at random:
+# heads have the largest PCS: **L1H0** and **L18H8** (notebook 02).
+#
+# **A warning before calling them preference heads.** A high PCS says the user's headline needs
+# the head — not that the head carries *the user*. A head that *every* output needs (an early head
+# that moves information between neighbouring tokens, say) scores high whoever the user is.
+# Notebook 02b measures this with a *contrastive* PCS and finds that the plain-PCS top heads,
+# L1H0 among them, break the model with or without the history: they are heads every output
+# needs, not heads specific to preference. Here is the plain measurement on our one example, next
+# to two heads picked at random:
 
 # %%
 import random
@@ -172,6 +193,41 @@ for head in [(1, 0), (18, 8), (rng.randrange(30), rng.randrange(9)), (rng.randra
 # preference heads masked, and pushes further in the direction the heads point:
 # `l = l_p + alpha * (l_p - l_masked)`.
 #
+# ### Exercise 0.1 · the PCS of one head, by hand (★☆☆, ~10 min)
+#
+# Write `pcs_one_head(model, prompt, target, head)`: the PCS of `head` on one example, in nats per
+# token — the mean NLL of `target` with the head masked (`how="uniform"`) minus the mean NLL with the
+# model intact. `model.nll(prompt, target)` gives the mean NLL; `wb.mask_heads` masks. The check
+# compares your numbers with the library's on L1H0 and L18H8.
+
+# %%
+def pcs_one_head(model, prompt, target, head):
+    return None   # your code here
+
+
+check("pcs_one_head", pcs_one_head, model=model, prompt=prompt, target=target, heads=[(1, 0), (18, 8)])
+# solution("pcs_one_head")   # uncomment for a worked answer
+
+# %% [markdown]
+# ### Exercise 0.2 · a hook that switches one head off (★★☆, ~10 min)
+#
+# `wb.mask_heads(..., how="zero")` is a hook on `blocks.L.attn.hook_z`. Write your own:
+# `zero_head_hook(h)` returns a function `hook(z, hook)` that returns `z` with head `h` zeroed
+# (`z` is `[batch, pos, head, d_head]`). Then use it with `run_with_hooks` and compare with the
+# library's mask: the two logits should be identical.
+
+# %%
+def zero_head_hook(h):
+    return None   # your code here
+
+
+if check("zero_head_hook", zero_head_hook):
+    mine = model.bridge.run_with_hooks(ids, fwd_hooks=[("blocks.20.attn.hook_z", zero_head_hook(4))])
+    library = model.bridge.run_with_hooks(ids, fwd_hooks=wb.mask_heads(model, [(20, 4)], how="zero").hooks)
+    print("same logits as the library's mask:", torch.allclose(mine, library, atol=1e-5))
+# solution("zero_head_hook")
+
+# %% [markdown]
 # ## 5. Steering
 #
 # `wb.steer(model, vector, layer, site="resid_post", scale=...)` adds `scale * vector` to the
@@ -204,7 +260,8 @@ for scale in [0.0, 1.0, 2.0]:
 # | notebook | you learn | methods |
 # |---|---|---|
 # | **01 quickstart** | real LaMP-4 users, prompts with history, the benchmark runner and its metrics | `generic`, `rag` |
-# | **02 preference heads** | PCS for every head (exact, fast, naive), how stable and how sparse the heads are, an explorer widget, DPS decoding | `dps`, `dps-raw` |
+# | **02 preference heads** | PCS for every head (exact, fast, verified), how sparse the heads are, an explorer widget, DPS decoding | `dps`, `dps-raw` |
+# | **02b are the heads specific?** | contrastive PCS, specificity on held-out users and on Gemma, DPS with either head set | `dps` (`dps.contrast=history`) |
 # | **03 token effects** | which *tokens* of a user's history the output depends on (deletion, gradients), turning them into a description, SteerX vectors | `caa-all`, `steerx-caa`, `opt-all`, `steerx-opt` |
 # | **04 steering** | Fints: a vector per history item, chosen per input; injection at the attention and MLP outputs | `fints`, `fints+rag`, `caa-user` |
 # | **05 compare methods** | every method on the same users, paired differences, per-user wins and losses, a combination | all, `steerx-caa+dps` |
@@ -212,7 +269,13 @@ for scale in [0.0, 1.0, 2.0]:
 # `workbench demo` (command line) writes an HTML report with the PCS heatmap, token effects,
 # steered vs generic outputs and the method comparison for the embedded model.
 #
-# **Exercise.** Mask only layer 0's heads and generate the personalized headline. What happens,
-# and why does the generic headline suffer just as much? *(Answer: layer 0's heads move
-# information between neighbouring tokens that every later layer relies on; masking them
-# damages any text, not the user's style in particular — compare the grey and red bars above.)*
+# **To think about.** Mask only layer 0's heads and generate the personalized headline. What
+# happens, and why does the generic headline suffer just as much?
+#
+# <details><summary>Answer (click)</summary>
+#
+# Layer 0's heads move information between neighbouring tokens that every later layer relies on;
+# masking them damages any text, not the user's style in particular — compare the grey and red bars
+# above.
+#
+# </details>

@@ -24,14 +24,24 @@
 # 2. ask the model for a headline with and without that profile (*generic* vs *rag*);
 # 3. score the outputs against the real headline with ROUGE and METEOR;
 # 4. run the same comparison through the benchmark runner that every method plugs into.
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★☆☆ introductory |
+# | **You need** | notebook 00; pandas basics |
+# | **You will learn** | the LaMP-4 data (users, profiles, queries); BM25 retrieval of history items; the `generic` and `rag` baselines; ROUGE-1, ROUGE-L and METEOR; bootstrap intervals; the benchmark runner |
+# | **Time** | 61 s to run on 2 CPU cores, no GPU (measured), plus ~30 min to read and do the exercises |
+# | **Exercises** | 1.1 ROUGE-1 by hand (★☆☆, ~10 min) · 1.2 a 95% bootstrap interval (★★☆, ~15 min) |
+# | **Methods** | LaMP benchmark (Salemi et al., 2024, arXiv 2304.11406); BM25 (Robertson & Zaragoza, 2009); ROUGE (Lin, 2004); METEOR (Banerjee & Lavie, 2005); the bootstrap (Efron & Tibshirani, 1993) |
 
 # %%
 import pandas as pd
 import workbench as wb
+from exercises import check, solution   # the course's exercise checks (notebooks/exercises/)
 from workbench.data.lamp import load_lamp4_news
 from workbench.data.retrieval import rank_profile
 
-news = load_lamp4_news()      # read in place from ../shared/data/lamp4-news (or $WORKBENCH_LAMP4_DIR)
+news = load_lamp4_news()      # the copy shipped inside the package (or $WORKBENCH_LAMP4_DIR when set)
 news
 
 # %%
@@ -99,6 +109,23 @@ pd.concat([outputs[["method"]], scores.round(3)], axis=1)
 score_generation("the cat sat", "the cat ran away")["rouge1"]   # P = 2/3, R = 2/4 -> F = 4/7
 
 # %% [markdown]
+# ### Exercise 1.1 · ROUGE-1 by hand (★☆☆, ~10 min)
+#
+# Write `rouge1_f(prediction, gold)`: lowercase both, split on whitespace, count the words they
+# share — a word repeated in both counts as often as it appears in *both* (`collections.Counter`'s
+# `&` does this) — then precision = shared / words in the prediction, recall = shared / words in
+# gold, F = 2PR / (P + R), and 0 when nothing is shared. (The library also stems words, so
+# "runs" matches "run"; yours need not.)
+
+# %%
+def rouge1_f(prediction, gold):
+    return None   # your code here
+
+
+check("rouge1_f", rouge1_f)
+# solution("rouge1_f")   # uncomment for a worked answer
+
+# %% [markdown]
 # ## The benchmark runner
 #
 # `run_bench` runs methods on the same examples with the same model, writes every output to
@@ -106,6 +133,25 @@ score_generation("the cat sat", "the cat ran away")["rouge1"]   # P = 2/3, R = 2
 # with a 95% bootstrap interval. `workbench bench` is the same thing on the command line, e.g.
 # `workbench bench --task lamp4 --n 100 --methods generic,rag --out results/`.
 # With 6 examples the intervals are wide — that is the honest answer at this sample size.
+#
+# ### Exercise 1.2 · a 95% bootstrap interval (★★☆, ~15 min)
+#
+# Before running it, write the interval yourself. `bootstrap_interval(scores, n_boot=2000, seed=0)`
+# returns `(mean, lo, hi)`: draw `n_boot` resamples of the scores, each as long as the original and
+# drawn *with replacement* (`np.random.default_rng(seed).choice(scores, size=len(scores))`), take
+# each resample's mean, and return the 2.5th and 97.5th percentiles of those means. The check runs it
+# on 60 made-up scores.
+
+# %%
+import numpy as np
+
+
+def bootstrap_interval(scores, n_boot=2000, seed=0):
+    return None   # your code here
+
+
+check("bootstrap_interval", bootstrap_interval)
+# solution("bootstrap_interval")
 
 # %%
 import tempfile
@@ -118,6 +164,11 @@ result.summary[["method", "n", "rouge1", "rouge1_lo", "rouge1_hi", "rougeL", "me
 result.figure()
 
 # %% [markdown]
-# **Exercise.** Change `k` to 1 and to 10. Does more history help this model? *(Answer: try it —
-# at 135M parameters more items often distract more than they help; the full-split numbers in
-# the project's closing notes are the ones to trust, not 6 examples.)*
+# **To think about.** Change `k` to 1 and to 10. Does more history help this model?
+#
+# <details><summary>Answer (click)</summary>
+#
+# Try it — at 135M parameters more items often distract more than they help. Trust the numbers on
+# the full split in [results/README.md](../results/README.md), not 6 examples.
+#
+# </details>

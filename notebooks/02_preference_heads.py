@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 02 · Preference heads and Differential Preference Steering
+# # 02 · Preference heads: PCS and Differential Preference Steering
 #
 # Some attention heads matter more than others when a model writes *for a particular user*.
 # This notebook finds them on real data and uses them to steer decoding.
@@ -31,11 +31,24 @@
 #    heads are masked, `score = (1+α)·log p_full − α·log p_masked`: whatever the preference heads
 #    add gets amplified.
 #
-# Method: Zhang et al., *Differential Preference Steering* (2026); see `shared/research/methods.md` §1.
+# Whether the heads found this way carry *preference* or are just heads every output needs is the
+# question of notebook **02b**.
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★★☆ intermediate |
+# | **You need** | notebooks 00 and 01; what a log-probability and a gradient are |
+# | **You will learn** | PCS of every head (exact, fast = attribution patching, verified); checking a fast estimate against the exact one; top-k vs random heads; where one head looks; DPS decoding, its α and the plausibility constraint |
+# | **Time** | about 3 min (207 s) to run on 2 CPU cores, no GPU (measured), plus ~45 min to read and do the exercises |
+# | **Exercises** | 2.1 DPS's score for the next token (★☆☆, ~10 min) · 2.2 the adaptive plausibility constraint (★★☆, ~10 min) |
+# | **Methods** | DPS: Zhang et al., *Differential Preference Steering* (2026; our reading in [docs/methods.md](../docs/methods.md#preference-heads-and-differential-preference-steering)); attribution patching (Nanda, 2023; AtP*: Kramár et al., 2024, arXiv 2403.00745); contrastive decoding and its plausibility constraint (Li et al., 2023, arXiv 2210.15097) |
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 import workbench as wb
+from exercises import check, solution   # the course's exercise checks (notebooks/exercises/)
 from workbench.data.lamp import load_lamp4_news
 from workbench.science.pcs import preference_scores, sparsity_curve
 from workbench.data.history import profile_examples
@@ -119,7 +132,7 @@ print("fast  top 5:", fast1.top(5))
 # every head, then the heads it rates largest *in size* (a first-order estimate can get the sign
 # of a big effect wrong, as with L1H0) are masked for real. `frame["exact"]` says which entries
 # are exact, and the heatmap circles them. `benchmarks/bench_verified_pcs.py` measures the
-# agreement with the full sweep as a function of the share verified (README, "Preference heads").
+# agreement with the full sweep as a function of the share verified ([results/README.md](../results/README.md#verified-pcs-smollm2-135m)).
 
 # %%
 verified1 = preference_scores(model, examples[:1], how="uniform", scope="output", mode="verified", verify=0.2)
@@ -134,7 +147,8 @@ verified1.heatmap()
 # Mask the top-k heads (by PCS) and, separately, k random heads, and measure how much less
 # likely the users' headlines become. If the curve for top heads rises well above the random
 # band, a few heads carry much of the user-specific signal. (To keep the notebook quick this uses
-# the same 4 examples the scores came from; the benchmarks and the closing notes use held-out users.)
+# the same 4 examples the scores came from; notebook 02b and `benchmarks/bench_specificity.py` use
+# held-out users.)
 
 # %%
 curve = sparsity_curve(model, examples[:4], fast, max_k=6, n_random=3)
@@ -177,21 +191,66 @@ display(picker, out)
 # %% [markdown]
 # ## 5. DPS decoding: generic vs rag vs DPS on real users
 #
-# `dps_generate(model, prompt, heads, alpha=...)` decodes with the contrast. The default
-# `alpha="entropy"` (the authors' choice) uses the entropy of the intact model's next-token
-# distribution: strong contrast where the model hesitates, none where it is sure. Both streams run
-# as one batch of two with the prompt computed once. With `alpha=0` it is plain greedy decoding,
-# token for token.
+# `dps_generate(model, prompt, heads, alpha=...)` decodes with the contrast. With `alpha="entropy"`
+# (the authors' choice) α is the entropy of the intact model's next-token distribution: strong
+# contrast where the model hesitates, none where it is sure. Both streams run as one batch of two
+# with the prompt computed once. With `alpha=0` it is plain greedy decoding, token for token.
 #
-# At 135M parameters there is a catch. Some high-PCS heads (an early-layer one in particular) are
-# needed for *any* fluent text, so the masked model is badly broken; the raw contrast then promotes
-# tokens the intact model itself finds absurd, and the output collapses (column `dps-raw`). The
-# **adaptive plausibility constraint** of contrastive decoding (`plausibility=0.1`: only tokens
-# with at least 10% of the top token's probability may be chosen) keeps DPS on the intact model's
-# short list (column `dps`, the setting the `dps` benchmark method uses).
+# ### Exercise 2.1 · DPS's score for the next token (★☆☆, ~10 min)
+#
+# Write the contrast itself: given the intact model's next-token log-probabilities `logp_full`, the
+# masked model's `logp_masked` (1-D tensors over the vocabulary) and α, return DPS's score for every
+# token, `(1 + α)·logp_full − α·logp_masked`. Greedy DPS picks its argmax.
+
+# %%
+def dps_scores(logp_full, logp_masked, alpha):
+    return None   # your code here
+
+
+check("dps_scores", dps_scores)
+# solution("dps_scores")   # uncomment for a worked answer
+
+# %% [markdown]
+# At 135M parameters there is a catch. Masking high-PCS heads can leave a model that is badly broken
+# for *any* text (notebook 02b shows that the plain-PCS top heads are largely heads every output
+# needs); the raw contrast then promotes tokens the intact model itself finds absurd, and the output
+# can collapse. The **adaptive plausibility constraint** of contrastive decoding keeps DPS on the
+# intact model's short list: only tokens with at least β (`plausibility=0.1`) times the top token's
+# probability may be chosen.
+#
+# ### Exercise 2.2 · the adaptive plausibility constraint (★★☆, ~10 min)
+#
+# Return a boolean tensor, True where a token may be chosen: `p_full ≥ β · max p_full`, computed
+# from `logp_full` (in log space: `logp_full ≥ max logp_full + log β`).
+
+# %%
+import math
+
+
+def plausible(logp_full, plausibility):
+    return None   # your code here
+
+
+check("plausible", plausible)
+# solution("plausible")
+
+# %% [markdown]
+# The table compares, on three users: `generic` and `rag`; DPS with the heads found above (the
+# top 4% of the *fast* scores on 8 examples, printed in §2) and entropy α, without the constraint
+# (**dps-raw here**) and with it (**dps+plaus. here**); and **the `dps` benchmark method's own
+# setting**: α = 1, the top 2% of heads by the *exact* PCS saved in `results/` (40 examples), with the
+# constraint. (The benchmark's `dps-raw` is the authors' decoding, entropy α and the top 4%, on the
+# same saved exact heads.) The heads each DPS column masks are printed first — compare them.
 
 # %%
 from workbench.science.dps import dps_generate
+from workbench.science.pcs_result import PreferenceScores
+
+results = Path(wb.__file__).resolve().parents[1] / "results"
+saved_plain = PreferenceScores.load(results / "pcs_lamp4-news_smollm2-135m.json", model=model)
+bench_heads = saved_plain.top_percent(2)
+print("fast top 4% (8 examples):", ", ".join(f"L{l}H{h}" for l, h in heads))
+print("exact top 2% (saved):    ", ", ".join(f"L{l}H{h}" for l, h in bench_heads))
 
 rows = []
 for q in [data[i] for i in (0, 30, 60)]:
@@ -202,9 +261,11 @@ for q in [data[i] for i in (0, 30, 60)]:
         "gold": q.gold,
         "generic": first_line(model.generate(generic_prompt, max_new_tokens=24)),
         "rag": first_line(model.generate(rag_prompt, max_new_tokens=24)),
-        "dps-raw": first_line(dps_generate(model, rag_prompt, heads, alpha="entropy", max_new_tokens=24)),
-        "dps": first_line(dps_generate(model, rag_prompt, heads, alpha="entropy", plausibility=0.1,
-                                       max_new_tokens=24)),
+        "dps-raw here": first_line(dps_generate(model, rag_prompt, heads, alpha="entropy", max_new_tokens=24)),
+        "dps+plaus. here": first_line(dps_generate(model, rag_prompt, heads, alpha="entropy", plausibility=0.1,
+                                                   max_new_tokens=24)),
+        "dps (benchmark setting)": first_line(dps_generate(model, rag_prompt, bench_heads, alpha=1.0,
+                                                           plausibility=0.1, max_new_tokens=24)),
     })
 pd.set_option("display.max_colwidth", 80)
 pd.DataFrame(rows)
@@ -223,127 +284,26 @@ out.steps.round(3)
 dps_generate(model, rag_prompt, heads, alpha=0, max_new_tokens=16) == model.generate(rag_prompt, max_new_tokens=16)
 
 # %% [markdown]
-# ## 6. Heads every headline needs vs heads that carry the user: contrastive PCS
-#
-# Plain PCS asks *how much does the user's headline depend on this head?* A head that every
-# fluent output needs (an early head that tracks the previous token, say) scores high whoever the
-# user is. DPS then contrasts the model with a broken one, not with an impersonal one.
-#
-# The **contrastive** score asks how much of the *personalization gain* a head carries. The gain
-# is how much more likely the user's headline becomes when the model sees their history:
-# `NLL(y | x) − NLL(y | x, u)`. A head's contrastive score is how much masking it removes:
-#
-# $$\mathrm{PCS}_{\text{contrast}}(l,h) = [\mathrm{NLL}_{\text{masked}}(y\mid x,u) − \mathrm{NLL}(y\mid x,u)] − [\mathrm{NLL}_{\text{masked}}(y\mid x) − \mathrm{NLL}(y\mid x)]$$
-#
-# A head that every output needs hurts both prompts alike and cancels out. `contrast="generic"` is
-# the other variant: the user's own headline against the model's generic one for the same input.
-
-# %%
-contrastive = preference_scores(model, examples, how="uniform", scope="output", mode="fast", contrast="history")
-contrastive
-
-# %% [markdown]
-# The exact scores, computed once for this model on 40 (plain) and 20 (contrastive) history examples
-# (`workbench heads --contrast history`) and saved in `results/`, side by side. Plain PCS lights
-# up the early layers; the contrastive map moves to the middle and upper layers.
-
-# %%
-from pathlib import Path
-from workbench.science.pcs_result import PreferenceScores
-from workbench.science.pcs_result import heatmaps
-
-results = Path(wb.__file__).resolve().parents[1] / "results"
-saved_plain = PreferenceScores.load(results / "pcs_lamp4-news_smollm2-135m.json", model=model)
-saved_contrast = PreferenceScores.load(results / "pcs_lamp4-news_smollm2-135m_contrast-history.json", model=model)
-heatmaps(saved_plain, saved_contrast, titles=["plain PCS (exact)", "contrastive PCS, history (exact)"])
-
-# %%
-pd.DataFrame({"plain top 8": [f"L{l}H{h}" for l, h in saved_plain.top(8)],
-              "contrastive top 8": [f"L{l}H{h}" for l, h in saved_contrast.top(8)]})
-
-# %% [markdown]
-# ## 7. Are the contrastive heads specific to preference? Evidence on held-out users
-#
-# `benchmarks/bench_specificity.py` scores heads on the **tuning** users' histories and tests them
-# on the **evaluation** users' histories, which the scores never saw. For k = 1 … 16 it masks the
-# top-k heads of each kind (and k random heads, 5 draws) and measures two things:
-#
-# - how much of the personalization gain is removed (left; 100% = the history no longer helps);
-# - how much the **no-history** NLL moves, in units of the gain (right; a head specific to
-#   preference should leave the impersonal model alone).
-#
-# The target for "preference heads" is ≥ 50% of the gain removed by the top 8 while the no-history
-# NLL moves by < 10% of the gain. Reading the table below: plain PCS heads move the no-history NLL by
-# several times the gain (they break the model, with or without history) and *raise* the gain;
-# contrastive heads remove a third of the gain at k = 8 while leaving the no-history NLL almost
-# untouched, far above random heads — specific, but the target is not met: at 135M parameters the
-# preference is spread over more than 8 heads, and k = 16 starts moving the no-history NLL too.
-
-# %%
-from workbench.runner.figures import specificity_figure
-
-specificity = pd.read_csv(results / "specificity_smollm2-135m.csv")
-specificity.pivot(index="k", columns="heads", values=["gain_removed", "nohist_shift"]).round(2)
-
-# %%
-specificity_figure(specificity)
-
-# %% [markdown]
-# ### The same on Gemma 3 270M: does the finding hold on another model?
-#
-# The same benchmark on the second embedded model (`bench_specificity.py --model gemma3-270m`,
-# scores saved in `results/`). Plain PCS again picks the first two layers; contrastive PCS
-# picks layers 3–11. The top-8 contrastive heads remove two thirds of the gain with the
-# no-history NLL left alone — the target, on paper — **but random heads remove as much or
-# more**: Gemma has 4 heads per layer, and masking any of them at the output positions breaks
-# the use of the history. So on Gemma this is no evidence of heads that carry preference; the
-# gain is fragile, not localized. Always read a head set against random ones.
-
-# %%
-g_plain = PreferenceScores.load(results / "pcs_lamp4-news_gemma3-270m_tune-users.json")
-g_contrast = PreferenceScores.load(results / "pcs_lamp4-news_gemma3-270m_tune-users_contrast-history.json")
-heatmaps(g_plain, g_contrast, titles=["Gemma 3 270M: plain PCS", "contrastive PCS, history"])
-
-# %%
-g_specificity = pd.read_csv(results / "specificity_gemma3-270m.csv")
-specificity_figure(g_specificity)
-
-# %% [markdown]
-# ## 8. DPS with either head set: try it
-#
-# Choose the head set and α. Watch the headline: with plain heads and a large α the contrast
-# is against a broken model and fluency goes first; contrastive heads change words more than
-# grammar. `workbench tune --methods dps --grid dps.contrast=none,history ...` picks these
-# settings on tuning users only (see notebook 05 for the comparison table).
-
-# %%
-head_sets = {"plain PCS": saved_plain.top_percent(4), "contrastive PCS": saved_contrast.top_percent(4)}
-demo_query = data[30]
-demo_prompt, _ = build_prompt(model, demo_query, k=5)
-demo_rag = first_line(model.generate(demo_prompt, max_new_tokens=24))
-
-def show_dps(head_set, alpha):
-    chosen = head_sets[head_set]
-    steered = first_line(dps_generate(model, demo_prompt, chosen, alpha=alpha, plausibility=0.1, max_new_tokens=24))
-    print(f"{len(chosen)} heads:", ", ".join(f"L{l}H{h}" for l, h in chosen))
-    print("gold:", demo_query.gold)
-    print("rag: ", demo_rag)
-    print(f"DPS ({head_set}, alpha={alpha}):", steered)
-
-set_picker = widgets.ToggleButtons(options=list(head_sets), description="heads")
-alpha_picker = widgets.SelectionSlider(options=[0.0, 0.5, 1.0, 2.0], value=0.5, description="alpha")
-display(set_picker, alpha_picker, widgets.interactive_output(show_dps, {"head_set": set_picker, "alpha": alpha_picker}))
-
-# %% [markdown]
-# ## Exercises
+# ## To think about
 #
 # 1. **Random heads.** Replace `heads` with 11 random heads and rerun section 5 (e.g.
-#    `import random; random.seed(0); heads = random.sample([(l, h) for l in range(30) for h in range(9)], 11)`). Does DPS still
-#    change the outputs? *Answer: yes — any contrast changes tokens; what matters is whether the
-#    changes move towards the user's style. Score both on many users with
-#    `workbench bench --methods rag,dps` (the closing notes report the full 207-query numbers).*
-# 2. **Fixed α.** Try `alpha=0.5` and `alpha=2.0`. *Answer: larger α departs further from greedy
-#    decoding; at 2.0 outputs often drift off-topic, which is why the authors make α adaptive.*
+#    `import random; random.seed(0); heads = random.sample([(l, h) for l in range(30) for h in range(9)], 11)`).
+#    Does DPS still change the outputs?
+#    <details><summary>Answer</summary>
+#
+#    Yes — any contrast changes tokens; what matters is whether the changes move towards the user's
+#    style. Score both on many users with `workbench bench --methods rag,dps`
+#    ([results/README.md](../results/README.md) has the numbers on all 207 queries).
+#    </details>
+# 2. **Fixed α.** Try `alpha=0.5` and `alpha=2.0`.
+#    <details><summary>Answer</summary>
+#
+#    Larger α departs further from greedy decoding; at 2.0 outputs often drift off-topic, which is
+#    why the authors make α adaptive.
+#    </details>
 # 3. **Scope.** Recompute `fast` with `scope="all"` and compare the top heads.
-#    *Answer: masking at every position also changes how the profile itself is read, so heads
-#    that route information inside the profile gain weight; the rankings agree only partly.*
+#    <details><summary>Answer</summary>
+#
+#    Masking at every position also changes how the profile itself is read, so heads that route
+#    information inside the profile gain weight; the rankings agree only partly.
+#    </details>

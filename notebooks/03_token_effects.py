@@ -28,6 +28,15 @@
 # SteerX is arXiv 2510.22256; its text was not available to us, so the estimator, selection rule,
 # description prompt and vector constructions here are *our reading* of the abstract (see the
 # docstring of `workbench.science.steerx`).
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★★☆ intermediate |
+# | **You need** | notebooks 00–02 (log-likelihoods, hooks, attribution patching) |
+# | **You will learn** | the causal effect of a history token by deletion, exactly and by a one-pass gradient estimate; verifying an estimate where it matters; preference-driven vs generic tokens; a description of the user from its top words; CAA steering vectors from a description or from the history |
+# | **Time** | about 3 min (166 s) to run on 2 CPU cores, no GPU (measured), plus ~45 min to read and do the exercises |
+# | **Exercises** | 3.1 a token's effect by deletion (★☆☆, ~10 min) · 3.2 a CAA vector, a difference of means (★★☆, ~10 min) |
+# | **Methods** | SteerX: Zhao et al., arXiv 2510.22256 (our reading; [docs/methods.md](../docs/methods.md#token-effects-steerx-and-fints)); attribution patching (Nanda, 2023) and AtP* (Kramár et al., 2024, arXiv 2403.00745); CAA: Rimsky et al., 2024, arXiv 2312.06681 |
 
 # %% [markdown]
 # ## 1. A real user and their prompt
@@ -39,6 +48,7 @@
 # %%
 import pandas as pd
 import workbench as wb
+from exercises import check, solution, make_logp   # the course's exercise checks (notebooks/exercises/)
 from workbench.data.lamp import load_lamp4_news
 from workbench.science.tracing import trace_example, example_prompt
 
@@ -67,13 +77,36 @@ pd.DataFrame(items)[["text", "title"]].rename(columns={"text": "article", "title
 #
 # The **fast** estimate `mode="attn"` puts a gate on every query's attention to each history token
 # (gate 0 = deleted) and takes the gradient of log p(y) with respect to all gates in one backward pass.
-# It approximates the exact effects (rank correlation ≈ 0.4–0.65 on SmolLM2, see
-# `benchmarks/bench_tracing.py`) at a fraction of the cost, so we use it here and compare it with the
-# exact numbers and with a verified mode below.
+# It approximates the exact effects at a fraction of the cost — a Spearman rank correlation with the
+# exact effects of 0.45 over tokens and 0.48 over words on SmolLM2, 20 users
+# (`benchmarks/bench_tracing.py`; [docs/research-notes.md](../docs/research-notes.md)) — so we use it
+# here and compare it with the exact numbers and with a verified mode below.
+#
+# ### Exercise 3.1 · a token's effect by deletion (★☆☆, ~10 min)
+#
+# Before the library does it for every token, do it for one. `make_logp(model, prompt, target)`
+# returns the prompt's token ids (1-D) and `logp(ids)`, the mean log-probability of the user's
+# headline after any sequence of prompt ids. Write `deletion_effect(logp, prompt_ids, i)`: the formula
+# above for token `i`. The check runs it on three tokens of this prompt.
 #
 # With `generic=True` we also trace the model's own headline *without* the history; the column
 # `effect_diff = effect − effect_generic` keeps tokens that push towards **this user's** headline,
 # not towards any headline.
+
+# %%
+import torch
+
+
+def deletion_effect(logp, prompt_ids, i):
+    return None   # your code here
+
+
+prompt_ids, logp = make_logp(model, prompt, query.gold)
+check("deletion_effect", deletion_effect, logp=logp, prompt_ids=prompt_ids, positions=[40, 80, 120])
+# solution("deletion_effect")   # uncomment for a worked answer
+
+# %% [markdown]
+# Now every history token at once, the fast way:
 
 # %%
 effects = trace_example(model, query, k=3, mode="attn", generic=True, progress=False)
@@ -90,7 +123,8 @@ effects.figure(by="diff")
 
 # %% [markdown]
 # Effects add up to words (`by_word`: sum of the word's token effects, a first-order estimate of
-# deleting the whole word) and to profile items (`by_item`, split into article and title):
+# deleting the whole word) and to profile items (`by_item`, split into the item's input — here the
+# article — and output — the user's headline):
 
 # %%
 effects.by_item(by="diff").round(4)
@@ -111,12 +145,12 @@ effects.by_word(by="diff").head(10)[["item", "part", "text", "score"]].round(4)
 # outlines them and the hover text says "(exact)" or "(estimate)".
 #
 # Exact tracing of all ~200 history tokens takes minutes on a laptop CPU, so we compare the three on
-# the history **titles** only (the headlines the user wrote, where their style lives; `positions="titles"`).
+# the history **outputs** only (the headlines the user wrote, where their style lives; `positions="outputs"`).
 
 # %%
 from workbench.science.tracing import spearman
 
-kw = dict(k=3, positions="titles", progress=False)
+kw = dict(k=3, positions="outputs", progress=False)
 fast_t = trace_example(model, query, mode="attn", **kw)
 verified_t = trace_example(model, query, mode="verified", verify=0.3, **kw)
 exact_t = trace_example(model, query, mode="exact", **kw)
@@ -158,16 +192,16 @@ verified_t.figure()
 #
 # `select` keeps the units with the largest positive effect: `top_k=`, `top_p=` (the fewest words
 # that hold a share p of the total positive effect) or `threshold=`. SteerX then asks the model to
-# describe the user from those words. The prompt is `workbench.science.steerx.DESCRIBE_PROMPT` (change it by
-# passing `prompt=`):
+# describe the user from those words. The prompt is the task's (`describe_prompt("lamp4")`, from the
+# task's spec in `workbench.data.tasks`; change it by passing `prompt=`):
 
 # %%
-from workbench.science.steerx import DESCRIBE_PROMPT, describe_preferences
-print(DESCRIBE_PROMPT)
+from workbench.science.steerx import describe_preferences, describe_prompt
+print(describe_prompt(query.task))
 
 # %%
 selected = effects.select(top_k=15, by="diff")
-description = describe_preferences(model, selected)
+description = describe_preferences(model, selected, describe_prompt(query.task))
 print("words:", ", ".join(selected["text"]))
 print("description:", description)
 
@@ -181,7 +215,7 @@ from workbench.data.history import user_history
 from workbench.science.steerx import steerx_description
 
 history = user_history(list(data.by_user(query.user_id)))   # items shared by all the user's queries
-pref = steerx_description(model, history, query.user_id, n_traces=1, top_k=15)
+pref = steerx_description(model, history, query.user_id, task=query.task, n_traces=1, top_k=15)
 pref
 
 # %% [markdown]
@@ -219,17 +253,42 @@ display(widgets.HBox([user_pick, thr]), out)
 # **CAA** (contrastive activation addition): run the model on the new article *with* a preference
 # context and *without* it, and take the difference of the mean activations at one layer over the
 # article's tokens. The SteerX vector uses the description as the context (a system message); the
-# all-history twin uses the whole history as earlier chat turns. Everything else is the same.
+# all-history twin uses the history as earlier chat turns — here the user's 12 most recent items
+# (`history[-12:]`; the benchmark's `caa-all` keeps the most recent items that fit in 1536 tokens).
+# Everything else is the same.
+#
+# ### Exercise 3.2 · a CAA vector: a difference of means (★★☆, ~10 min)
+#
+# Write `caa_vector(acts_with, acts_without)`: each argument is a list of activations, one
+# `[n_tokens, d_model]` tensor per prompt (the article's tokens at one layer; prompts differ in
+# length). Average each prompt over its tokens, then over prompts, and return mean(with) −
+# mean(without). The check uses made-up activations; `caa_vectors` below does the same on the model.
+
+# %%
+def caa_vector(acts_with, acts_without):
+    return None   # your code here
+
+
+check("caa_vector", caa_vector)
+# solution("caa_vector")
+
+# %% [markdown]
+# The library's version, on the model:
+#
+# `caa_vectors` takes the prompts themselves, with and without the context (the task's
+# `preference_prompt` and `task_prompt` build them).
 #
 # `SteeringVector.apply(model, scale)` is a context manager around `wb.steer`: while it is active,
 # `scale × vector` is added to the residual stream after that layer, at every position.
 
 # %%
+from workbench.data.prompts import preference_prompt, task_prompt
 from workbench.science.caa import caa_vectors
 
 layer = model.n_layers // 2
-v_steerx = caa_vectors(model, pref.description, [article], [layer])[layer]
-v_all = caa_vectors(model, history[-12:], [article], [layer])[layer]
+without = [task_prompt(model, query.task, article)]
+v_steerx = caa_vectors(model, [preference_prompt(model, query.task, pref.description, article)], without, [layer])[layer]
+v_all = caa_vectors(model, [preference_prompt(model, query.task, history[-12:], article)], without, [layer])[layer]
 v_steerx, v_all
 
 # %%

@@ -33,11 +33,21 @@
 #
 # The baseline **caa-user** skips step 3: it adds the *mean* of all the user's vectors, the same
 # for every input. Comparing the two tells you whether choosing vectors per input matters.
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★★☆ intermediate |
+# | **You need** | notebooks 00, 01 and 03 (steering, BM25, CAA) |
+# | **You will learn** | contrastive pairs from a user's history; one steering vector per history item at the attention and MLP outputs; how vector sizes grow with depth; input-aware aggregation (BM25 + softmax); injecting vectors while generating |
+# | **Time** | about 2 min (93 s) to run on 2 CPU cores, no GPU (measured), plus ~40 min to read and do the exercises |
+# | **Exercises** | 4.1 Fints' input-aware weights (★★☆, ~15 min) · 4.2 a steering hook (★☆☆, ~10 min) |
+# | **Methods** | Fints: Du et al., 2025, arXiv 2510.27206 ([docs/methods.md](../docs/methods.md#token-effects-steerx-and-fints)); CAA: Rimsky et al., 2024, arXiv 2312.06681; activation addition: Turner et al., 2023, arXiv 2308.10248; BM25 (Robertson & Zaragoza, 2009) |
 
 # %%
 import pandas as pd
 import plotly.graph_objects as go
 import workbench as wb
+from exercises import check, solution   # the course's exercise checks (notebooks/exercises/)
 from workbench.data.lamp import load_lamp4_news
 from workbench.science.fints import aggregate, fints_steer, picked, sample_vectors, DEFAULT_SCALE, default_layer
 from workbench.science.pairs import contrastive_pairs
@@ -124,6 +134,23 @@ round(float(picked(agg)["weight"].sum()), 6)
 # %% [markdown]
 # With `weighting="uniform"` every picked item counts the same (the authors' released
 # script does this); `caa-user` uses *all* items, uniformly, for every input.
+#
+# ### Exercise 4.1 · Fints' input-aware weights (★★☆, ~15 min)
+#
+# Write `aggregate_weights(scores, k=5, tau=0.1)`: `scores` holds one BM25 score per history item
+# (a numpy array). Return one weight per item: 0 outside the `k` best-scoring items; inside them,
+# softmax(score / best score / τ). The weights sum to 1.
+
+# %%
+import numpy as np
+
+
+def aggregate_weights(scores, k=5, tau=0.1):
+    return None   # your code here
+
+
+check("aggregate_weights", aggregate_weights)
+# solution("aggregate_weights")   # uncomment for a worked answer
 
 # %% [markdown]
 # ## 4. Steered vs generic, side by side
@@ -135,6 +162,23 @@ round(float(picked(agg)["weight"].sum()), 6)
 # - **fints** — the article alone, steered with this input's Fints vectors;
 # - **fints+rag** — the rag prompt, steered (the authors' main setting);
 # - **caa-user** — the article alone, steered with the user's mean vector.
+#
+# ### Exercise 4.2 · a steering hook (★☆☆, ~10 min)
+#
+# Step 4 is a hook. Write `steering_hook(vector, scale)`: it returns a function `hook(resid, hook)`
+# that returns the residual stream `resid` (`[batch, pos, d_model]`) plus `scale × vector` at every
+# position. (`fints_steer` does this at two sites, `wb.steer` at one.)
+
+# %%
+def steering_hook(vector, scale):
+    return None   # your code here
+
+
+check("steering_hook", steering_hook)
+# solution("steering_hook")
+
+# %% [markdown]
+# The four ways, for the two users:
 
 # %%
 def write(user, query, method, layer=None, scale=DEFAULT_SCALE):

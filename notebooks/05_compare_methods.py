@@ -34,12 +34,22 @@
 # results of `workbench bench` runs saved in `results/` (predictions and scores, with the exact
 # commands and settings that produced them). Part 3 runs the methods live on one query, including
 # a combination, so you can see the mechanics.
+#
+# | | |
+# |---|---|
+# | **Difficulty** | ★★☆ intermediate |
+# | **You need** | notebook 01 (metrics, bootstrap intervals); 02–04 for what each method does |
+# | **You will learn** | comparing methods fairly: shared queries, paired differences with bootstrap intervals, wins and losses; settings tuned on some users and reported on others; a second model; per-user effects and the noise floor; combining a steering vector with DPS |
+# | **Time** | 74 s to run on 2 CPU cores, no GPU (measured), plus ~40 min to read and do the exercises |
+# | **Exercises** | 5.1 a paired bootstrap (★★☆, ~15 min) · 5.2 the queries every method shares (★☆☆, ~10 min) |
+# | **Methods** | DPS (Zhang et al., 2026), SteerX (Zhao et al., arXiv 2510.22256), Fints (Du et al., arXiv 2510.27206), CAA (Rimsky et al., 2024, arXiv 2312.06681) — see [docs/methods.md](../docs/methods.md); the paired bootstrap (Efron & Tibshirani, 1993; for NLP: Koehn, 2004) |
 
 # %%
 from pathlib import Path
 
 import pandas as pd
 import workbench as wb
+from exercises import check, solution   # the course's exercise checks (notebooks/exercises/)
 from workbench.runner.compare import best_covered, comparison_table, format_table, load_results, per_user
 from workbench.data.lamp import load_lamp4_news
 from workbench.runner.figures import paired_figure, per_user_figure, results_figure
@@ -230,36 +240,74 @@ print("masked heads:", row["heads"])
 # %% [markdown]
 # ## Exercises
 #
-# **1.** Is `caa-user` better than `fints` — i.e. does choosing vectors *per input* help? Use
-# the saved results: restrict to the queries both have, compute per-query differences, and
-# bootstrap an interval.
+# ### Exercise 5.1 · a paired bootstrap (★★☆, ~15 min)
 #
-# **2.** `dps` lost to `rag` on average. Is there any user it helps? How many, and is that more
-# than you would expect if it were just noise? (Hint: how many users does `generic` — which
-# sees no history at all — "beat" `rag` on?)
-#
-# **3.** The table uses only the queries all methods share. Why is it wrong to compare a method
-# measured on 207 queries with another measured on the first 60?
-#
-# Worked answers follow — try first.
+# Is `caa-user` better than `fints` — does choosing vectors *per input* help? Write
+# `paired_bootstrap(method, baseline, n_boot=2000, seed=0)`: two arrays of scores on the same
+# queries, in the same order. Return `(diff, lo, hi)`: the mean per-query difference method −
+# baseline and a 95% percentile interval from resampling the *differences* with replacement.
 
 # %%
-# Answer 1: a paired comparison on the shared queries.
+import numpy as np
+
+
+def paired_bootstrap(method, baseline, n_boot=2000, seed=0):
+    return None   # your code here
+
+
+if check("paired_bootstrap", paired_bootstrap):
+    both = results[results["method"].isin(["fints", "caa-user"])].pivot_table(index="id", columns="method",
+                                                                                values="rouge1").dropna()
+    print("caa-user − fints: %+.4f [%+.4f, %+.4f]" % paired_bootstrap(both["caa-user"], both["fints"]))
+# solution("paired_bootstrap")   # uncomment for a worked answer
+
+# %% [markdown]
+# The library's paired comparison of the same two, to compare with yours:
+
+# %%
 pair = comparison_table(results, ["fints", "caa-user"], baseline="fints")
 r = pair.set_index("method").loc["caa-user"]
 print(f"caa-user - fints: {r['diff_vs_fints']:+.4f} [{r['diff_lo_vs_fints']:+.4f}, {r['diff_hi_vs_fints']:+.4f}] "
       f"over {int(r['n'])} queries; wins/ties/losses {int(r['wins_vs_fints'])}/{int(r['ties_vs_fints'])}/{int(r['losses_vs_fints'])}")
 print("An interval that excludes 0 is evidence; one that straddles 0 says: no difference detected at this n.")
 
+# %% [markdown]
+# ### Exercise 5.2 · the queries every method shares (★☆☆, ~10 min)
+#
+# A saved result can be partial. Write `shared_queries(results, methods)`: `results` has one row per
+# (method, query) with columns `method` and `id`; return the set of query ids that *every* method in
+# `methods` has. (`comparison_table` restricts to these.)
+
 # %%
-# Answer 2: count users helped, against the same count for a method that cannot use the history.
+def shared_queries(results, methods):
+    return None   # your code here
+
+
+check("shared_queries", shared_queries)
+# solution("shared_queries")
+
+# %% [markdown]
+# ## To think about
+#
+# **1.** `dps` lost to `rag` on average. Is there any user it helps? How many, and is that more
+# than you would expect if it were just noise? (Hint: how many users does `generic` — which
+# sees no history at all — "beat" `rag` on?) A worked answer is in the next cell — try first.
+
+# %%
+# Answer 1: count users helped, against the same count for a method that cannot use the history.
 u2 = per_user(results, ["rag", "dps", "generic"])
 helped = {m: int((u2[m] > u2["rag"]).sum()) for m in ["dps", "generic"]}
 print(helped, "of", len(u2), "users")
 print("Users 'helped' by generic set the noise floor: with ~3 queries per user, a per-user win is mostly chance.")
 
 # %% [markdown]
-# *Answer 3.* The queries differ: the first 60 belong to the first 20 users, whose headlines may
-# be easier or harder than the rest. A difference between the two numbers mixes the methods'
-# difference with the difference between query sets. Restricting to shared queries (and pairing
-# them) removes the second.
+# **2.** The table uses only the queries all methods share. Why is it wrong to compare a method
+# measured on 207 queries with another measured on the first 60?
+#
+# <details><summary>Answer (click)</summary>
+#
+# The queries differ: the first 60 belong to the first 20 users, whose headlines may be easier or
+# harder than the rest. A difference between the two numbers mixes the methods' difference with the
+# difference between query sets. Restricting to shared queries (and pairing them) removes the second.
+#
+# </details>
