@@ -271,7 +271,12 @@ def _cli_cases(tmp: Path) -> list:
         (["bench", "--model", ""], ("non-empty",)),
         (["bench", "--data", str(tmp / "no-such-dir")], ("does not exist", "lamp-benchmark")),
         (["bench", "--split", "../etc"], ("split name",)),
-        (["bench", "--task", "lamp5"], ("--task lamp5", "lamp4")),
+        # --task alone picks the task's shipped dataset; with --data it is checked against it
+        (["bench", "--task", "lamp5", "--data", str(Path(__file__).resolve().parents[1] / "workbench" / "data" /
+                                                    "datasets" / "lamp4-news")], ("--task lamp5", "lamp4")),
+        (["bench", "--task", "lamp7"], ("no dataset ships", "--data")),
+        (["bench", "--task", "lamp2n", "--methods", "majority", "--labels", "guess"], ("invalid choice",)),
+        (["bench", "--task", "lamp4", "--methods", "majority"], ("majority", "classification")),
         (["bench", "--tuned", str(tmp / "no-tuned.json")], ("does not exist",)),
         (["bench", "--set", "dps.alpha"], ("METHOD.FIELD=VALUE",)),
         (["bench", "--methods", "dps", "--set", "dps.alpha=nan"], ("dps.alpha",)),
@@ -281,7 +286,7 @@ def _cli_cases(tmp: Path) -> list:
     ]
 
 
-CLI_CASE_COUNT = 29
+CLI_CASE_COUNT = 32
 _count("CLI", [None] * CLI_CASE_COUNT)
 
 

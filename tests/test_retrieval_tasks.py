@@ -22,7 +22,7 @@ def _ex(task: str, text: str, profile=(), prefix: bool = True) -> Example:
 
 def test_get_task_names_the_known_tasks_when_it_does_not_know_one():
     assert get_task("lamp4").name == "lamp4" and get_task("lamp4") is TASKS["lamp4"]
-    with pytest.raises(ValueError, match=r"unknown task 'LaMP_9'.*lamp1, lamp2, lamp3, lamp4, lamp5, lamp6, lamp7"):
+    with pytest.raises(ValueError, match=r"unknown task 'LaMP_9'.*lamp1, lamp2, lamp2n, lamp3, lamp4, lamp5, lamp6, lamp7"):
         get_task("LaMP_9")
     with pytest.raises(ValueError, match="unknown task"):
         get_task(["lamp4"])  # not even a name

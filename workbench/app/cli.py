@@ -41,19 +41,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"  {model}  ({time.perf_counter() - t0:.1f} s)")
     result = run_demo(model, how=args.how, max_new_tokens=args.max_new_tokens, log=lambda line: print(line, flush=True))
-    print("\nGeneric vs personalized headline:")
-    for row in result.outputs().itertuples():
-        print(f"  {row.prompt:<46} {row.headline}")
-    top = result.effects.sort_values("drop", ascending=False).head(5)
-    print(f"\nLayers whose heads the personalized headline needs most ({args.how} masking; drop in log p per token,")
-    print("personalized headline vs generic headline):")
-    for row in top.itertuples():
-        print(f"  layer {int(row.layer):>2}: {row.drop:+.3f}   (generic {row.drop_generic:+.3f})")
-    if result.scores is not None:
-        meta = result.scores.meta
-        print(f"\nPreference heads (PCS on {len(meta.get('example_ids', [])) or 'the'} history items of the user, "
-              f"{meta.get('mode')} mode, {meta.get('how')} masking; nats/token):")
-        print("  " + ", ".join(f"L{l}H{h} {v:+.3f}" for (l, h), v in result.scores._top_values(5)))
+    print("\n" + result.summary(args.how))
     path = result.report.save(args.out, overwrite=args.force)
     if getattr(result.report, "kept_previous", None):
         print(f"\n(the previous report was kept in {result.report.kept_previous})")
@@ -76,34 +64,15 @@ def _check_common(args: argparse.Namespace) -> Any:
 
 
 def _load_dataset(args: argparse.Namespace) -> Any:
-    """The dataset the command names (``--data`` or the default), checked against ``--task``;
-    only the queries with a profile with ``--with-profile``."""
-    from workbench.data.lamp import default_data_dir, load_lamp
+    from workbench.data.lamp import load_task_data
 
-    data_dir = args.data or default_data_dir()
-    dataset = load_lamp(data_dir, split=args.split)
-    if args.task and dataset.task != args.task:
-        raise ValueError(f"--task {args.task} but {data_dir} holds {dataset.task} data")
-    if getattr(args, "with_profile", False):
-        dataset = dataset.with_profile()
-        if not len(dataset):
-            raise ValueError(f"--with-profile: no query in {data_dir} ({args.split}) has a profile item")
-    return dataset
+    return load_task_data(args.task, args.data, args.split, getattr(args, "with_profile", False))
 
 
 def _cluster(args: argparse.Namespace) -> Any:
-    """The Ray cluster the command asked for, or None for a run in this process."""
-    if args.workers is None and args.ray_address is None:
-        if args.gpus_per_worker or args.threads_per_worker:
-            raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
-        return None
-    from workbench.runner.scaleout import Cluster, check_address, require_ray
+    from workbench.runner.scaleout import cluster_for
 
-    require_ray()  # a missing extra fails before the data or the model is read
-    cluster = Cluster(workers=args.workers or 1, address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
-                      threads_per_worker=args.threads_per_worker, timeout_s=args.ray_timeout)
-    check_address(cluster.address, cluster.timeout_s)  # nobody answering fails in seconds, in our words
-    return cluster
+    return cluster_for(args.workers, args.ray_address, args.gpus_per_worker, args.threads_per_worker, args.ray_timeout)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -120,23 +89,24 @@ def _bench_plan(args: argparse.Namespace) -> tuple[list, Any, Any, dict]:
     from workbench.data.splits import split_users
     from workbench.runner.bench import check_run
     from workbench.runner.settings import parse_method_names
-    from workbench.runner.tuning import describe_tuned, methods_for_run
+    from workbench.runner.tuning import methods_for_run, tuned_for_run
 
     settings = _check_common(args)
     names = parse_method_names(args.methods)
     methods = methods_for_run(names, settings, args.model, tuned=args.tuned or [], set_items=args.set or [])
     dataset = split_users(_load_dataset(args), args.users, args.fraction)
     users = None if args.users == "all" else {"users": args.users, "fraction": args.fraction}
-    tuned = describe_tuned(args.tuned, names) if args.tuned else None
-    if tuned and args.users != "eval":
-        for entry in tuned:
-            entry["evaluated_on"] = f"{args.users} users, tuning users included"
-        print(f"workbench: note: the --tuned settings were chosen on the tuning users, and --users {args.users} "
-              "evaluates on them too (so their scores flatter the tuned methods); pass --users eval to report on "
-              "users tuning never saw. Recorded in run.json (tuned).", file=sys.stderr)
-    check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users, tuned=tuned)
+    tuned, note = tuned_for_run(args.tuned, names, args.users)
+    if note:
+        print(f"workbench: note: {note}", file=sys.stderr)
+    label_mode = getattr(args, "labels", "score")
+    check_run(args.model, dataset, methods, args.out, n=args.n, settings=settings, users=users, tuned=tuned,
+              label_mode=label_mode)
     cluster = _cluster(args)
-    return methods, dataset, cluster, dict(n=args.n, settings=settings, users=users, tuned=tuned)
+    if cluster is not None and label_mode != "score":
+        raise ValueError("--labels generate runs in this process only (leave out --workers / --ray-address)")
+    run = dict(n=args.n, settings=settings, users=users, tuned=tuned)
+    return methods, dataset, cluster, run if cluster is not None else {**run, "label_mode": label_mode}
 
 
 def _bench_run(args: argparse.Namespace, methods: list, dataset: Any, cluster: Any, run: dict) -> int:
@@ -166,11 +136,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from workbench.methods import make_methods
     from workbench.runner.bench import check_profiles
     from workbench.runner.settings import parse_method_names
-    from workbench.runner.tuning import check_tuning_dir, plan_tuning, tuning_about
+    from workbench.runner.tuning import check_tuning_dir, plan_tuning, tuning_about, tuning_metric
 
     settings = _check_common(args)
     grids, fixed = plan_tuning(parse_method_names(args.methods), args.grid or [], args.set or [], settings)
     dataset = _load_dataset(args)
+    args.metric = tuning_metric(dataset.task, args.metric)
     check_profiles(make_methods(list(grids), settings), select_examples(dataset, args.n, users="tune",
                                                                         fraction=args.fraction))
     check_tuning_dir(args.out, grids, fixed, tuning_about(args.model, dataset, args.fraction, args.metric, args.n, settings))
@@ -195,44 +166,32 @@ def _tune_run(args: argparse.Namespace, settings: Any, grids: dict, fixed: dict,
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
-    from workbench._util import dir_lock, verify_count
+    from workbench._util import verify_count
+    from workbench.core.loading import load_model
     from workbench.data.splits import select_examples
+    from workbench.runner.heads import check_heads_dir, write_head_scores
+    from workbench.science.pcs import preference_scores
 
     _check_common(args)
     verify_count(args.verify, 1, "heads")  # a bad --verify fails before the model loads
     cluster = _cluster(args)
-    out = Path(args.out)
-    target = out / "scores.json"
-    if target.exists() and not args.force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
+    target = check_heads_dir(args.out, args.force)
     dataset = _load_dataset(args)
     examples = select_examples(dataset, args.n, source=args.source)
-    with dir_lock(out, "heads directory"):  # one writer: a second `heads` into it is refused at once
-        if target.exists() and not args.force:  # again: another run may have finished meanwhile
-            raise FileExistsError(f"{target} exists; pass --force to replace it, or choose another --out")
-        return _heads_run(args, dataset, examples, cluster, out, target)
-
-
-def _heads_run(args: argparse.Namespace, dataset: Any, examples: list, cluster: Any, out: Path, target: Path) -> int:
-    from workbench._util import atomic_write
-    from workbench.core.loading import load_model
-    from workbench.science.pcs import preference_scores
-
     label = f"{dataset.path} ({args.split}), " + ("profile leave-one-out" if args.source == "profile" else "query golds")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"{model}\n{dataset!r}")
-    scores = preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
-                               contrast=None if args.contrast == "none" else args.contrast, verify=args.verify, data=label,
-                               cluster=cluster)
-    scores.save(target, overwrite=args.force)
-    heatmap, table = scores.heatmap(), scores.frame.sort_values("pcs", ascending=False)
-    atomic_write(out / "heatmap.html", lambda tmp: heatmap.write_html(tmp, include_plotlyjs=True))
-    atomic_write(out / "heads.csv", lambda tmp: table.to_csv(tmp, index=False))
-    print(f"\n{scores}\n({scores.meta['seconds']:.0f} s)")
-    print("\nTop heads (PCS = NLL increase in nats/token when masked):")
-    for row in table.head(args.top).itertuples():
+
+    def compute() -> Any:
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        print(f"{model}\n{dataset!r}")
+        return preference_scores(model, examples, how=args.how, scope=args.scope, mode=args.mode, k=args.k,
+                                 contrast=None if args.contrast == "none" else args.contrast, verify=args.verify,
+                                 data=label, cluster=cluster)
+
+    scores = write_head_scores(args.out, compute, force=args.force)
+    print(f"\n{scores}\n({scores.meta['seconds']:.0f} s)\n\nTop heads (PCS = NLL increase in nats/token when masked):")
+    for row in scores.frame.sort_values("pcs", ascending=False).head(args.top).itertuples():
         print(f"  L{int(row.layer):>2}H{int(row.head)}  {row.pcs:+.4f}  (std {row.std:.4f})")
-    print(f"\nscores: {target}   heatmap: {out / 'heatmap.html'}   table: {out / 'heads.csv'}")
+    print(f"\nscores: {target}   heatmap: {target.parent / 'heatmap.html'}   table: {target.parent / 'heads.csv'}")
     return 0
 
 
@@ -258,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
              how=dict(default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)"),
              force=dict(help="replace an existing report instead of keeping it under previous/"))
     _command(sub, "bench", "run personalization methods on LaMP-format data and compare them", _cmd_bench,
-             "task data split model n methods k retrieval max-new-tokens out device dtype set users fraction tuned "
-             "with-profile",
+             "task data split model n methods labels k retrieval max-new-tokens out device dtype set users fraction "
+             "tuned with-profile",
              ray=True, out=dict(default="bench-results"))
     _command(sub, "tune", "choose methods' settings on the tuning users (never the evaluation users)", _cmd_tune,
              "task data split model methods grid set metric fraction n k retrieval max-new-tokens out device dtype "

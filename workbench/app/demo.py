@@ -126,6 +126,24 @@ class DemoResult:
             ]
         )
 
+    def summary(self, how: str) -> str:
+        """The terminal summary ``workbench demo`` prints: the headlines, the layers the
+        personalized headline needs (``how`` masking), and the preference heads, each setting
+        read from what ran."""
+        lines = ["Generic vs personalized headline:"]
+        lines += [f"  {row.prompt:<46} {row.headline}" for row in self.outputs().itertuples()]
+        top = self.effects.sort_values("drop", ascending=False).head(5)
+        lines += ["", f"Layers whose heads the personalized headline needs most ({how} masking; drop in log p per token,",
+                  "personalized headline vs generic headline):"]
+        lines += [f"  layer {int(row.layer):>2}: {row.drop:+.3f}   (generic {row.drop_generic:+.3f})" for row in top.itertuples()]
+        if self.scores is not None:
+            meta = self.scores.meta
+            lines += ["", f"Preference heads (PCS on {len(meta.get('example_ids', [])) or 'the'} history items of the user, "
+                          f"{meta.get('mode')} mode, {meta.get('how')} masking; nats/token):",
+                      "  " + ", ".join(f"L{l}H{h} {self.scores.frame.set_index(['layer', 'head']).pcs[(l, h)]:+.3f}"
+                                       for l, h in self.scores.top(5))]
+        return "\n".join(lines)
+
 
 def run_demo(
     model: Model,

@@ -51,9 +51,13 @@ def _fraction(text: str) -> float:
 # Every option, declared once. A command lists the ones it takes (in the order its help shows
 # them) and overrides, by dest, what differs for it: a default, a help, required.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "task": dict(default=None, help="expected task, e.g. lamp4 (checked against the data)"),
-    "data": dict(default=None, type=Path, help="LaMP-format directory (default: $WORKBENCH_LAMP4_DIR, "
-                 "else the lamp4-news copy shipped with workbench)"),
+    "task": dict(default=None, help="the task: lamp4, lamp5 or lamp2n picks its shipped dataset (lamp4-news, "
+                 "lamp5-acl, lamp2n-news), prompts and metrics; with --data, checked against the data"),
+    "data": dict(default=None, type=Path, help="LaMP-format directory (default: the --task's shipped dataset; "
+                 "no --task: $WORKBENCH_LAMP4_DIR, else the lamp4-news copy shipped with workbench)"),
+    "labels": dict(default="score", choices=["score", "generate"],
+                   help="classification tasks (lamp2n): score = each label's mean log-likelihood per token under "
+                        "the method, the best one predicted (default); generate = free decoding parsed into a label"),
     "split": dict(default="dev"),
     "model": dict(default="smollm2-135m", help="model name or local checkpoint dir (default: smollm2-135m)"),
     "n": dict(default=None, type=_count, help="first N examples (default: all)"),
@@ -63,7 +67,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
                       "(default: the method's declared grid, workbench.runner.tuning.DEFAULT_GRIDS)"),
     "set": dict(action="append", metavar="METHOD.FIELD=VALUE",
                 help="a method setting, e.g. --set dps.alpha=0.5 (repeatable; see each method's fields)"),
-    "metric": dict(default="rouge1", choices=["rouge1", "rougeL", "meteor"]),
+    "metric": dict(default=None, choices=["rouge1", "rougeL", "meteor", "accuracy"],
+                   help="what tuning maximizes (default: rouge1; accuracy on a classification task such as lamp2n)"),
     "source": dict(default="profile", choices=["profile", "gold"],
                    help="profile: leave-one-out over users' earlier items (default; never reads evaluation golds); "
                         "gold: the split's queries and gold outputs"),

@@ -40,6 +40,13 @@ def item_fields(task: str) -> tuple[str, str]:
     return spec.input_field, spec.output_field
 
 
+def _task_labels(task: str) -> tuple[str, ...]:
+    from workbench.data.tasks import TASKS
+
+    spec = TASKS.get(task)
+    return spec.labels if spec is not None else ()
+
+
 def _filled(value: Any) -> bool:
     return value is not None and str(value).strip() != ""
 
@@ -115,7 +122,9 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
     Profiles are chronological, so a later query's profile can hold an earlier query's
     article and gold headline: items whose title is the gold of any example in ``dataset``
     are never used, as target or as profile, so heads found here can be evaluated on
-    ``dataset`` without having seen its answers. (``k``, ``by`` and ``model`` are accepted
+    ``dataset`` without having seen its answers. On a classification task (LaMP-2N), where a
+    label is every other item's output too, the items left out are the queries themselves
+    (an item whose input is a query's input). (``k``, ``by`` and ``model`` are accepted
     for call compatibility; the prompt is built later, by whoever scores the examples.)
     """
     check_int("n", n, minimum=1)
@@ -124,6 +133,16 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
     task = task_of(dataset)
     source, target = item_fields(task)
     golds = {ex.gold for ex in dataset if ex.gold}
+    labels = _task_labels(task)
+    if labels:
+        # A label is shared by many items, so it says nothing about a leak: an item is held out
+        # when it is one of the queries itself (its input is a query's input).
+        from workbench.data.tasks import task_text
+
+        queries = {task_text(ex).strip() for ex in dataset}
+        leaks = lambda it: str(it[source]).strip() in queries  # noqa: E731
+    else:
+        leaks = lambda it: it[target] in golds  # noqa: E731
     rng = np.random.default_rng(seed)
     per_user: dict[str, list[Any]] = {}
     seen_items: dict[str, set] = {}
@@ -132,7 +151,7 @@ def profile_examples(dataset: Iterable[Any], n: int = 50, k: int = 5, by: str = 
         seen = seen_items.setdefault(ex.user_id, set())
         for it in ex.profile:
             key = str(it.get("id", len(seen)))
-            if key not in seen and usable_item(it, task) and it[target] not in golds:
+            if key not in seen and usable_item(it, task) and not leaks(it):
                 seen.add(key)
                 items.append(it)
     queues = {}

@@ -74,10 +74,11 @@ def _read_json(path: Path) -> Any:
 
 
 def _norm_task(task: Any) -> str:
-    m = re.fullmatch(r"(?i)(long)?\s*lamp[_-]?([1-7])", str(task).strip())
-    if not m:
-        raise DataError(f"unknown task {task!r}; expected LaMP_1 .. LaMP_7 (or lamp1 .. lamp7)")
-    return f"{'longlamp' if m.group(1) else 'lamp'}{m.group(2)}"
+    # LaMP_2N is the news categorization of LaMP's first release (lamp2n-news).
+    m = re.fullmatch(r"(?i)(long)?\s*lamp[_-]?([1-7])(n)?", str(task).strip())
+    if not m or (m.group(3) and (m.group(1) or m.group(2) != "2")):
+        raise DataError(f"unknown task {task!r}; expected LaMP_1 .. LaMP_7 or LaMP_2N (or lamp1 .. lamp7, lamp2n)")
+    return f"{'longlamp' if m.group(1) else 'lamp'}{m.group(2)}{'n' if m.group(3) else ''}"
 
 
 def _type(x: Any) -> str:
@@ -142,15 +143,28 @@ def _each_record(file: Path, records: list, required: tuple[str, ...], noun: str
 # ---- LaMP ----------------------------------------------------------------------------------
 
 DATASETS = Path(__file__).resolve().parent / "datasets"  # the copies shipped with the package
+# The dataset each task reads by default (``workbench bench --task lamp5`` without ``--data``).
+TASK_DATASETS = {"lamp4": "lamp4-news", "lamp5": "lamp5-acl", "lamp2n": "lamp2n-news"}
 
 
-def default_data_dir() -> Path:
-    """Where the real LaMP-4-format news data is: ``$WORKBENCH_LAMP4_DIR`` if set, else the copy
-    shipped inside the package (``workbench/data/datasets/lamp4-news``, with its README)."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    return DATASETS / "lamp4-news"
+def default_data_dir(task: str | None = None) -> Path:
+    """Where a task's data is by default: for LaMP-4 (and no task) ``$WORKBENCH_LAMP4_DIR`` if set,
+    else the copy shipped inside the package (``workbench/data/datasets/lamp4-news``, with its
+    README); for LaMP-5 and LaMP-2N the shipped ``lamp5-acl`` and ``lamp2n-news``
+    (:data:`TASK_DATASETS`).
+
+    Raises:
+        DataError: no dataset ships for ``task``; the message says to pass a directory.
+    """
+    if task in (None, "lamp4"):
+        env = os.environ.get(DATA_ENV)
+        if env:
+            return Path(env).expanduser()
+    name = TASK_DATASETS.get(task or "lamp4")
+    if name is None:
+        raise DataError(f"no dataset ships for task {task!r} (shipped: {', '.join(f'{t}: {d}' for t, d in TASK_DATASETS.items())}). "
+                        "Fix: pass --data with a LaMP-format directory of that task")
+    return DATASETS / name
 
 
 def _data_file(path: Path) -> Path:
@@ -224,11 +238,36 @@ def load_lamp(path: str | Path, split: str = "dev", task: str | None = None) -> 
                        f"add {{\"id\": {qid!r}, \"output\": ...}} to 'golds' there, or load the matching files",
                        record, "id")
         profile = _check_profile(q["profile"], task, qfile, record)
+        _check_labels(task, q["input"], None if golds is None else golds[qid], profile, qfile, ofile, record)
         examples.append(Example(qid, user, task, q["input"], profile, None if golds is None else golds[qid]))
     read = [qfile] + ([ofile] if golds is not None else [])
     # A compressed file is recorded under its plain name and the hash of its content, so a run
     # on the shipped copy and one on the original files record the same data.
     return Dataset(examples, task, split, path, {f.name.removesuffix(".gz"): file_sha256(f) for f in read})
+
+
+def _check_labels(task: str, text: str, gold: str | None, profile: tuple, qfile: Path, ofile: Path,
+                  record: str) -> None:
+    """For a task with a fixed label set (LaMP-2N): the input lists exactly those labels, and the
+    gold and every profile item's label is one of them, so a prediction chosen among the
+    task's labels can be right."""
+    spec = TASKS.get(task, GENERIC)
+    if not spec.labels:
+        return
+    found = re.search(r"categories: \[([^\]]*)\]", text)
+    listed = tuple(s.strip() for s in found.group(1).split(",")) if found else None
+    if listed != spec.labels:
+        raise _err(qfile, f"the input's category list {'is missing' if listed is None else 'differs from the task'}"
+                   f" (expected [{', '.join(spec.labels)}])",
+                   f"use {task}'s 21 labels (workbench.data.tasks), or load these files as another task", record, "input")
+    if gold is not None and gold not in spec.labels:
+        raise _err(ofile, f"gold {gold!r} is not one of {task}'s labels", "use a label of the task's label set",
+                   record, "output")
+    field = spec.output_field
+    for j, item in enumerate(profile):
+        if field in item and item[field] not in spec.labels:
+            raise _err(qfile, f"{item[field]!r} is not one of {task}'s labels", "use a label of the task's label set",
+                       f"{record}, profile item {j}", field)
 
 
 def _read_outputs(ofile: Path, task: str | None) -> tuple[str, dict[str, str]]:
@@ -264,6 +303,30 @@ def _read_outputs(ofile: Path, task: str | None) -> tuple[str, dict[str, str]]:
             raise _err(ofile, f"duplicate id {gid!r}", "keep one gold output per question id", record, "id")
         golds[gid] = g["output"]
     return norm, golds
+
+
+def load_task_data(task: str | None = None, data: str | Path | None = None, split: str = "dev",
+                   with_profile: bool = False) -> Dataset:
+    """The data a command runs on: ``data`` (a LaMP-format directory), else the dataset shipped
+    for ``task`` (:func:`default_data_dir`), checked to hold that task; with ``with_profile``
+    only the queries whose profile has an item.
+
+    Raises:
+        ValueError: an unknown task, data of another task, or no query with a profile.
+    """
+    from workbench.data.tasks import get_task
+
+    if task is not None:
+        get_task(task)  # an unknown task names the known ones
+    data_dir = data or default_data_dir(task)
+    dataset = load_lamp(data_dir, split=split)
+    if task and dataset.task != task:
+        raise ValueError(f"--task {task} but {data_dir} holds {dataset.task} data")
+    if with_profile:
+        dataset = dataset.with_profile()
+        if not len(dataset):
+            raise ValueError(f"--with-profile: no query in {data_dir} ({split}) has a profile item")
+    return dataset
 
 
 def shipped_datasets() -> list[str]:

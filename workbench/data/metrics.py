@@ -38,6 +38,15 @@ import pandas as pd
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 WORDNET_INSTALL = "apt-get install -y wordnet-base wordnet-sense-index"
 GENERATION_METRICS = ("rouge1", "rougeL", "meteor")
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+# What each kind of task is scored with (workbench.data.tasks.TaskSpec.kind); the runner, the
+# comparisons and the figures ask :func:`task_metrics` instead of assuming ROUGE.
+METRICS_BY_KIND: dict[str, tuple[str, ...]] = {"generation": GENERATION_METRICS,
+                                              "classification": CLASSIFICATION_METRICS}
+ALL_METRICS: tuple[str, ...] = GENERATION_METRICS + CLASSIFICATION_METRICS
+# Metrics of the whole set of predictions, not a mean of per-example scores: their intervals
+# come from resampling examples and recomputing the metric (bootstrap_metric).
+CORPUS_METRICS = frozenset({"macro_f1"})
 
 # WordNet 3.0's 45 lexicographer files, in order (NLTK reads them from `lexnames`; Debian omits it).
 _LEXNAMES = (
@@ -214,6 +223,71 @@ def score_many(predictions: Sequence[str], golds: Sequence[str]) -> pd.DataFrame
     return pd.DataFrame(rows, columns=list(GENERATION_METRICS))
 
 
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metrics ``task`` is scored with: ``accuracy``, ``macro_f1`` for a classification task
+    with a label set (LaMP-2N), ROUGE-1, ROUGE-L, METEOR for the rest (generation; also tasks
+    the workbench does not know)."""
+    from workbench.data.tasks import GENERIC, TASKS
+
+    spec = TASKS.get(task, GENERIC)
+    if spec.kind == "classification" and spec.labels:
+        return CLASSIFICATION_METRICS
+    return GENERATION_METRICS
+
+
+def score_example(task: str, prediction: str, gold: str) -> dict[str, float]:
+    """The per-example scores of ``task``: :func:`score_generation` for a generation task;
+    ``{"accuracy": 1.0 or 0.0}`` (prediction == gold label) for a classification task, whose
+    macro-F1 exists only for a set of predictions (:func:`summarize` computes it)."""
+    if task_metrics(task) == CLASSIFICATION_METRICS:
+        prediction, gold = _check_text(prediction, "prediction"), _check_text(gold, "gold")
+        return {"accuracy": float(prediction.strip() == gold.strip())}
+    return score_generation(prediction, gold)
+
+
+def task_labels(task: str) -> tuple[str, ...] | None:
+    """The label set macro-F1 averages over for ``task`` (all of them, as LaMP scores it), or None."""
+    from workbench.data.tasks import GENERIC, TASKS
+
+    return TASKS.get(task, GENERIC).labels or None
+
+
+def bootstrap_metric(preds: Sequence[str], golds: Sequence[str], metric: str = "macro_f1",
+                     labels: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
+                     ci: float = 0.95) -> tuple[float, float, float]:
+    """A corpus-level metric (``macro_f1`` or ``accuracy``) of ``preds`` against ``golds`` and a
+    percentile-bootstrap interval: examples resampled with replacement, the metric recomputed on
+    each resample (over the same ``labels``). Returns ``(value, lo, hi)``."""
+    preds, golds = _pair(preds, golds)
+    if metric not in ("macro_f1", "accuracy"):
+        raise ValueError(f"metric={metric!r}: use 'macro_f1' or 'accuracy'")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci={ci} must be between 0 and 1 (e.g. 0.95)")
+    p, g = _labels(preds), _labels(golds)
+    classes = sorted(set(g)) if labels is None else _labels(labels)
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    pi = np.array([index.get(x, k) for x in p])  # k: a prediction outside the labels (always wrong)
+    gi = np.array([index.get(x, k + 1) for x in g])  # k + 1: a gold outside them (counted as a miss)
+
+    def value(rows: np.ndarray) -> float:
+        pp, gg = pi[rows], gi[rows]
+        if metric == "accuracy":
+            return float(np.mean(pp == gg))
+        hit = pp == gg
+        tp = np.bincount(pp[hit], minlength=k + 2)[:k]
+        fp = np.bincount(pp, minlength=k + 2)[:k] - tp
+        fn = np.bincount(gg, minlength=k + 2)[:k] - tp
+        denom = 2 * tp + fp + fn
+        return float(np.mean(np.where(tp > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+    n = len(g)
+    rng = np.random.default_rng(seed)
+    stats = np.array([value(rng.integers(0, n, size=n)) for _ in range(n_boot)])
+    alpha = (1 - ci) / 2
+    return value(np.arange(n)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
 def bootstrap_ci(values: Iterable[float], n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> tuple[float, float, float]:
     """Mean of ``values`` and a percentile-bootstrap confidence interval for it.
 
@@ -247,21 +321,30 @@ def bootstrap_ci(values: Iterable[float], n_boot: int = 1000, seed: int = 0, ci:
 
 
 def summarize(df: pd.DataFrame, metrics: Sequence[str] = GENERATION_METRICS, by: str = "method",
-              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+              n_boot: int = 1000, seed: int = 0, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean and 95% bootstrap interval of each metric per group of ``by``.
+
+    A corpus metric (``macro_f1``, :data:`CORPUS_METRICS`) is computed from the ``prediction``
+    and ``gold`` columns over ``labels`` (default: the golds' labels), its interval by
+    :func:`bootstrap_metric`.
 
     Returns:
         One row per group (in order of appearance): ``by``, ``n``, and for each metric ``m``
         the columns ``m``, ``m_lo``, ``m_hi``. A metric that is NaN throughout a group (METEOR
         without WordNet) stays NaN there.
     """
-    missing = [c for c in [by, *metrics] if c not in df.columns]
+    needed = [by, *(c for m in metrics for c in (("prediction", "gold") if m in CORPUS_METRICS else (m,)))]
+    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
     if missing:
         raise KeyError(f"columns {missing} not in the table (it has {list(df.columns)})")
     rows = []
     for key, g in df.groupby(by, sort=False):
         row: dict = {by: key, "n": len(g)}
         for m in metrics:
+            if m in CORPUS_METRICS:
+                row[m], row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_metric(
+                    g["prediction"].astype(str), g["gold"].astype(str), m, labels, n_boot=n_boot, seed=seed)
+                continue
             vals = g[m].astype(float)
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = (
                 bootstrap_ci(vals, n_boot=n_boot, seed=seed) if vals.notna().any() else (math.nan,) * 3

@@ -168,3 +168,17 @@ def build_prompt(model: Any, example: Any, k: int = 5, by: str = "bm25", reserve
             model.check_fits(n, reserve, what="prompt without its input text")
         text = model.tokenizer.decode(ids[: len(ids) - over - 1])
         info["input_truncated"] = True
+
+
+def parse_label(text: str, labels: Iterable[str]) -> str:
+    """The label a free-text answer names (classification with free generation): the label the
+    text equals (ignoring case, surrounding spaces, quotes and a final full stop), else the
+    label that occurs first in it (the longer one where two start at the same place), else
+    ``""`` (no label: scored as wrong)."""
+    labels = list(labels)
+    said = text.strip().strip("\"'`*").rstrip(".").strip().lower()
+    for label in labels:
+        if said == label.lower():
+            return label
+    found = [(said.find(label.lower()), -len(label), label) for label in labels if label.lower() in said]
+    return min(found)[2] if found else ""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # only for the annotations
     from workbench.data.records import Example
 
-__all__ = ["GENERIC", "NOT_TEXT_FIELDS", "STRING_FIELDS", "TASKS", "TaskSpec", "get_task", "prompt_tasks",
+__all__ = ["GENERIC", "LAMP2N_LABELS", "NOT_TEXT_FIELDS", "STRING_FIELDS", "TASKS", "TaskSpec", "get_task", "prompt_tasks",
            "steering_task", "task_text"]
 
 
@@ -36,7 +36,7 @@ class TaskSpec:
     """What the workbench knows about one task. Fields left at their default are unknown or unused.
 
     Attributes:
-        name: ``"lamp1"`` .. ``"lamp7"`` (the form :func:`workbench.data.lamp.load_lamp` gives).
+        name: ``"lamp1"`` .. ``"lamp7"``, ``"lamp2n"`` (the form :func:`workbench.data.lamp.load_lamp` gives).
         kind: ``"classification"``, ``"rating"`` or ``"generation"`` (what the gold output is).
         prefix: LaMP's instruction at the start of every input; :func:`task_text` removes it.
         required_fields: profile fields every item must have; a tuple inside means "any one of
@@ -59,6 +59,11 @@ class TaskSpec:
             (``{description}``) to the model: SteerX's contrast (CAA) and teacher (optimised).
         describe_prompt: the request that turns a user's preference words (``{words}``) into
             that description (SteerX).
+        labels: a classification task's fixed label set (every prediction is one of them, see
+            :mod:`workbench.methods`, "label choice"); the loader checks that the inputs list
+            exactly these labels and that every gold is one. Empty: free-text output.
+        labels_by_frequency: the same labels, most frequent in the source data first (the
+            ``majority`` method breaks a tie in a user's history with it).
 
     The steering methods (SteerX, Fints) need a task whose history items pair an input with
     the user's output (``input_field`` and ``output_field``); :func:`steering_task` checks it.
@@ -80,7 +85,27 @@ class TaskSpec:
     output_label: str = "Answer"
     description_context: str = ""
     describe_prompt: str = ""
+    labels: tuple[str, ...] = ()
+    labels_by_frequency: tuple[str, ...] = ()
 
+
+# LaMP-2N (news categorization, lamp2n-news): the 21 labels of the shipped data's README, in the
+# order every input lists them (sorted).
+LAMP2N_LABELS: tuple[str, ...] = (
+    "black/queer/latino voices", "business & money", "comedy", "crime", "culture & religion",
+    "education & impact", "entertainment", "environment", "food & travel", "home & living", "media",
+    "parenting", "politics", "science & technology", "sports", "style & beauty", "u.s. news",
+    "weird news", "wellness", "women", "world news",
+)
+# ... and most frequent first, as the README's table counts them in the source slice.
+LAMP2N_BY_FREQUENCY: tuple[str, ...] = (
+    "politics", "entertainment", "u.s. news", "world news", "comedy", "black/queer/latino voices", "sports",
+    "crime", "style & beauty", "media", "weird news", "food & travel", "home & living", "environment", "wellness",
+    "parenting", "business & money", "women", "culture & religion", "science & technology", "education & impact",
+)
+_LAMP2N_PREFIX = ("Which category does this article relate to among the following categories? Just answer with "
+                  f"the category name without further explanation. categories: [{', '.join(LAMP2N_LABELS)}] "
+                  "article: ")
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # LaMP-1's input names the user's paper and two candidate references, all in double quotes.
@@ -89,6 +114,21 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     # LaMP-2's movie descriptions are "text" in some releases and "description" in others.
     TaskSpec("lamp2", "classification", required_fields=("id", ("text", "description"), "tag"),
              doc_fields=("text", "description"), query_marker="description:"),
+    # LaMP-2N (LaMP's first, news version of LaMP-2): an article's short description -> the
+    # section it ran in, one of 21 labels. The history items pair a description with the user's
+    # category, so they are shown as earlier turns (and the steering methods can use them).
+    TaskSpec("lamp2n", "classification", prefix=_LAMP2N_PREFIX, required_fields=("id", "text", "category"),
+             doc_fields=("text", "title"), query_marker="article:",
+             prompt_style="turns",
+             instruction=("Which category does this news article belong to? Answer with one of: "
+                          + ", ".join(LAMP2N_LABELS) + ".\nArticle: {text}"),
+             input_field="text", output_field="category", input_label="Article", output_label="Category",
+             description_context="You are sorting news articles into sections for one particular user. {description}",
+             describe_prompt=(
+                 "Here are words that show which news sections a user writes for, most telling first:\n{words}\n\n"
+                 "In one or two sentences, describe the sections and topics this user writes about. "
+                 "Start with \"The user\"."),
+             labels=LAMP2N_LABELS, labels_by_frequency=LAMP2N_BY_FREQUENCY),
     TaskSpec("lamp3", "rating", required_fields=("id", "text", "score"),
              doc_fields=("text",), query_marker="review:"),
     TaskSpec("lamp4", "generation", prefix="Generate a headline for the following article: ",
@@ -127,14 +167,14 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 GENERIC = TaskSpec("", "generation")
 
 # Profile fields that must be strings when present, whatever the task (the loader checks them).
-STRING_FIELDS: tuple[str, ...] = ("text", "title", "abstract", "description", "tag")
+STRING_FIELDS: tuple[str, ...] = ("text", "title", "abstract", "description", "tag", "category")
 # Fields that are never an item's text for retrieval when its task has no doc_fields: ids,
 # dates, ratings and labels would only add noise to BM25.
 NOT_TEXT_FIELDS: frozenset[str] = frozenset({"id", "date", "user_id", "score", "tag", "category"})
 
 
 def get_task(name: str) -> TaskSpec:
-    """The :class:`TaskSpec` of ``name`` (``"lamp1"`` .. ``"lamp7"``).
+    """The :class:`TaskSpec` of ``name`` (``"lamp1"`` .. ``"lamp7"``, ``"lamp2n"``).
 
     Raises:
         ValueError: ``name`` is not a known task; the message lists the known ones.

@@ -38,14 +38,18 @@ import importlib
 import inspect
 import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
+
+import torch
 
 from workbench._util import check_int, check_number
-from workbench.core.hooks import HookSet
+from workbench.core.hooks import HookSet, last_positions_hook
 from workbench.core.model import Model
-from workbench.data.prompts import build_prompt, first_line, first_line_complete
+from workbench.data.prompts import build_prompt, first_line, first_line_complete, parse_label
 from workbench.data.retrieval import RETRIEVALS
+from workbench.data.tasks import GENERIC, TASKS
 
 METHODS: dict[str, Callable[..., "Method"]] = {}
 
@@ -168,6 +172,85 @@ class Greedy:
 
 GREEDY = Greedy()
 
+# How a classification task's prediction is made: "score" — each label's log-likelihood under
+# the method (the default); "generate" — free decoding, the first line parsed into a label.
+LABEL_MODES = ("score", "generate")
+# What "score" ranks labels by, recorded in run.json. The mean log-probability per label token
+# (length-normalised, like lm-eval-harness' acc_norm): the total would favour labels of few
+# tokens ("media", "crime") over long ones ("black/queer/latino voices") for their length alone.
+LABEL_SCORING = "mean log-likelihood per label token"
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    """The label set of ``task`` (empty for a generation task)."""
+    return TASKS.get(task, GENERIC).labels
+
+
+@torch.no_grad()
+def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
+                         label_hooks: Sequence = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each label: the log-probability of each of its tokens after ``prompt``, and the
+    entropy (nats) of the model's next-token distribution where each token is predicted.
+
+    Hooks active around the call apply (a steering vector, a head mask). The prompt is run once
+    (all but its last token, shared through the KV cache); the labels then run as one batch.
+    A label follows a chat prompt directly (the assistant's answer) and a plain-text prompt
+    (ending in ``Answer:``) after a space. ``label_hooks``: hooks active from the prompt's last
+    token on only (DPS's head mask: the prompt's computation stays intact, as in its decoding).
+    """
+    ids = model.encode(prompt)
+    space = "" if (not isinstance(prompt, str) or model.has_chat_template) else " "
+    toks = [model.tokenizer(space + label, add_special_tokens=False).input_ids for label in labels]
+    if not all(toks):
+        raise ValueError("a label is empty; every label needs at least one token")
+    longest = max(len(t) for t in toks)
+    model.check_fits(ids.shape[-1] + longest, what="prompt plus label")
+    last = int(ids[0, -1])
+    # Right-padded with each label's last token: causal attention never lets a real position see
+    # a pad, and pads' log-probabilities are never read.
+    rows = torch.tensor([[last, *t, *[t[-1]] * (longest - len(t))] for t in toks], device=ids.device)
+    bridge = model.bridge
+    if ids.shape[-1] > 1:
+        with bridge.hooks(fwd_hooks=[last_positions_hook(model.n_layers, -1)]):
+            _, cache = bridge(ids[:, :-1], return_type="logits_and_cache")
+        cache.batch_repeat_interleave(len(toks))
+        with bridge.hooks(fwd_hooks=list(label_hooks)):
+            logits, _ = bridge(rows, return_type="logits_and_cache", past_key_values=cache)
+    else:
+        with bridge.hooks(fwd_hooks=list(label_hooks)):
+            logits = bridge(rows)
+    lp = logits.float().log_softmax(-1)
+    entropy = -(lp.exp() * lp).sum(-1)
+    out = []
+    for j, t in enumerate(toks):
+        index = torch.tensor(t, device=lp.device)
+        positions = torch.arange(len(t), device=lp.device)
+        out.append((lp[j, positions, index].cpu(), entropy[j, positions].cpu()))
+    return out
+
+
+@dataclass(frozen=True)
+class LabelScorer:
+    """A classification task's label choice under the model as it is (hooks active apply): each
+    label's mean log-probability per token (:data:`LABEL_SCORING`); the best label wins."""
+
+    info: dict = field(default_factory=dict)
+
+    def scores(self, model: Model, prompt: Any, labels: Sequence[str]) -> list[float]:
+        return [float(lp.mean()) for lp, _ in label_token_logprobs(model, prompt, labels)]
+
+    def choose(self, model: Model, prompt: Any, labels: Sequence[str], example: Any = None) -> tuple[str, dict]:
+        """The best label and facts to record (the top five labels' scores, the margin to the
+        next). ``example``: the query (a scorer may read it; these scores need only the prompt)."""
+        scores = self.scores(model, prompt, labels)
+        order = sorted(range(len(labels)), key=lambda i: -scores[i])
+        margin = scores[order[0]] - scores[order[1]] if len(order) > 1 else math.inf
+        return labels[order[0]], {"label_margin": round(margin, 4),
+                                  "label_scores": {labels[i]: round(scores[i], 4) for i in order[:5]}}
+
+
+PLAIN_LABELS = LabelScorer()
+
 _UNRECORDED = "record"  # field metadata key: False = not part of what a run records (e.g. a cache switch)
 
 
@@ -180,6 +263,12 @@ class Method:
     name: ClassVar[str] = "method"
     uses_profile: ClassVar[bool] = False
     checks: ClassVar[dict[str, Check]] = {}  # what each setting accepts (see Check); merged along the bases
+    # The task kinds the method works on (None: every kind); the runner refuses others before any work.
+    kinds: ClassVar[tuple[str, ...] | None] = None
+    # How a classification task's prediction is made (LABEL_MODES); a run sets it on its methods
+    # and records it with the run's settings (not a setting of the method).
+    label_mode: ClassVar[str] = "score"
+    labels_only: ClassVar[bool] = False  # True: always the label choice (a method that cannot generate)
 
     # ---- its settings ----
     def setting_checks(self) -> dict[str, Check]:
@@ -223,13 +312,27 @@ class Method:
     def decoder(self) -> Decoder:
         return GREEDY
 
+    def label_scorer(self) -> LabelScorer:
+        """How the method scores a classification task's labels (label choice): the model as the
+        intervention leaves it; DPS contrasts the intact and the head-masked model."""
+        return PLAIN_LABELS
+
     # ---- the pipeline ----
     def generate(self, model: Model, example: Any, state: Any) -> tuple[str, dict]:
         """Prompt -> intervention -> decoder -> first line. Returns the output and the facts to
         store with it. Decoding stops once the first line is complete: the rest would be
-        thrown away."""
+        thrown away. On a task with labels: the label choice (see the module's docstring)."""
         prompt, info = self.prompt(model, example)
         intervention, facts = self.intervention(model, example, state)
+        labels = task_labels(example.task)
+        if labels and (self.label_mode == "score" or self.labels_only):
+            scorer = self.label_scorer()
+            if intervention is None:
+                label, chosen = scorer.choose(model, prompt, labels, example)
+            else:
+                with intervention:
+                    label, chosen = scorer.choose(model, prompt, labels, example)
+            return label, {**info, **facts, **scorer.info, **chosen}
         decoder = self.decoder()
         n = self.settings.max_new_tokens
         # A decoder written before `until` existed still works; it just decodes all n tokens.
@@ -239,6 +342,9 @@ class Method:
         else:
             with intervention:
                 text = decoder.decode(model, prompt, n, **stop)
+        if labels:  # label_mode "generate": the free answer, parsed into a label
+            line = first_line(text)
+            return parse_label(line, labels), {**info, **facts, **decoder.info, "generated": line}
         return first_line(text), {**info, **facts, **decoder.info}
 
     def describe(self) -> dict:
@@ -275,6 +381,40 @@ class Rag(Method):
 
     name = "rag"
     uses_profile = True
+
+
+@dataclass(frozen=True)
+class MajorityLabels(LabelScorer):
+    """The label choice of ``majority``: each label scored by how often the user's history holds
+    it (the task's more frequent label overall ahead on a tie); the model is not asked."""
+
+    def choose(self, model: Model, prompt: Any, labels: Sequence[str], example: Any = None) -> tuple[str, dict]:
+        spec = TASKS.get(example.task, GENERIC)
+        counts = Counter(it.get(spec.output_field) for it in example.profile)
+        if not any(counts[label] for label in labels):
+            raise ValueError(f"example {example.id}: no labelled item in the user's history to take the majority of")
+        rank = {label: i for i, label in enumerate(spec.labels_by_frequency or labels)}
+        best = max(labels, key=lambda label: (counts[label], -rank.get(label, len(rank))))
+        return best, {"label_votes": counts[best]}
+
+
+@register_method
+@dataclass
+class Majority(Method):
+    """A classification baseline: the label the user's history holds most often, whatever the
+    input (the history-majority rule). Its label choice counts the history's labels
+    (:class:`MajorityLabels`) instead of asking the model; it never generates."""
+
+    name = "majority"
+    uses_profile = True
+    kinds = ("classification",)
+    labels_only = True
+
+    def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
+        return None, {"k_used": len(example.profile)}  # no prompt: the model is not asked
+
+    def label_scorer(self) -> LabelScorer:
+        return MajorityLabels()
 
 
 @dataclass
@@ -323,10 +463,13 @@ class Combination(Method):
     def decoder(self) -> Decoder:
         return self.decoding.decoder()
 
+    def label_scorer(self) -> LabelScorer:
+        return self.decoding.label_scorer()
+
 
 # Modules that register more methods when imported.
 PLUGIN_MODULES = ("workbench.methods.dps", "workbench.methods.steerx", "workbench.methods.fints",
-                  "workbench.methods.combined")
+                  "workbench.methods.combined", "workbench.methods.lora")
 
 
 def plugin_modules() -> list:

@@ -15,8 +15,38 @@ from typing import Any
 
 from workbench._util import cache_file, cached, results_dir, stable_hash
 from workbench.science.dps import DpsDecoder
-from workbench.methods import Check, Decoder, Method, register_method
+from workbench.methods import Check, Decoder, LabelScorer, Method, label_token_logprobs, register_method
+from workbench.core.heads import mask_heads
 from workbench.core.model import Model
+
+
+@dataclass(frozen=True)
+class DpsLabelScorer(LabelScorer):
+    """DPS's contrast on a classification task's labels: at each label token
+    ``l = l_p + alpha * (l_p - l_masked)`` — ``l_p`` the token's log-probability under the model
+    (hooks active around it apply), ``l_masked`` with the preference heads masked too (from the
+    prompt's last token on, as DPS decodes), ``alpha``
+    a number or the entropy of the intact next-token distribution there (capped at ``alpha_cap``)
+    — then the mean over the label's tokens, as :class:`~workbench.methods.LabelScorer` does.
+    The plausibility constraint of free decoding does not apply: the candidates are the labels."""
+
+    heads: tuple = ()
+    alpha: Any = "entropy"
+    how: str = "uniform"
+    alpha_cap: float | None = None
+
+    def scores(self, model: Model, prompt: Any, labels: Any) -> list[float]:
+        full = label_token_logprobs(model, prompt, labels)
+        # Masked from the prompt's last token on, the prompt itself intact (DPS's decoding).
+        masked = label_token_logprobs(model, prompt, labels, label_hooks=mask_heads(model, list(self.heads), how=self.how).hooks)
+        out = []
+        for (lp, entropy), (lm, _) in zip(full, masked):
+            if self.alpha == "entropy":
+                a = entropy if self.alpha_cap is None else entropy.clamp(max=self.alpha_cap)
+            else:
+                a = float(self.alpha)
+            out.append(float((lp + a * (lp - lm)).mean()))
+        return out
 
 
 @register_method
@@ -82,6 +112,11 @@ class Dps(Method):
 
     def decoder(self) -> Decoder:
         return DpsDecoder(tuple(self.heads), alpha=self.alpha, plausibility=self.plausibility, alpha_cap=self.alpha_cap)
+
+    def label_scorer(self) -> LabelScorer:
+        heads = tuple(self.heads)
+        label = ";".join(f"L{layer}H{head}" for layer, head in heads)
+        return DpsLabelScorer(info={"heads": label}, heads=heads, alpha=self.alpha, alpha_cap=self.alpha_cap)
 
 
 @register_method

@@ -30,10 +30,13 @@ import pandas as pd
 from workbench._version import __version__
 from workbench._util import atomic_write, atomic_write_text, check_int, check_writable_dir, dir_lock, read_json_file
 from workbench.data.splits import select_examples
-from workbench.methods import GenerationSettings, Method, make_methods
+from workbench.data.metrics import GENERATION_METRICS, task_labels, task_metrics
+from workbench.data.tasks import GENERIC, TASKS
+from workbench.methods import LABEL_MODES, LABEL_SCORING, GenerationSettings, Method, make_methods
 from workbench.core.model import Model
 
-METRICS = ("rouge1", "rougeL", "meteor")
+# A generation task's metrics (the default of the tables); a task's own come from task_metrics.
+METRICS = GENERATION_METRICS
 
 
 @dataclass
@@ -246,11 +249,23 @@ def check_profiles(methods: list, examples: list) -> None:
                          + PROFILE_FIX)
 
 
+def decoding_of(task: str, label_mode: str = "score") -> str:
+    """How a run's predictions are made, as ``run.json`` records it (``settings.decoding``):
+    ``"greedy"`` for a generation task; for a task with labels, the label choice
+    (:data:`workbench.methods.LABEL_SCORING`) or free greedy decoding parsed into a label."""
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode={label_mode!r}: use one of {', '.join(LABEL_MODES)}")
+    if not task_labels(task):
+        return "greedy"
+    return f"label choice: {LABEL_SCORING}" if label_mode == "score" else "greedy, first line parsed into a label"
+
+
 def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, users: Any,
-             tuned: list | None = None) -> tuple[list, list, Path, dict]:
+             tuned: list | None = None, label_mode: str = "score") -> tuple[list, list, Path, dict]:
     """Check every argument that needs no model; return the methods, examples, the directory and
     what ``run.json`` will record apart from the model. ``tuned``: where settings came from
-    (:func:`workbench.runner.tuning.describe_tuned`), recorded as ``tuned``."""
+    (:func:`workbench.runner.tuning.describe_tuned`), recorded as ``tuned``. ``label_mode``: how
+    a classification task's predictions are made (:data:`workbench.methods.LABEL_MODES`)."""
     _check_args(dataset, methods, n, settings)
     settings = settings or GenerationSettings()
     ms = make_methods(list(methods), settings) if isinstance(methods[0], str) else list(methods)
@@ -261,8 +276,16 @@ def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, us
     if missing_gold:
         raise ValueError(f"{len(missing_gold)} examples have no gold output (e.g. {missing_gold[0]}); "
                          "benchmarks need a split with outputs")
+    task = examples[0].task
+    decoding = decoding_of(task, label_mode)
+    kind = TASKS.get(task, GENERIC).kind
+    wrong = [m.name for m in ms if m.kinds is not None and kind not in m.kinds]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} work on {'/'.join(ms[[m.name for m in ms].index(wrong[0])].kinds)} "
+                         f"tasks only, and {task} is a {kind} task; leave {'it' if len(wrong) == 1 else 'them'} out")
     for m in ms:
         m.check_settings()
+        m.label_mode = label_mode
     check_profiles(ms, examples)
     out = check_writable_dir(out_dir, "benchmark directory")
     info = {
@@ -274,7 +297,7 @@ def plan_run(dataset: Any, methods: Any, out_dir: Any, n: Any, settings: Any, us
         "example_ids": [ex.id for ex in examples],
         "methods": [m.name for m in ms],
         "method_settings": {m.name: m.describe() for m in ms},
-        "settings": {**asdict(settings), "decoding": "greedy"},
+        "settings": {**asdict(settings), "decoding": decoding},
         "users": users,
         **({"tuned": tuned} if tuned else {}),
         "workbench": __version__,
@@ -292,11 +315,12 @@ def check_run(
     settings: GenerationSettings | None = None,
     users: dict | None = None,
     tuned: list | None = None,
+    label_mode: str = "score",
 ) -> None:
     """Everything :func:`run_bench` would refuse that can be known without loading the model:
     the arguments, and a directory holding another run or results nothing identifies. Writes
     nothing. (The model's dtype and device are compared when :func:`run_bench` runs.)"""
-    _, _, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
+    _, _, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned, label_mode)
     merge_run_info(out, {"model": model_name, **info}, partial=True)
     read_outputs(out / OUTPUTS_FILE, repair=False)
 
@@ -311,6 +335,7 @@ def run_bench(
     progress: bool = True,
     users: dict | None = None,
     tuned: list | None = None,
+    label_mode: str = "score",
 ) -> BenchResult:
     """Run ``methods`` on the first ``n`` examples of ``dataset`` and score them.
 
@@ -325,6 +350,11 @@ def run_bench(
             recorded with the run; a directory of a run on other users is refused.
         tuned: the tuned-settings files the methods' settings came from, recorded with the run
             (:func:`workbench.runner.tuning.describe_tuned`).
+        label_mode: on a classification task (LaMP-2N), ``"score"`` — each label scored by its
+            mean log-likelihood per token under the method, the best one predicted (always a
+            label) — or ``"generate"``: free decoding parsed into a label, for comparison.
+            Recorded as ``settings.decoding``. Scores: accuracy and macro-F1 over the task's labels
+            (:func:`workbench.data.metrics.task_metrics`); generation tasks: ROUGE-1/L, METEOR.
 
     One process writes a directory at a time (:func:`workbench._util.dir_lock`): a second run
     into it is refused while the first is alive. Every method's settings are checked against
@@ -334,7 +364,7 @@ def run_bench(
     and ``results.html`` describe everything the directory holds (every method, all its
     examples), so a call on fewer examples or methods returns its part without shrinking them.
     """
-    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
+    ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned, label_mode)
     for m in ms:
         m.check_settings(model)  # what depends on the model's shape, before any method runs
     run_info = {"model": model.name, "model_source": model.source, "dtype": str(model.dtype).replace("torch.", ""),
@@ -392,7 +422,7 @@ def run_user(model: Model, m: Method, user_id: str, user_examples: list, pending
     """Records of ``m`` on the ``pending`` examples of one user (``user_examples`` are all the
     user's examples in the run: per-user state is built from them, so it is the same however
     the run was cut). Yields one scored record per example."""
-    from workbench.data.metrics import score_generation
+    from workbench.data.metrics import score_example
 
     if not pending:
         return
@@ -406,14 +436,14 @@ def run_user(model: Model, m: Method, user_id: str, user_examples: list, pending
         pred, info = m.generate(model, ex, state)
         seconds = time.perf_counter() - t0 + prep
         yield {"method": m.name, "id": ex.id, "user_id": ex.user_id, "prediction": pred, "gold": ex.gold,
-               **score_generation(pred, ex.gold), "seconds": round(seconds, 3), **info}
+               **score_example(ex.task, pred, ex.gold), "seconds": round(seconds, 3), **info}
 
 
 def finish_run(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:
     """The run's tables, rows in method then example order (whatever order they were computed
     in, so a resumed or distributed run summarizes exactly like a serial one)."""
     outputs = pd.DataFrame([done[(m.name, ex.id)] for m in ms for ex in examples])
-    summary = summarize_outputs(outputs, [m.name for m in ms])
+    summary = summarize_outputs(outputs, [m.name for m in ms], merged.get("task"))
     _write_tables(out, done, merged, [m.name for m in ms], (outputs, summary))
     return BenchResult(outputs, summary, out)
 
@@ -430,20 +460,21 @@ def _write_tables(out: Path, done: dict[tuple[str, str], dict], merged: dict, or
                   key=lambda rec: (methods.index(rec["method"]), position[rec["id"]]))
     outputs, summary = this_call
     if len(rows) != len(outputs):  # this call saw part of the directory: summarize all of it
-        summary = summarize_outputs(pd.DataFrame(rows), methods)
+        summary = summarize_outputs(pd.DataFrame(rows), methods, merged.get("task"))
     atomic_write(out / TABLES[0], lambda tmp: summary.to_csv(tmp, index=False))
     figure = results_figure(summary)
     atomic_write(out / TABLES[1], lambda tmp: figure.write_html(tmp, include_plotlyjs=True))
 
 
-def summarize_outputs(outputs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
+def summarize_outputs(outputs: pd.DataFrame, method_order: list[str] | None = None, task: str | None = None) -> pd.DataFrame:
     """Method x metric table: mean and 95% bootstrap interval (:func:`workbench.data.metrics.summarize`),
     plus seconds per example and how many prompts were truncated to fit."""
     from workbench.data.metrics import summarize
 
     order = method_order or list(dict.fromkeys(outputs["method"]))
     ordered = pd.concat([outputs[outputs["method"] == name] for name in order])
-    table = summarize(ordered, METRICS, by="method")
+    task = task or _task_of(outputs)
+    table = summarize(ordered, task_metrics(task), by="method", labels=task_labels(task))
     extra = []
     for name in order:
         g = outputs[outputs["method"] == name]
@@ -454,15 +485,34 @@ def summarize_outputs(outputs: pd.DataFrame, method_order: list[str] | None = No
     return pd.concat([table.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
+def _task_of(outputs: pd.DataFrame) -> str:
+    """The task of a run's records: LaMP-2N's have an ``accuracy`` column, generation tasks' ROUGE."""
+    from workbench.data.metrics import CLASSIFICATION_METRICS
+
+    if "accuracy" in outputs and "rouge1" not in outputs:
+        golds = set(outputs["gold"].dropna()) if "gold" in outputs else set()
+        return next((t for t, spec in TASKS.items() if task_metrics(t) == CLASSIFICATION_METRICS
+                     and golds <= set(spec.labels)), "lamp2n")
+    return "lamp4"
+
+
+def summary_metrics(summary: pd.DataFrame) -> list[str]:
+    """The metrics a summary table holds (its task's), in their order."""
+    from workbench.data.metrics import ALL_METRICS
+
+    return [m for m in ALL_METRICS if m in summary]
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as a printable table: ``mean [lo, hi]`` per metric."""
     lines = []
-    head = f"{'method':<14}{'n':>5}  " + "".join(f"{m:<24}" for m in METRICS) + "s/example"
+    metrics = summary_metrics(summary)
+    head = f"{'method':<14}{'n':>5}  " + "".join(f"{m:<24}" for m in metrics) + "s/example"
     lines.append(head)
     for row in summary.itertuples(index=False):
         r = row._asdict()
         cells = []
-        for m in METRICS:
+        for m in metrics:
             if pd.isna(r[m]):
                 cells.append(f"{'n/a (see warning)':<24}")
             else:

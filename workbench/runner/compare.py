@@ -26,7 +26,7 @@ import pandas as pd
 
 from workbench._util import atomic_write, atomic_write_text
 from workbench.runner.bench import METRICS, read_outputs, read_run_info
-from workbench.data.metrics import bootstrap_ci
+from workbench.data.metrics import ALL_METRICS, CORPUS_METRICS, bootstrap_ci, bootstrap_metric
 
 _SAME = ("model", "task", "split", "settings")
 _SAME_IF_RECORDED = ("dtype", "data_files")  # older run.json files lack them: compared where both have them
@@ -102,43 +102,54 @@ def _paired(values: pd.DataFrame, method: str, baseline: str, metric: str, seed:
 
 
 def comparison_table(outputs: pd.DataFrame, methods: Sequence[str] | None = None, baseline: str = "rag",
-                     metrics: Iterable[str] = METRICS, seed: int = 0) -> pd.DataFrame:
+                     metrics: Iterable[str] | None = None, seed: int = 0, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per method: n, each metric's mean [95% interval], and the paired difference to
-    ``baseline`` on the same examples (mean [interval], wins / ties / losses).
+    ``baseline`` on the same examples (mean [interval], wins / ties / losses) in the first metric.
 
     Only examples that every method in ``methods`` (and the baseline) has are used, so the
-    rows are comparable; ``n`` says how many.
+    rows are comparable; ``n`` says how many. ``metrics``: default, the task's (ROUGE-1, ROUGE-L,
+    METEOR; accuracy and macro-F1 for outputs of a classification task, the macro-F1 over
+    ``labels`` — pass the task's label set, :func:`workbench.data.metrics.task_labels`, as LaMP
+    scores it — with a bootstrap over examples).
     """
     methods = list(dict.fromkeys(methods or outputs["method"].unique()))
     if baseline not in methods:
         methods = [baseline] + methods
+    if metrics is None:
+        metrics = ("accuracy", "macro_f1") if "accuracy" in outputs and "rouge1" not in outputs else METRICS
     metrics = list(metrics)
     ids = common_examples(outputs, methods)
     sub = outputs[outputs["method"].isin(methods) & outputs["id"].isin(ids)]
-    wide = sub.pivot_table(index="id", columns="method", values=metrics, aggfunc="first").swaplevel(axis=1)
+    per_example = [m for m in metrics if m not in CORPUS_METRICS]
+    wide = sub.pivot_table(index="id", columns="method", values=per_example, aggfunc="first").swaplevel(axis=1)
     rows = []
     for m in methods:
         row: dict = {"method": m, "n": len(ids)}
         for metric in metrics:
+            if metric in CORPUS_METRICS:
+                g = sub[sub["method"] == m].drop_duplicates("id")
+                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_metric(
+                    g["prediction"].astype(str), g["gold"].astype(str), metric, labels, seed=seed)
+                continue
             vals = wide[(m, metric)].dropna().to_numpy()
             if vals.size:
                 row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_ci(vals, seed=seed)
             else:
                 row[metric] = row[f"{metric}_lo"] = row[f"{metric}_hi"] = np.nan
         if m != baseline:
-            for k, v in _paired(wide, m, baseline, metrics[0], seed).items():
+            for k, v in _paired(wide, m, baseline, per_example[0], seed).items():
                 row[f"{k}_vs_{baseline}"] = v
         row["seconds_per_example"] = float(sub.loc[sub["method"] == m, "seconds"].mean()) if "seconds" in sub else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.attrs.update(baseline=baseline, metric=metrics[0], n=len(ids))
+    table.attrs.update(baseline=baseline, metric=per_example[0], n=len(ids))
     return table
 
 
 def format_table(table: pd.DataFrame) -> str:
     """``comparison_table`` as a Markdown table (what goes into a report or an issue note)."""
     base, metric = table.attrs.get("baseline", "rag"), table.attrs.get("metric", "rouge1")
-    mets = [m for m in METRICS if m in table]
+    mets = [m for m in ALL_METRICS if m in table]
     head = "| method | n | " + " | ".join(mets) + f" | Δ{metric} vs {base} [95%] | wins/ties/losses |"
     lines = [head, "|" + "---|" * (len(mets) + 4)]
     for r in table.to_dict("records"):
@@ -168,7 +179,7 @@ def save_results(outputs: pd.DataFrame, path: str | Path, source: dict, overwrit
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    cols = [c for c in ("method", "id", "user_id", "prediction", *METRICS, "seconds", "prompt_tokens") if c in outputs]
+    cols = [c for c in ("method", "id", "user_id", "prediction", *ALL_METRICS, "seconds", "prompt_tokens") if c in outputs]
     table = outputs[cols].sort_values(["method", "id"])
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     atomic_write_text(path.with_suffix(".json"), json.dumps(source, indent=1, ensure_ascii=False))
@@ -179,7 +190,7 @@ def load_results(path: str | Path, dataset=None) -> pd.DataFrame:
     """Outputs saved by :func:`save_results`; with ``dataset``, the gold outputs are joined back."""
     path = Path(path)
     out = pd.read_csv(path, dtype={"id": str, "user_id": str}, keep_default_na=False,
-                      na_values={m: ["", "NaN", "nan"] for m in METRICS})
+                      na_values={m: ["", "NaN", "nan"] for m in ALL_METRICS})
     out.attrs["source"] = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
     if dataset is not None:
         gold = {ex.id: ex.gold for ex in dataset}

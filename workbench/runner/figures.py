@@ -46,9 +46,9 @@ def results_figure(summary: pd.DataFrame, title: str | None = None) -> go.Figure
     """Grouped bars of a benchmark summary: one group per metric, one bar per method, 95% intervals."""
     from plotly.colors import qualitative
 
-    from workbench.data.metrics import GENERATION_METRICS
+    from workbench.data.metrics import ALL_METRICS
 
-    metrics = [m for m in GENERATION_METRICS if m in summary and summary[m].notna().any()]
+    metrics = [m for m in ALL_METRICS if m in summary and summary[m].notna().any()]
     # The default colorway has 10 colours and repeats after that: two methods would share one.
     palette = qualitative.Plotly if len(summary) <= len(qualitative.Plotly) else qualitative.Dark24
     fig = go.Figure()

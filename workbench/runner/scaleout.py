@@ -81,6 +81,24 @@ class Cluster:
         return map_examples(model_name, examples, kwargs, self, **options)
 
 
+def cluster_for(workers: int | None = None, address: str | None = None, gpus_per_worker: float | None = None,
+                threads_per_worker: int | None = None, timeout_s: float = 10.0) -> "Cluster | None":
+    """The cluster a run asked for, or None for a run in this process (no workers, no address).
+
+    Checked before any data or model is read: worker options without workers, a missing ``ray``
+    extra, and an address nobody answers (within ``timeout_s``) are clear errors.
+    """
+    if workers is None and address is None:
+        if gpus_per_worker or threads_per_worker:
+            raise ValueError("--gpus-per-worker / --threads-per-worker need --workers N (or --ray-address)")
+        return None
+    require_ray()  # a missing extra fails before the data or the model is read
+    cluster = Cluster(workers=workers or 1, address=address, gpus_per_worker=gpus_per_worker,
+                      threads_per_worker=threads_per_worker, timeout_s=timeout_s)
+    check_address(cluster.address, cluster.timeout_s)  # nobody answering fails in seconds, in our words
+    return cluster
+
+
 def check_address(address: str | None, timeout_s: float = 10.0) -> None:
     """Fail fast, with workbench's own message, when nobody answers at a Ray ``address``
     (``host:port`` or ``ray://host:port``; ``auto`` and None are Ray's to resolve): Ray itself

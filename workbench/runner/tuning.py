@@ -25,9 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from workbench._util import atomic_write_text, dir_lock, file_sha256, free_path, slug, stable_hash
-from workbench.data.metrics import GENERATION_METRICS, bootstrap_ci
+from workbench.data.metrics import CORPUS_METRICS, bootstrap_ci, task_metrics
 from workbench.data.splits import TUNE_FRACTION, split_users
 from workbench.runner.settings import apply_all, apply_settings, parse_assignments, settable_fields
+from workbench.methods.lora import LORA_GRID
 
 TUNED_FORMAT = "workbench.tuned/1"
 TIE_DECIMALS = 4
@@ -46,6 +47,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "caa-user": {"scale": [0.5, 1.0, 2.0]},
     "caa-all+dps": {"steering.scale": [0.5, 1.0], "decoding.alpha": [0.5, "entropy"]},
     "steerx-caa+dps": {"steering.scale": [0.5, 1.0], "decoding.alpha": [0.5, "entropy"]},
+    # rank x learning rate x epochs (8 grid points; each trains its own adapters)
+    **{name: LORA_GRID for name in ("lora-user", "lora-user+rag", "lora-task", "lora-task+rag")},
 }
 """Methods without a grid here (``generic``, ``rag``, ``dps-raw``: the authors' settings) are not tuned."""
 
@@ -145,6 +148,31 @@ def methods_for_run(names: Sequence[str], settings: Any, model_name: str | None 
     return methods
 
 
+def tuned_for_run(paths: Sequence[str | Path] | None, names: Sequence[str], users: str) -> tuple[list[dict] | None, str | None]:
+    """What a run records of its ``--tuned`` files (:func:`describe_tuned`), and a note to show
+    when the run evaluates on users tuning saw (``users`` other than ``"eval"``), else None."""
+    if not paths:
+        return None, None
+    tuned = describe_tuned(paths, names)
+    if users == "eval":
+        return tuned, None
+    for entry in tuned:
+        entry["evaluated_on"] = f"{users} users, tuning users included"
+    return tuned, (f"the --tuned settings were chosen on the tuning users, and --users {users} evaluates on them too "
+                   "(so their scores flatter the tuned methods); pass --users eval to report on users tuning never saw. "
+                   "Recorded in run.json (tuned).")
+
+
+def tuning_metric(task: str, metric: str | None = None) -> str:
+    """The metric a task is tuned on: ``metric`` if the task reports it per example, else the
+    task's first (ROUGE-1 for generation, accuracy on lamp2n)."""
+    usable = [m for m in task_metrics(task) if m not in CORPUS_METRICS]  # per-example means
+    metric = metric or usable[0]
+    if metric not in usable:
+        raise ValueError(f"--metric {metric}: {task} is tuned on one of {', '.join(usable)}")
+    return metric
+
+
 def describe_tuned(paths: Sequence[str | Path], names: Sequence[str]) -> list[dict]:
     """What a run records of its ``--tuned`` files: each file's path, SHA-256, the methods it
     tunes and those this run applied it to (``run.json``'s ``tuned``)."""
@@ -234,7 +262,8 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
         grid: ``{field: [values...]}`` (values as text, as on the command line, or typed).
         out_dir: each point runs in ``out_dir/<method>/<point>/`` (resumable: finished
             examples are read back, not recomputed).
-        metric: ``rouge1`` (default), ``rougeL`` or ``meteor``; the mean over the tuning examples.
+        metric: ``rouge1`` (default), ``rougeL`` or ``meteor``; ``accuracy`` on a classification
+            task (LaMP-2N); the mean over the tuning examples.
         n: the first ``n`` tuning examples only (a cheaper, noisier choice); None = all.
         fixed: settings applied at every point (e.g. from ``--set``).
     """
@@ -243,8 +272,10 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     from workbench.runner.bench import run_bench
     from workbench.methods import GenerationSettings, make_methods
 
-    if metric not in GENERATION_METRICS:
-        raise ValueError(f"metric={metric!r}: use one of {GENERATION_METRICS}")
+    task = getattr(dataset, "task", "") or ""
+    usable = [m for m in task_metrics(task) if m not in CORPUS_METRICS]  # a per-example mean
+    if metric not in usable:
+        raise ValueError(f"metric={metric!r}: {task or 'this'} task is tuned on one of {', '.join(usable)}")
     settings = settings or GenerationSettings()
     probe = make_methods([method], settings)[0]
     unknown = [f for f in grid if f.split(".")[0] not in settable_fields(probe) and f.split(".")[0] not in
