@@ -479,3 +479,12 @@ def results_dir(directory: str | Path | None = None) -> Path:
         return Path(next(iter(spec.submodule_search_locations)))
     # a checkout imported without installing (or installed before the mapping existed)
     return Path(__file__).resolve().parent.parent / "results"
+
+
+def pad_right(seqs: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """``[1, pos_i]`` token id rows as one ``[n, max pos]`` batch, right-padded with ``pad``."""
+    n = max(s.shape[-1] for s in seqs)
+    out = torch.full((len(seqs), n), pad, dtype=seqs[0].dtype, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[-1]] = s[0]
+    return out

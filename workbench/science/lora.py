@@ -40,8 +40,8 @@ from typing import Any, ContextManager, Iterable, Sequence
 
 import torch
 
-from workbench._util import atomic_torch_save, check_int, check_number, frozen_parameters, load_torch_file, \
-    refuse_overwrite
+from workbench._util import (atomic_torch_save, check_int, check_number, frozen_parameters, load_torch_file, pad_right,
+                             refuse_overwrite)
 from workbench.core.hooks import HookSet
 from workbench.core.model import Model
 
@@ -288,14 +288,6 @@ def _peft_layers(targets: dict[str, torch.nn.Linear], rank: int, alpha: float, d
     return layers
 
 
-def _pad(seqs: list[torch.Tensor], pad: int) -> torch.Tensor:
-    n = max(s.shape[-1] for s in seqs)
-    out = torch.full((len(seqs), n), pad, dtype=seqs[0].dtype, device=seqs[0].device)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[-1]] = s[0]
-    return out
-
-
 def encode_records(model: Model, records: Sequence[tuple[Any, str]]) -> list[tuple[torch.Tensor, int]]:
     """``(ids [1, pos], start of the target)`` of each ``(prompt, target)`` record."""
     records = list(records)
@@ -311,7 +303,7 @@ def _batch_loss(model: Model, batch: list[tuple[torch.Tensor, int]]) -> tuple[to
     """Mean NLL of the target tokens of ``batch`` (right-padded: padding never reaches a real
     token under causal attention), and how many target tokens there were."""
     seqs = [ids for ids, _ in batch]
-    ids = _pad(seqs, int(model.tokenizer.pad_token_id or 0))
+    ids = pad_right(seqs, int(model.tokenizer.pad_token_id or 0))
     rows = torch.cat([torch.full((s.shape[-1] - st,), i) for i, (s, st) in enumerate(batch)]).to(model.device)
     cols = torch.cat([torch.arange(st - 1, s.shape[-1] - 1) for s, st in batch]).to(model.device)
     tgt = torch.cat([s[0, st:] for s, st in batch])

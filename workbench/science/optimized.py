@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from workbench.core._reuse import run_from_layer
-from workbench._util import check_int, check_number, frozen_parameters
+from workbench._util import check_int, check_number, frozen_parameters, pad_right
 from workbench.science.caa import encode_prompt
 from workbench.core.model import Model
 from workbench.core.steering import SITES, SteeringVector, check_site, read_site
@@ -32,14 +32,6 @@ _SKIP_FIRST = 1
 _INIT_SCALE = 1e-3
 # Adam's step relative to bound / sqrt(d_model): about a third of the ball's per-coordinate size.
 _LR_SCALE = 0.3
-
-
-def _pad(seqs: list[torch.Tensor], pad: int) -> torch.Tensor:
-    n = max(s.shape[-1] for s in seqs)
-    out = torch.full((len(seqs), n), pad, dtype=seqs[0].dtype, device=seqs[0].device)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[-1]] = s[0]
-    return out
 
 
 def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: int, site: str = "resid_post", *,
@@ -75,7 +67,7 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
         ids, start = model.prompt_and_target(prompt, target)
         seqs.append(ids)
         spans.append((start, ids.shape[-1]))
-    batch = _pad(seqs, int(model.tokenizer.pad_token_id or 0))
+    batch = pad_right(seqs, int(model.tokenizer.pad_token_id or 0))
     rows = torch.cat([torch.full((e - s,), i) for i, (s, e) in enumerate(spans)]).to(model.device)
     cols = torch.cat([torch.arange(s - 1, e - 1) for s, e in spans]).to(model.device)
     tgt = torch.cat([seqs[i][0, s:e] for i, (s, e) in enumerate(spans)])
