@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 import socket
 
 import pytest
@@ -14,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 import workbench as wb  # noqa: E402
+from workbench.methods import Method  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +80,24 @@ def smol(smol_cache) -> wb.Model:
 def no_network():
     with _NoNetwork():
         yield
+
+
+@dataclass
+class GoldPrefixMethod(Method):
+    """A synthetic method whose score is known (no model work): it writes the first ``copy``
+    share of the gold's words. Tests register subclasses with a ``name`` of their own."""
+
+    copy: float = 0.0
+
+    def prompt(self, model, example):
+        words = example.gold.split()
+        return " ".join(words[: round(self.copy * len(words))]) or "zzz", {}
+
+    def decoder(self):
+        class Echo:
+            info: dict = {}
+
+            def decode(self, model, prompt, max_new_tokens):
+                return prompt
+
+        return Echo()

@@ -32,6 +32,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import GoldPrefixMethod
 import workbench as wb
 from workbench.science.caa import caa_vectors
 from workbench.data.history import profile_examples
@@ -942,24 +943,10 @@ def test_a_method_that_failed_leaves_no_settings_that_block_the_fix(tiny, news, 
 
 @register_method
 @dataclass
-class _Echo32(Method):
+class _Echo32(GoldPrefixMethod):
     """A synthetic method (no model work): writes the first ``copy`` share of the gold's words."""
 
     name = "test-echo32"
-    copy: float = 0.0
-
-    def prompt(self, model, example):
-        words = example.gold.split()
-        return " ".join(words[: round(self.copy * len(words))]) or "zzz", {}
-
-    def decoder(self):
-        class Echo:
-            info: dict = {}
-
-            def decode(self, model, prompt, max_new_tokens):
-                return prompt
-
-        return Echo()
 
 
 @register_method

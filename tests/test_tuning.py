@@ -7,9 +7,10 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from conftest import GoldPrefixMethod
 from workbench.app.cli import main
 from workbench.data.lamp import load_lamp4_news
-from workbench.methods import GenerationSettings, Method, make_methods, register_method
+from workbench.methods import GenerationSettings, make_methods, register_method
 from workbench.data.history import dev_split, profile_examples
 from workbench.data.records import Dataset
 from workbench.runner.settings import apply_all, apply_settings, parse_assignments, parse_method_names
@@ -195,24 +196,10 @@ def test_plan_tuning_refuses_what_would_fail_later(names, grid, fixed, message):
 
 @register_method
 @dataclass
-class _Copier(Method):
+class _Copier(GoldPrefixMethod):
     """A synthetic method whose score is known: it writes the gold when told to, noise otherwise."""
 
     name = "test-copier"
-    copy: float = 0.0  # the share of the gold's words written
-
-    def prompt(self, model, example):
-        words = example.gold.split()
-        return " ".join(words[: round(self.copy * len(words))]) or "zzz", {}
-
-    def decoder(self):
-        class Echo:
-            info: dict = {}
-
-            def decode(self, model, prompt, max_new_tokens):
-                return prompt
-
-        return Echo()
 
 
 def test_tune_picks_the_best_point_on_tuning_users_only(tiny, news, tmp_path):
