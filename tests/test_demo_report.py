@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import workbench.methods.dps as dps_method
-import workbench.science.dps as dps_science
+import workbench.science.dps_batch as dps_batch
 from workbench.app.demo import run_demo
 
 HEAD = re.compile(r"L(\d+)H(\d+)")
@@ -45,47 +45,41 @@ def _listed_heads(text: str) -> list[tuple[int, int]]:
     return [(int(layer), int(head)) for layer, head in HEAD.findall(text)]
 
 
-def _masked_rows(hooks: list, model) -> set[tuple[int, int]]:
-    """Heads whose query the hooks zero in batch row 1 (the masked stream) and leave alone in
-    row 0, found by running each hook on a tensor of ones."""
+def _masked_rows(plans: list, model) -> set[tuple[int, int]]:
+    """Heads that the interventions DPS installed while decoding zero in its masked rows (the
+    second half of a 2B-row pass) and leave alone in its intact rows, found by running each
+    hook on a tensor of ones where its rows say it acts."""
     masked = set()
-    for name, fn in hooks:
-        m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_(?:rot_)?q", name)
-        if not m:
-            continue
-        x = torch.ones(2, 1, model.n_heads, model.d_head, dtype=model.dtype, device=model.device)
-        y = fn(x, None)
-        assert torch.equal(y[0], x[0]), "the intact stream was changed"
-        masked |= {(int(m.group(1)), h) for h in range(model.n_heads) if bool((y[1, 0, h] == 0).all())}
+    for intervention, rows_of in plans:
+        for name, fn in intervention.hooks:
+            m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_(?:rot_)?q", name)
+            if not m:
+                continue
+            rows = rows_of(2)  # one prompt: row 0 intact, row 1 masked
+            assert rows is not None and not bool(rows[0]), "the intact stream would be changed"
+            if not bool(rows[1]):
+                continue
+            y = fn(torch.ones(1, 1, model.n_heads, model.d_head, dtype=model.dtype, device=model.device), None)
+            masked |= {(int(m.group(1)), h) for h in range(model.n_heads) if bool((y[0, 0, h] == 0).all())}
     return masked
 
 
 @pytest.fixture(scope="module")
 def runs(tiny):
-    """The demo with the ``dps`` defaults, then with other defaults, recording the hooks DPS
-    installs while it decodes (the mask it really applied, not the list it was given)."""
+    """The demo with the ``dps`` defaults, then with other defaults, recording the interventions
+    DPS installs while it decodes (the mask it really applied, not the list it was given)."""
     default = run_demo(tiny, max_new_tokens=4, progress=False)
     seen: list = []
-    decoding = [False]
-    real_hooks, real_generate = tiny.bridge.hooks, dps_science.dps_generate
+    real_installed = dps_batch._fastpath.installed
 
     @contextmanager
-    def spy_hooks(*args, fwd_hooks=(), **kw):
-        if decoding[0]:
-            seen.extend(fwd_hooks)
-        with real_hooks(*args, fwd_hooks=fwd_hooks, **kw) as h:
+    def spy_installed(model, plan):
+        seen.extend(plan)
+        with real_installed(model, plan) as h:
             yield h
 
-    def spy_generate(*args, **kw):
-        decoding[0] = True
-        try:
-            return real_generate(*args, **kw)
-        finally:
-            decoding[0] = False
-
     mp = pytest.MonkeyPatch()
-    mp.setattr(tiny.bridge, "hooks", spy_hooks)
-    mp.setattr(dps_science, "dps_generate", spy_generate)  # what DpsDecoder.decode calls
+    mp.setattr(dps_batch._fastpath, "installed", spy_installed)  # what DpsDecoder's decoding installs
     mp.setattr(dps_method, "Dps", OtherDps)  # the demo takes `Dps` from this module when it runs
     try:
         changed = run_demo(tiny, max_new_tokens=4, progress=False)

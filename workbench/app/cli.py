@@ -105,8 +105,14 @@ def _bench_plan(args: argparse.Namespace) -> tuple[list, Any, Any, dict]:
     cluster = _cluster(args)
     if cluster is not None and label_mode != "score":
         raise ValueError("--labels generate runs in this process only (leave out --workers / --ray-address)")
-    run = dict(n=args.n, settings=settings, users=users, tuned=tuned)
+    run = dict(n=args.n, settings=settings, users=users, tuned=tuned, batch_size=_batch_size(args))
     return methods, dataset, cluster, run if cluster is not None else {**run, "label_mode": label_mode}
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    from workbench.runner.bench import DEFAULT_BATCH_SIZE
+
+    return DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
 
 
 def _bench_run(args: argparse.Namespace, methods: list, dataset: Any, cluster: Any, run: dict) -> int:
@@ -159,7 +165,7 @@ def _tune_run(args: argparse.Namespace, settings: Any, grids: dict, fixed: dict,
     print(f"{model}\n{dataset!r}\ntuning users: {split['tune_users']} ({split['tune_examples']} examples); "
           f"evaluation users kept apart: {split['eval_users']}")
     tune_methods(model, dataset, grids, args.out, metric=args.metric, fraction=args.fraction, n=args.n, settings=settings,
-                 fixed=fixed, command="workbench " + " ".join(sys.argv[1:]), log=print)
+                 fixed=fixed, command="workbench " + " ".join(sys.argv[1:]), log=print, batch_size=_batch_size(args))
     tuned = Path(args.out) / "tuned.json"
     print(f"\nchosen settings: {tuned}   apply with: workbench bench --tuned {tuned} --users eval")
     return 0
@@ -217,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
              how=dict(default="zero", choices=["zero", "uniform"], help="how heads are masked (default: zero)"),
              force=dict(help="replace an existing report instead of keeping it under previous/"))
     _command(sub, "bench", "run personalization methods on LaMP-format data and compare them", _cmd_bench,
-             "task data split model n methods labels k retrieval max-new-tokens out device dtype set users fraction "
-             "tuned with-profile",
+             "task data split model n methods labels k retrieval max-new-tokens batch-size out device dtype set users "
+             "fraction tuned with-profile",
              ray=True, out=dict(default="bench-results"))
     _command(sub, "tune", "choose methods' settings on the tuning users (never the evaluation users)", _cmd_tune,
-             "task data split model methods grid set metric fraction n k retrieval max-new-tokens out device dtype "
-             "with-profile",
+             "task data split model methods grid set metric fraction n k retrieval max-new-tokens batch-size out device "
+             "dtype with-profile",
              methods=dict(default=None, required=True), set=dict(help="a setting fixed at every grid point"),
              fraction=dict(help="share of users kept for tuning (default 1/3)"),
              n=dict(help="first N tuning examples only (default: all)"),

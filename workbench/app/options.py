@@ -85,6 +85,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "k": dict(default=5, type=_count, help="profile items in the prompt (default 5)"),
     "retrieval": dict(default="bm25", choices=RETRIEVALS),
     "max-new-tokens": dict(default=32, type=_count),
+    "batch-size": dict(default=None, type=_count,
+                       help="examples decoded together, rows of different users each with their own steering "
+                            "(default: workbench.runner.bench.DEFAULT_BATCH_SIZE, chosen by benchmarks/bench_batch.py; "
+                            "1 = one at a time; the outputs are the same up to float rounding)"),
     "top": dict(default=11, type=_count, help="how many top heads to print"),
     "out": dict(type=Path),
     "device": dict(default=None, help="cpu, cuda, cuda:1 ... (default: GPU if present)"),

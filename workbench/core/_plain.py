@@ -78,18 +78,21 @@ def hooked_modules(bridge: Any, view: Any) -> tuple[list[torch.nn.Module], list[
     return points, [m for m in bypassed.values() if not isinstance(m, HookPoint)]
 
 
-def any_hooks(points: list[torch.nn.Module], wrappers: list[torch.nn.Module]) -> bool:
+def any_hooks(points: list[torch.nn.Module], wrappers: list[torch.nn.Module], owned: set = frozenset()) -> bool:
     """True when running the view would skip a hook: one on a hook point, one of the user's on
     a bridge wrapper, or a global module hook. TransformerLens wires hooks of its own on some
-    wrappers (to feed its hook points); those don't count."""
+    wrappers (to feed its hook points); those don't count, nor do the hooks in ``owned``
+    (``(id(hook dict), key)`` pairs: those of fast-path interventions, which run on the view)."""
     from torch.nn.modules import module as nn_module
 
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return True
-    if any(m._forward_hooks or m._forward_pre_hooks for m in points):
-        return True
-    return any(not _from_transformer_lens(f) for m in wrappers
-               for f in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+    for m in points:
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            if any((id(hooks), key) not in owned for key in hooks):
+                return True
+    return any(not _from_transformer_lens(f) and (id(hooks), key) not in owned for m in wrappers
+               for hooks in (m._forward_hooks, m._forward_pre_hooks) for key, f in hooks.items())
 
 
 def _from_transformer_lens(fn: Any) -> bool:

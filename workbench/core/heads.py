@@ -120,6 +120,8 @@ class HeadMask(HookSet):
     with other hooks.
     """
 
+    fast_path = True  # scales (or replaces) per-head activations: runs on the hook-free view too
+
     def __init__(self, model: Model, heads: dict[Head, float], how: str, means: torch.Tensor | None = None):
         self.model = model
         self.heads = heads

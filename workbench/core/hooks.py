@@ -43,23 +43,41 @@ class HookSet:
 
     Subclasses set ``self.model`` and ``self.hooks`` and may add context managers that must
     be active while the hooks are (:meth:`_contexts`, e.g. position tracking).
+
+    ``fast_path = True`` declares the hooks pure functions of the activation they are given
+    (and of the positions a :class:`PositionTracker` records): generation may then run them as
+    torch hooks on the hook-free Hugging Face view, and on some rows of a batch only
+    (:mod:`workbench.core._fastpath`). Leave it False for hooks that need the bridge.
     """
 
     model: Any
     hooks: list[Hook]
+    fast_path: bool = False
 
     def _contexts(self) -> list[ContextManager]:
         return []
 
     def __enter__(self) -> "HookSet":
         stack = ExitStack()
+        bridge = self.model.bridge
+        points = {id(p): p for p in (bridge.hook_dict.get(name) for name, _ in self.hooks) if p is not None}
+        before = {i: set(p._forward_hooks) for i, p in points.items()}
         try:
             for cm in self._contexts():
                 stack.enter_context(cm)
-            stack.enter_context(self.model.bridge.hooks(fwd_hooks=self.hooks))
+            stack.enter_context(bridge.hooks(fwd_hooks=self.hooks))
         except BaseException:
             stack.close()
             raise
+        # The hooks this entry added, so that generation can tell them from anyone else's: with
+        # only fast-path interventions' hooks attached, it runs them on the hook-free view.
+        owned = {(id(p._forward_hooks), key) for i, p in points.items() for key in set(p._forward_hooks) - before[i]}
+        active = self.model.__dict__.setdefault("_active", [])
+        for cm in self._contexts():
+            owned |= {(id(h.hooks_dict_ref()), h.id) for h in getattr(cm, "_handles", ()) if h.hooks_dict_ref() is not None}
+        entry = (self, owned)
+        active.append(entry)
+        stack.callback(lambda: active.remove(entry))
         self.__dict__.setdefault("_stacks", []).append(stack)
         return self
 
@@ -83,6 +101,7 @@ class Interventions(HookSet):
         self.parts = flat
         self.model = flat[0].model
         self.hooks = [h for p in flat for h in p.hooks]
+        self.fast_path = all(p.fast_path for p in flat)
 
     def _contexts(self) -> list[ContextManager]:
         return [cm for p in self.parts for cm in p._contexts()]
@@ -113,12 +132,13 @@ class PositionTracker:
             return self
         bridge = self.model.bridge
         self._handles.append(bridge.register_forward_pre_hook(self._reset, with_kwargs=True))
-        rotary = getattr(bridge, "rotary_emb", None)
-        if rotary is not None:
-            self._handles.append(rotary.register_forward_pre_hook(self._record, with_kwargs=True))
-        pos_embed = getattr(bridge, "pos_embed", None)
-        if pos_embed is not None:
-            self._handles.append(pos_embed.register_forward_pre_hook(self._record_embedding, with_kwargs=True))
+        # On the bridge and on the Hugging Face module it wraps, which the hook-free view runs
+        # (when the bridge calls it too, both record the same ids).
+        for attr, record in (("rotary_emb", self._record), ("pos_embed", self._record_embedding)):
+            wrapper = getattr(bridge, attr, None)
+            for module in (wrapper, getattr(wrapper, "_original_component", None)):
+                if isinstance(module, torch.nn.Module):
+                    self._handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:

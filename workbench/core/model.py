@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
 
 from workbench._util import check_int, check_sampling
+from workbench.core import _fastpath
 from workbench.core.hooks import last_positions_hook
 
 Messages = Sequence[dict]
@@ -206,11 +208,13 @@ class Model:
         if until is not None and not callable(until):
             raise ValueError(f"until must be a function of the text so far (str -> bool), got {type(until).__name__}")
         stopping = _text_stop(self.tokenizer, ids.shape[-1], until) if until is not None else None
-        plain = None if do_sample else self._plain_view()
-        if plain is not None:
-            out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0],
-                                 stopping_criteria=[stopping] if stopping is not None else None)
+        fast = None if do_sample else self._fast_view()
+        if fast is not None:
+            view, active = fast
+            with _fastpath.installed(self, [(iv, _fastpath.every_row) for iv in active]):
+                out = view.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                    do_sample=False, eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0],
+                                    stopping_criteria=[stopping] if stopping is not None else None)
             return self._new_tokens(out, ids)
         # The prompt's pass needs the next-token logits of its last position only; the
         # vocabulary projection of every other position is most of a small model's prefill
@@ -229,16 +233,18 @@ class Model:
                 out = self.bridge.generate(ids, **kwargs)
         return self._new_tokens(out, ids)
 
-    def _new_tokens(self, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        new = out[0, ids.shape[-1]:]
+    def _new_tokens(self, out: torch.Tensor, ids: torch.Tensor, row: int = 0) -> torch.Tensor:
+        new = out[row, ids.shape[-1]:]
         stops = torch.isin(new, torch.tensor(self.stop_token_ids, device=new.device))
         if stops.any():
             new = new[: int(stops.nonzero()[0, 0])]
         return new
 
-    def _plain_view(self) -> Any | None:
-        """The hook-free Hugging Face view of the weights (see ``workbench.core._plain``) when no hook
-        the view would skip is attached, else None (then the bridge runs, hooks and all)."""
+    def _fast_view(self) -> "tuple[Any, list] | None":
+        """The hook-free Hugging Face view of the weights (see ``workbench.core._plain``) and the
+        active interventions to run on it (``with steer(...)``, ``with mask_heads(...)``: those
+        whose hooks have a place on the view), or None when a hook the view would skip is attached
+        — one of another intervention, or anyone else's; then the bridge runs, hooks and all."""
         from workbench.core import _plain
 
         if "_plain" not in self.__dict__:
@@ -246,9 +252,89 @@ class Model:
             self._plain = _plain.unbridged(original) if original is not None else None
             if self._plain is not None:
                 self._bypassed = _plain.hooked_modules(self.bridge, self._plain)
-        if self._plain is None or _plain.any_hooks(*self._bypassed):
+        if self._plain is None:
             return None
-        return self._plain
+        active, owned = [], set()
+        for intervention, keys in self.__dict__.get("_active", []):
+            if _fastpath.supported(self, intervention):
+                active.append(intervention)
+                owned |= keys
+        if _plain.any_hooks(*self._bypassed, owned=owned):
+            return None
+        return self._plain, active
+
+    def _plain_view(self) -> Any | None:
+        """The hook-free view when nothing at all is hooked, else None."""
+        fast = self._fast_view()
+        return fast[0] if fast is not None and not fast[1] else None
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: Sequence[Any], max_new_tokens: int = 64, *, chat: bool | None = None,
+                       until: Callable[[str], bool] | None = None,
+                       interventions: "Sequence[Any] | None" = None) -> list[str]:
+        """Greedy continuations of several prompts in one batch; ``[model.generate(p) for p in prompts]``
+        token for token, up to float rounding.
+
+        The prompts are left-padded (the attention mask and position ids keep each row as if
+        alone), and each row stops on its own (a stop token, or ``until`` on its text).
+        ``interventions``: one per prompt (a steering vector's ``apply(...)``, a head mask,
+        ``a + b``, or None), each acting on its own row only. Interventions whose hooks can run on
+        the hook-free view (steering vectors and head masks) run there, at plain ``transformers``
+        speed; rows with any other intervention run in batches of the rows sharing it.
+        """
+        ids = [self.encode(p, chat=chat) for p in prompts]
+        rows = self.generate_tokens_batch(ids, max_new_tokens, until=until, interventions=interventions)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+    @torch.no_grad()
+    def generate_tokens_batch(self, ids: Sequence[torch.Tensor], max_new_tokens: int = 64, *,
+                              until: Callable[[str], bool] | None = None,
+                              interventions: "Sequence[Any] | None" = None) -> list[torch.Tensor]:
+        """:meth:`generate_batch` on token ids (each ``[1, pos]``); the new ids of each row."""
+        if isinstance(ids, torch.Tensor) or not isinstance(ids, Sequence) or not len(ids):
+            raise ValueError("give the prompts as a non-empty list of token-id tensors, one per prompt")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+        if until is not None and not callable(until):
+            raise ValueError(f"until must be a function of the text so far (str -> bool), got {type(until).__name__}")
+        ids = [self._check_ids(i).to(self.device) for i in ids]
+        for i in ids:
+            self.check_fits(i.shape[-1], max_new_tokens)
+        ivs = list(interventions) if interventions is not None else [None] * len(ids)
+        if len(ivs) != len(ids):
+            raise ValueError(f"{len(ivs)} interventions for {len(ids)} prompts; give one per prompt (None for none)")
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        fast = self._fast_view()
+        batched = [r for r, iv in enumerate(ivs)
+                   if fast is not None and (iv is None or _fastpath.supported(self, iv))]
+        # Rows whose intervention must run on the whole batch (e.g. an adapter, or anything while
+        # other hooks are attached): one batch per such intervention, with it switched on.
+        for iv in {id(ivs[r]): ivs[r] for r in range(len(ids)) if r not in batched}.values():
+            rows = [r for r in range(len(ids)) if r not in batched and ivs[r] is iv]
+            with iv if iv is not None else nullcontext():
+                if self._fast_view() is None:
+                    for r in rows:
+                        out[r] = self.generate_tokens(ids[r], max_new_tokens, until=until)
+                else:
+                    for r, new in zip(rows, self.generate_tokens_batch([ids[r] for r in rows], max_new_tokens, until=until)):
+                        out[r] = new
+        if batched:
+            view, active = fast
+            sub = [ids[r] for r in batched]
+            padded, mask = left_pad(sub, self.stop_token_ids[0])
+            plan = [(iv, _fastpath.every_row) for iv in active]
+            groups = {id(ivs[r]): (ivs[r], []) for r in batched if ivs[r] is not None}
+            for j, r in enumerate(batched):
+                if ivs[r] is not None:
+                    groups[id(ivs[r])][1].append(j)
+            plan += [(iv, _fastpath.rows_mask({len(sub): js})) for iv, js in groups.values()]
+            stopping = _text_stop(self.tokenizer, padded.shape[-1], until) if until is not None else None
+            with _fastpath.installed(self, plan):
+                gen = view.generate(padded, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0],
+                                    stopping_criteria=[stopping] if stopping is not None else None)
+            for j, r in enumerate(batched):
+                out[r] = self._new_tokens(gen, padded, row=j)
+        return out  # type: ignore[return-value]
 
     def prompt_and_target(self, prompt: Any, target: str, chat: bool | None = None) -> tuple[torch.Tensor, int]:
         """Token ids of ``prompt`` followed by ``target`` and the index where the target starts."""
@@ -276,6 +362,18 @@ class Model:
     def nll(self, prompt: Any, target: str, chat: bool | None = None) -> float:
         """Mean negative log-likelihood (nats per token) of ``target`` given ``prompt``."""
         return float(-self.target_logprobs(prompt, target, chat=chat).mean())
+
+
+def left_pad(ids: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts ``[1, pos_i]`` as one left-padded batch ``[n, max pos]`` and its attention mask
+    (generation continues every row at the same, last, column)."""
+    width = max(int(i.shape[-1]) for i in ids)
+    batch = torch.full((len(ids), width), int(pad_id), dtype=ids[0].dtype, device=ids[0].device)
+    mask = torch.zeros((len(ids), width), dtype=torch.long, device=ids[0].device)
+    for r, i in enumerate(ids):
+        batch[r, width - i.shape[-1]:] = i[0]
+        mask[r, width - i.shape[-1]:] = 1
+    return batch, mask
 
 
 def _text_stop(tokenizer: Any, start: int, until: Callable[[str], bool]) -> Any:

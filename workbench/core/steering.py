@@ -151,6 +151,8 @@ class Steer(HookSet):
     """Adds ``scale * vector`` at each ``(layer, site)`` entry. Build with :func:`steer` or
     :meth:`SteeringVector.apply`."""
 
+    fast_path = True  # adds a vector (at tracked positions): runs on the hook-free view too
+
     def __init__(self, model: Model, entries: list[tuple[int, str, torch.Tensor, float]],
                  positions: "Sequence[int] | slice | None" = None):
         self.model = model

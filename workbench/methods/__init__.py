@@ -169,6 +169,10 @@ class Greedy:
     def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
         return model.generate(prompt, max_new_tokens=max_new_tokens, until=until)
 
+    def decode_batch(self, model: Model, prompts: list, max_new_tokens: int, until: Callable[[str], bool] | None = None,
+                     interventions: list | None = None) -> list[str]:
+        return model.generate_batch(prompts, max_new_tokens=max_new_tokens, until=until, interventions=interventions)
+
 
 GREEDY = Greedy()
 
@@ -346,6 +350,27 @@ class Method:
             line = first_line(text)
             return parse_label(line, labels), {**info, **facts, **decoder.info, "generated": line}
         return first_line(text), {**info, **facts, **decoder.info}
+
+    def generate_batch(self, model: Model, examples: Sequence[Any], states: Sequence[Any]) -> list[tuple[str, dict]]:
+        """:meth:`generate` for several examples (``states``: each one's user state) in one batch:
+        each row with its own prompt and intervention, decoded together when the decoder can
+        (``decode_batch``); a classification task's label choice, and a decoder without
+        ``decode_batch``, go one example at a time. The same outputs as :meth:`generate`, up to
+        float rounding."""
+        decoder = self.decoder()
+        labels = task_labels(examples[0].task) if examples else ()
+        if len(examples) < 2 or labels or not hasattr(decoder, "decode_batch"):
+            return [self.generate(model, ex, st) for ex, st in zip(examples, states)]
+        prompts, infos, ivs = [], [], []
+        for ex, st in zip(examples, states):
+            prompt, info = self.prompt(model, ex)
+            intervention, facts = self.intervention(model, ex, st)
+            prompts.append(prompt)
+            infos.append({**info, **facts, **decoder.info})
+            ivs.append(intervention)
+        texts = decoder.decode_batch(model, prompts, self.settings.max_new_tokens, until=first_line_complete,
+                                     interventions=ivs)
+        return [(first_line(t), info) for t, info in zip(texts, infos)]
 
     def describe(self) -> dict:
         """The method's settings, as a run records them: name, shared settings, own fields."""

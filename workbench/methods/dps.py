@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._util import cache_file, cached, results_dir, stable_hash
-from workbench.science.dps import DpsDecoder
+from workbench.science.dps_batch import DpsDecoder
 from workbench.methods import Check, Decoder, LabelScorer, Method, label_token_logprobs, register_method
 from workbench.core.heads import mask_heads
 from workbench.core.model import Model

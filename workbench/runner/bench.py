@@ -325,6 +325,11 @@ def check_run(
     read_outputs(out / OUTPUTS_FILE, repair=False)
 
 
+# Examples decoded together by default (`workbench bench`/`tune`); chosen from the throughput
+# measured by benchmarks/bench_batch.py on this project's 2-core CPU (docs/scaling.md).
+DEFAULT_BATCH_SIZE = 8
+
+
 def run_bench(
     model: Model,
     dataset: Any,
@@ -336,6 +341,7 @@ def run_bench(
     users: dict | None = None,
     tuned: list | None = None,
     label_mode: str = "score",
+    batch_size: int = 1,
 ) -> BenchResult:
     """Run ``methods`` on the first ``n`` examples of ``dataset`` and score them.
 
@@ -355,6 +361,10 @@ def run_bench(
             label) — or ``"generate"``: free decoding parsed into a label, for comparison.
             Recorded as ``settings.decoding``. Scores: accuracy and macro-F1 over the task's labels
             (:func:`workbench.data.metrics.task_metrics`); generation tasks: ROUGE-1/L, METEOR.
+        batch_size: examples decoded together (rows may be different users', each with its own
+            steering vector or heads); the outputs are batch-1's up to float rounding, so it is not
+            recorded with the run and a run may resume at another batch size. Label choice goes
+            one example at a time.
 
     One process writes a directory at a time (:func:`workbench._util.dir_lock`): a second run
     into it is refused while the first is alive. Every method's settings are checked against
@@ -364,6 +374,7 @@ def run_bench(
     and ``results.html`` describe everything the directory holds (every method, all its
     examples), so a call on fewer examples or methods returns its part without shrinking them.
     """
+    batch_size = check_batch_size(batch_size)
     ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned, label_mode)
     for m in ms:
         m.check_settings(model)  # what depends on the model's shape, before any method runs
@@ -371,11 +382,11 @@ def run_bench(
                 "device": str(model.device), **info}
     merge_run_info(out, run_info)  # refuse another run before taking the directory
     with dir_lock(out, "benchmark directory"):
-        return _run_locked(model, dataset, ms, examples, out, run_info, progress)
+        return _run_locked(model, dataset, ms, examples, out, run_info, progress, batch_size)
 
 
 def _run_locked(model: Model, dataset: Any, ms: list, examples: list, out: Path, run_info: dict,
-                progress: bool) -> BenchResult:
+                progress: bool, batch_size: int = 1) -> BenchResult:
     from tqdm.auto import tqdm
 
     merged, done = open_run(out, run_info)
@@ -387,12 +398,11 @@ def _run_locked(model: Model, dataset: Any, ms: list, examples: list, out: Path,
     for m in ms:
         if any((m.name, ex.id) not in done for ex in examples):
             m.prepare_run(model, examples, dataset)
-        for user_id, user_examples in by_user.items():
-            pending = [ex for ex in user_examples if (m.name, ex.id) not in done]
-            for rec in run_user(model, m, user_id, user_examples, pending, bar):
-                append_record(outputs_path, rec)
-                done[(m.name, rec["id"])] = rec
-                bar.update(1)
+        pending = {u: [ex for ex in exs if (m.name, ex.id) not in done] for u, exs in by_user.items()}
+        for rec in run_users(model, m, by_user, {u: p for u, p in pending.items() if p}, batch_size, bar):
+            append_record(outputs_path, rec)
+            done[(m.name, rec["id"])] = rec
+            bar.update(1)
     bar.close()
     return finish_run(out, done, merged, ms, examples)
 
@@ -422,21 +432,52 @@ def run_user(model: Model, m: Method, user_id: str, user_examples: list, pending
     """Records of ``m`` on the ``pending`` examples of one user (``user_examples`` are all the
     user's examples in the run: per-user state is built from them, so it is the same however
     the run was cut). Yields one scored record per example."""
+    yield from run_users(model, m, {user_id: user_examples}, {user_id: pending}, bar=bar)
+
+
+def run_users(model: Model, m: Method, user_examples: dict[str, list], pending: dict[str, list],
+              batch_size: int = 1, bar: Any = None):
+    """Records of ``m`` on the ``pending`` examples of several users (``{user_id: examples}``, in
+    order), decoded ``batch_size`` at a time — a batch may hold several users' examples, each row
+    with its own user's state (built from all of ``user_examples[user]``, once, when the user's
+    first example comes up). Yields one scored record per example, in order; ``seconds`` is the
+    batch's time shared by its rows plus the user's preparation shared by their examples."""
     from workbench.data.metrics import score_example
 
-    if not pending:
-        return
-    t0 = time.perf_counter()
-    state = m.prepare_user(model, user_id, user_examples)
-    prep = (time.perf_counter() - t0) / len(pending)  # preparation cost shared by the user's examples
-    for ex in pending:
+    batch_size = check_batch_size(batch_size)
+    queue = [(u, ex) for u, exs in pending.items() for ex in exs]
+    states: dict[str, Any] = {}
+    prep: dict[str, float] = {}
+    left = {u: len(exs) for u, exs in pending.items()}
+    for start in range(0, len(queue), batch_size):
+        batch = queue[start:start + batch_size]
+        for u, _ in batch:
+            if u not in states:
+                t0 = time.perf_counter()
+                states[u] = m.prepare_user(model, u, user_examples[u])
+                prep[u] = (time.perf_counter() - t0) / left[u]
         if bar is not None:
-            bar.set_postfix_str(f"{m.name} {ex.id}")
+            bar.set_postfix_str(f"{m.name} {batch[0][1].id}" + (f" (+{len(batch) - 1})" if len(batch) > 1 else ""))
         t0 = time.perf_counter()
-        pred, info = m.generate(model, ex, state)
-        seconds = time.perf_counter() - t0 + prep
-        yield {"method": m.name, "id": ex.id, "user_id": ex.user_id, "prediction": pred, "gold": ex.gold,
-               **score_example(ex.task, pred, ex.gold), "seconds": round(seconds, 3), **info}
+        if len(batch) == 1:
+            results = [m.generate(model, batch[0][1], states[batch[0][0]])]
+        else:
+            results = m.generate_batch(model, [ex for _, ex in batch], [states[u] for u, _ in batch])
+        share = (time.perf_counter() - t0) / len(batch)
+        for (u, ex), (pred, info) in zip(batch, results):
+            yield {"method": m.name, "id": ex.id, "user_id": ex.user_id, "prediction": pred, "gold": ex.gold,
+                   **score_example(ex.task, pred, ex.gold), "seconds": round(share + prep[u], 3), **info}
+            left[u] -= 1
+            if not left[u]:  # the user's last example: their state is not needed again
+                states.pop(u)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """A batch size is a whole number >= 1 (how many examples are decoded together)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: give a whole number >= 1 (how many examples are decoded "
+                         "together; 1 decodes one at a time)")
+    return batch_size
 
 
 def finish_run(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:

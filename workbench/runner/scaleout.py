@@ -236,18 +236,18 @@ def _worker_class(ray: Any, cluster: Cluster) -> Any:
             return {"model": m.name, "model_source": m.source, "dtype": str(m.dtype).replace("torch.", ""),
                     "device": str(m.device), "shape": _Shape(m.name, m.n_layers, m.n_heads)}
 
-        def bench_unit(self, method_name: str, user_id: str, pending_ids: list[str]) -> list[dict]:
-            from workbench.runner.bench import run_user
+        def bench_unit(self, method_name: str, user_ids: list[str], pending_ids: list[str], batch_size: int = 1) -> list[dict]:
+            from workbench.runner.bench import run_users
 
             methods, examples, dataset = self.payload
             m = methods[method_name]
             if method_name not in self.prepared:
                 m.prepare_run(self.model, examples, dataset)
                 self.prepared.add(method_name)
-            user_examples = [ex for ex in examples if ex.user_id == user_id]
             wanted = set(pending_ids)
-            pending = [ex for ex in user_examples if ex.id in wanted]
-            return list(run_user(self.model, m, user_id, user_examples, pending))
+            user_examples = {u: [ex for ex in examples if ex.user_id == u] for u in user_ids}
+            pending = {u: [ex for ex in exs if ex.id in wanted] for u, exs in user_examples.items()}
+            return list(run_users(self.model, m, user_examples, pending, batch_size))
 
         def pcs_example(self, index: int, kwargs: dict) -> Any:
             from workbench.science.pcs import example_head_effects
@@ -273,6 +273,7 @@ def run_bench_distributed(
     dtype: Any = None,
     progress: bool = True,
     tuned: list | None = None,
+    batch_size: int = 1,
     _after_result: Callable[[_Pool], None] | None = None,
 ) -> Any:
     """:func:`workbench.runner.bench.run_bench` on Ray workers: the same directory, records and tables.
@@ -281,28 +282,27 @@ def run_bench_distributed(
     (method, user) pairs, largest first; the driver appends each unit's records when it completes.
     ``_after_result`` is a test hook, called with the worker pool after each completed unit.
     """
-    from workbench.runner.bench import check_run, plan_run
+    from workbench.runner.bench import check_batch_size, check_run, plan_run
 
+    batch_size = check_batch_size(batch_size)
     check_run(model_name, dataset, methods, out_dir, n=n, settings=settings, users=users, tuned=tuned)  # before Ray
     ms, examples, out, info = plan_run(dataset, methods, out_dir, n, settings, users, tuned)
     check_address(cluster.address, cluster.timeout_s)
     with dir_lock(out, "benchmark directory"):  # the driver is the directory's one writer
         return _run_distributed(model_name, dataset, ms, examples, out, info, cluster, device, dtype, progress,
-                                _after_result)
+                                _after_result, batch_size)
 
 
 def _run_distributed(model_name: str, dataset: Any, ms: list, examples: list, out: Path, info: dict, cluster: Cluster,
-                     device: Any, dtype: Any, progress: bool, _after_result: Callable[[_Pool], None] | None) -> Any:
+                     device: Any, dtype: Any, progress: bool, _after_result: Callable[[_Pool], None] | None,
+                     batch_size: int = 1) -> Any:
     from tqdm.auto import tqdm
 
     from workbench.runner.bench import OUTPUTS_FILE, append_record, finish_run, group_by_user, open_run, read_outputs
 
     outputs_path = out / OUTPUTS_FILE
     done = read_outputs(outputs_path)
-    by_user = group_by_user(examples)
-    units = [(m.name, user_id, [ex.id for ex in exs if (m.name, ex.id) not in done])
-             for m in ms for user_id, exs in by_user.items()]
-    units = sorted((u for u in units if u[2]), key=lambda u: -len(u[2]))  # long units first: less idle tail
+    units = bench_units(ms, group_by_user(examples), done, batch_size)
 
     with _Session(cluster) as ray:
         payload = ray.put(({m.name: m for m in ms}, examples, dataset))
@@ -326,7 +326,7 @@ def _run_distributed(model_name: str, dataset: Any, ms: list, examples: list, ou
                 append_record(outputs_path, rec)
                 done[(rec["method"], rec["id"])] = rec
             bar.update(len(records))
-            bar.set_postfix_str(f"{unit[0]} {unit[1]}")
+            bar.set_postfix_str(f"{unit[0]} {', '.join(unit[1])}")
 
         pool.run(units, lambda actor, u: actor.bench_unit.remote(*u), on_result, _after_result)
         bar.close()
@@ -334,6 +334,29 @@ def _run_distributed(model_name: str, dataset: Any, ms: list, examples: list, ou
             print(f"{sum(len(u[2]) for u in units)} outputs in {time.perf_counter() - t0:.0f} s on {cluster}"
                   + (f"; {pool.replaced} dead workers replaced" if pool.replaced else ""))
     return finish_run(out, done, merged, ms, examples)
+
+
+def bench_units(ms: list, by_user: dict[str, list], done: dict, batch_size: int = 1) -> list[tuple]:
+    """Units of work: ``(method, users, pending ids, batch_size)``. With ``batch_size`` 1 a unit is one
+    user's pending examples; else consecutive users are joined until the unit holds at least
+    ``batch_size`` examples, which the worker decodes ``batch_size`` at a time as a serial run
+    would. Long units first (less idle tail)."""
+    units = []
+    for m in ms:
+        users: list[str] = []
+        ids: list[str] = []
+        for user_id, exs in by_user.items():
+            mine = [ex.id for ex in exs if (m.name, ex.id) not in done]
+            if not mine:
+                continue
+            users.append(user_id)
+            ids.extend(mine)
+            if len(ids) >= batch_size:
+                units.append((m.name, users, ids, batch_size))
+                users, ids = [], []
+        if ids:
+            units.append((m.name, users, ids, batch_size))
+    return sorted(units, key=lambda u: -len(u[2]))
 
 
 def map_examples(model_name: str, examples: list, kwargs: dict, cluster: Cluster, device: Any = None,

@@ -255,8 +255,9 @@ def choose(points: pd.DataFrame, metric: str, defaults: Mapping[str, Any], field
 
 def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]], out_dir: str | Path, *,
          metric: str = "rouge1", fraction: float = TUNE_FRACTION, n: int | None = None, settings: Any = None,
-         fixed: Mapping[str, Any] | None = None, progress: bool = True) -> TuningResult:
-    """Run ``method`` at every point of ``grid`` on the tuning users of ``dataset`` and choose one.
+         fixed: Mapping[str, Any] | None = None, progress: bool = True, batch_size: int = 1) -> TuningResult:
+    """Run ``method`` at every point of ``grid`` on the tuning users of ``dataset`` and choose one
+    (``batch_size``: examples decoded together, as for :func:`~workbench.runner.bench.run_bench`).
 
     Args:
         grid: ``{field: [values...]}`` (values as text, as on the command line, or typed).
@@ -290,7 +291,7 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
         m = make_methods([method], settings)[0]
         apply_settings(m, {**(fixed or {}), **point})
         where = Path(out_dir) / slug(method) / (slug(_point_label(point), 60) + "-" + stable_hash(point, 6))
-        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=False)
+        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=False, batch_size=batch_size)
         values = res.outputs[metric].astype(float)
         mean, lo, hi = bootstrap_ci(values)
         typed = {k: getattr(m, k) if "." not in k else v for k, v in point.items()}
@@ -306,7 +307,7 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
 def tune_methods(model: Any, dataset: Any, grids: Mapping[str, Mapping[str, Sequence[Any]]], out_dir: str | Path, *,
                  metric: str = "rouge1", fraction: float = TUNE_FRACTION, n: int | None = None, settings: Any = None,
                  fixed: Mapping[str, Mapping[str, Any]] | None = None, command: str | None = None,
-                 log: Callable[[str], None] | None = None) -> list[TuningResult]:
+                 log: Callable[[str], None] | None = None, batch_size: int = 1) -> list[TuningResult]:
     """:func:`tune` each method of ``grids`` (``{method: grid}``, e.g. from :func:`plan_tuning`)
     in ``out_dir``, as ``workbench tune`` does: each method's grid chart goes to
     ``grid-<method>.html`` and ``tuned.json`` is rewritten after each method, so a tune cut off
@@ -347,6 +348,7 @@ def tune_methods(model: Any, dataset: Any, grids: Mapping[str, Mapping[str, Sequ
             shutil.copy2(target, keep)
         for name, grid in grids.items():
             res = tune(model, dataset, name, grid, out, metric=metric, fraction=fraction, n=n, settings=settings,
+                       batch_size=batch_size,
                        fixed=(fixed or {}).get(name), progress=log is not None)
             results.append(res)
             figure = res.figure()

@@ -235,27 +235,3 @@ def _mirror(dst: Any, src: Any, rows: Callable[[torch.Tensor], torch.Tensor]) ->
     for attr in ("cumulative_length", "is_initialized"):
         if hasattr(src, attr):
             setattr(dst, attr, getattr(src, attr))
-
-
-@dataclass(frozen=True)
-class DpsDecoder:
-    """DPS as a method's decoder (see :mod:`workbench.methods`): :func:`dps_generate` with these
-    heads and settings; hooks active around it (e.g. a steering vector) act on both streams."""
-
-    heads: tuple
-    alpha: Any = "entropy"
-    plausibility: float | None = None
-    how: str = "uniform"
-    alpha_cap: float | None = None
-
-    @property
-    def heads_label(self) -> str:
-        return ";".join(f"L{layer}H{head}" for layer, head in self.heads)
-
-    @property
-    def info(self) -> dict:
-        return {"heads": self.heads_label}
-
-    def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
-        return dps_generate(model, prompt, list(self.heads), alpha=self.alpha, how=self.how, alpha_cap=self.alpha_cap,
-                            plausibility=self.plausibility, max_new_tokens=max_new_tokens, until=until)

@@ -1,0 +1,224 @@
+"""DPS over a batch of prompts, on the hook-free view: B prompts decode as 2B rows.
+
+Rows ``0..B-1`` are the intact model, rows ``B..2B-1`` the same prompts with each row's
+preference heads masked (from the last prompt token on, as :func:`~workbench.science.dps.dps_generate`
+decodes by default); every step picks one token per prompt from the contrast of its two rows,
+and feeds it to both. The prompt (all but its last token) is run once, for B rows, and its
+cache copied for the masked rows. Below the lowest masked layer the two streams are equal, so
+each step runs those layers for the B intact rows only and branches into 2B rows at that layer
+(a forward pre-hook doubles the hidden states and every per-row input the layers receive) —
+the saving ``dps_generate(branch=True)`` makes on the bridge.
+
+Each row may carry its own intervention (a steering vector of its user: it acts on both of the
+row's streams) and its own heads. Greedy decoding only; sampling, ``mask_prompt=True`` and
+``details=True`` run :func:`~workbench.science.dps.dps_generate` row by row.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from workbench._util import check_sampling
+from workbench.core import _fastpath
+from workbench.core.heads import HeadMask
+from workbench.core.model import Model, left_pad
+from workbench.science.dps import _as_mask, _check_dps_args, dps_generate
+
+
+@torch.no_grad()
+def dps_generate_batch(
+    model: Model,
+    prompts: Sequence[Any],
+    heads: "list | HeadMask | Sequence[list | HeadMask]",
+    alpha: "float | str" = "entropy",
+    *,
+    per_row_heads: bool = False,
+    how: str = "uniform",
+    max_new_tokens: int = 64,
+    alpha_cap: float | None = None,
+    plausibility: float | None = None,
+    chat: bool | None = None,
+    until: Callable[[str], bool] | None = None,
+    interventions: "Sequence[Any] | None" = None,
+    branch: bool = True,
+) -> list[str]:
+    """DPS (greedy) for several prompts at once; ``[dps_generate(model, p, heads, ...) for p in
+    prompts]`` token for token, up to float rounding.
+
+    Args:
+        heads: the preference heads of every row (as for :func:`dps_generate`), or with
+            ``per_row_heads=True`` one set per prompt.
+        interventions: one per prompt (or None): acts on both of its row's streams.
+        branch: run the layers below the lowest masked layer once per prompt (default) or
+            every layer for all 2B rows.
+        The other arguments are :func:`dps_generate`'s.
+    """
+    max_new_tokens = _check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
+    check_sampling(1.0, None, None, False, None)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty; give at least one prompt")
+    n = len(prompts)
+    masks = [_as_mask(model, h, how) for h in heads] if per_row_heads else [_as_mask(model, heads, how)] * n
+    if len(masks) != n:
+        raise ValueError(f"{len(masks)} head sets for {n} prompts; give one per prompt with per_row_heads=True")
+    ivs = list(interventions) if interventions is not None else [None] * n
+    if len(ivs) != n:
+        raise ValueError(f"{len(ivs)} interventions for {n} prompts; give one per prompt (None for none)")
+    ids = [model.encode(p, chat=chat) for p in prompts]
+    for i in ids:
+        model.check_fits(i.shape[-1], max_new_tokens)
+    fast = model._fast_view()
+    if (fast is None or min(i.shape[-1] for i in ids) < 2
+            or not all(_fastpath.supported(model, x) for x in [*masks, *(iv for iv in ivs if iv is not None)])):
+        out = []
+        for i, mask, iv in zip(ids, masks, ivs):
+            with iv if iv is not None else nullcontext():
+                out.append(dps_generate(model, i, mask, alpha, how=how, max_new_tokens=max_new_tokens, alpha_cap=alpha_cap,
+                                        plausibility=plausibility, until=until))
+        return out
+    view, active = fast
+    return _decode(model, view, active, ids, masks, ivs, alpha, max_new_tokens, alpha_cap, plausibility, until, branch)
+
+
+def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: list, alpha: Any, max_new_tokens: int,
+            alpha_cap: float | None, plausibility: float | None, until: Any, branch: bool) -> list[str]:
+    from transformers import DynamicCache
+
+    n = len(ids)
+    batch, attn = left_pad(ids, model.stop_token_ids[0])
+    pos = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
+    layers = [layer for mask in masks for layer in mask.layers]
+    low = min(layers) if branch and layers else 0
+    plan = [(iv, _fastpath.every_row) for iv in active]
+    for iv in {id(iv): iv for iv in ivs if iv is not None}.values():
+        rows = [r for r in range(n) if ivs[r] is iv]
+        plan.append((iv, _fastpath.rows_mask({n: rows, 2 * n: rows + [n + r for r in rows]})))
+    for mask in {id(m): m for m in masks}.values():
+        rows = [r for r in range(n) if masks[r] is mask]
+        plan.append((mask, _fastpath.rows_mask({2 * n: [n + r for r in rows]})))  # the masked rows only
+
+    stops = torch.tensor(model.stop_token_ids, device=batch.device)
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    cache = DynamicCache(config=view.config)
+    with ExitStack() as stack:
+        stack.enter_context(_fastpath.installed(model, plan))
+        view(input_ids=batch[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1], past_key_values=cache,
+             use_cache=True, logits_to_keep=1)
+        for i, layer in enumerate(cache.layers):
+            if i >= low:  # the masked rows' copy of the intact prompt
+                layer.keys, layer.values = layer.keys.repeat(2, 1, 1, 1), layer.values.repeat(2, 1, 1, 1)
+        if low > 0:
+            for layer in _decoder_layers(view)[low:]:
+                stack.enter_context(_doubled_inputs(layer, n))
+        nxt, now, step_pos = batch[:, -1:], attn, pos[:, -1:]
+        for _ in range(max_new_tokens):
+            rows = 1 if low > 0 else 2
+            logits = view(input_ids=nxt.repeat(rows, 1), attention_mask=now.repeat(rows, 1),
+                          position_ids=step_pos.repeat(rows, 1), past_key_values=cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1]
+            lp = logits.float().log_softmax(-1)
+            full, masked = lp[:n], lp[n:]
+            if alpha == "entropy":
+                a = -(full.exp() * full).sum(-1)
+                if alpha_cap is not None:
+                    a = a.clamp(max=alpha_cap)
+            else:
+                a = torch.full((n,), float(alpha))
+            score = full + a[:, None] * (full - masked)
+            if plausibility is not None:
+                score = score.masked_fill(full < full.max(-1, keepdim=True).values + math.log(plausibility), float("-inf"))
+            tok = score.argmax(-1)
+            for r in range(n):
+                if done[r]:
+                    continue
+                if bool(torch.isin(tok[r], stops)):
+                    done[r] = True
+                    continue
+                out[r].append(int(tok[r]))
+                if until is not None and until(model.tokenizer.decode(out[r], skip_special_tokens=True)):
+                    done[r] = True
+            if all(done):
+                break
+            nxt = tok[:, None]
+            now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
+            step_pos = step_pos + 1
+    return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+
+
+def _decoder_layers(view: Any) -> list[torch.nn.Module]:
+    """The view's decoder layers, in order (``model.layers`` of a Llama-style model)."""
+    inner = getattr(view, "model", view)
+    for attr in ("layers", "h", "blocks"):
+        found = getattr(inner, attr, None) or getattr(getattr(inner, "language_model", None), attr, None)
+        if isinstance(found, torch.nn.ModuleList):
+            return list(found)
+    raise ValueError(f"no decoder layers found in {type(view).__name__}; use branch=False")
+
+
+def _doubled_inputs(layer: torch.nn.Module, n: int) -> Any:
+    """A pre-hook giving ``layer`` every per-row input twice (rows ``0..n-1`` then again as
+    ``n..2n-1``): the hidden states where they come in ``n`` rows, and the attention mask and
+    position embeddings, which the model hands every layer for the ``n`` rows it was given."""
+
+    def twice(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.repeat(2, *([1] * (x.dim() - 1))) if x.dim() >= 2 and x.shape[0] == n else x
+        if isinstance(x, tuple):
+            return tuple(twice(v) for v in x)
+        if isinstance(x, list):
+            return [twice(v) for v in x]
+        if isinstance(x, dict):
+            return {k: twice(v) for k, v in x.items()}
+        return x
+
+    def pre(module: Any, args: tuple, kwargs: dict) -> Any:
+        return twice(args), twice(kwargs)
+
+    handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
+
+    class _Removing:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: Any) -> None:
+            handle.remove()
+
+    return _Removing()
+
+
+@dataclass(frozen=True)
+class DpsDecoder:
+    """DPS as a method's decoder (see :mod:`workbench.methods`): :func:`dps_generate_batch` with
+    these heads and settings; hooks active around it (e.g. a steering vector) act on both streams."""
+
+    heads: tuple
+    alpha: Any = "entropy"
+    plausibility: float | None = None
+    how: str = "uniform"
+    alpha_cap: float | None = None
+
+    @property
+    def heads_label(self) -> str:
+        return ";".join(f"L{layer}H{head}" for layer, head in self.heads)
+
+    @property
+    def info(self) -> dict:
+        return {"heads": self.heads_label}
+
+    def decode(self, model: Model, prompt: Any, max_new_tokens: int, until: Callable[[str], bool] | None = None) -> str:
+        return self.decode_batch(model, [prompt], max_new_tokens, until)[0]
+
+    def decode_batch(self, model: Model, prompts: list, max_new_tokens: int, until: Callable[[str], bool] | None = None,
+                     interventions: list | None = None) -> list[str]:
+        """Several prompts as one batch of 2B rows (:func:`~workbench.science.dps_batch.dps_generate_batch`),
+        each row with its own intervention."""
+        return dps_generate_batch(model, prompts, list(self.heads), alpha=self.alpha, how=self.how,
+                                  alpha_cap=self.alpha_cap, plausibility=self.plausibility,
+                                  max_new_tokens=max_new_tokens, until=until, interventions=interventions)
