@@ -4,6 +4,8 @@ Greedy decoding is deterministic, so a refactor that changes nothing a user sees
 the saved predictions of ``results/lamp4-news_smollm2-135m.csv`` token for token.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/identity_check.py --methods generic,rag,dps --n 21
+    OMP_NUM_THREADS=1 .venv/bin/python tools/identity_check.py --methods generic,rag,dps,caa-user,steerx-caa \
+        --n 207 --batch-size 8 --out runs/identity-b8     # batched vs the saved batch-1 outputs (issue 28)
 
 DPS and the combinations take their heads from the saved preference scores
 (``results/pcs_lamp4-news_smollm2-135m.json``, the scores the saved run computed) instead of
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--n", type=int, default=21, help="first n dev queries (default 21: seven whole users)")
     p.add_argument("--out", default="runs/identity", help="run directory (resumable)")
+    p.add_argument("--batch-size", type=int, default=1, help="examples decoded together (batched vs the saved batch-1 run)")
     args = p.parse_args(argv)
 
     import workbench as wb
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(m, "decoding"):
                 m.decoding.heads_file = str(HEADS)
     model = wb.load_model("smollm2-135m")
-    result = run_bench(model, load_lamp4_news(), methods, args.out, n=args.n, settings=settings)
+    result = run_bench(model, load_lamp4_news(), methods, args.out, n=args.n, settings=settings, batch_size=args.batch_size)
     saved = pd.read_csv(SAVED, dtype={"id": str}, keep_default_na=False)
     new = result.outputs.astype({"id": str})
     ok = True

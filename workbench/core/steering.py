@@ -206,6 +206,9 @@ class Steer(HookSet):
             # Outside a tracked context (plain run_with_hooks) the pass is a full, uncached one.
             pos = torch.arange(x.shape[1], device=x.device)[None]
         pos = pos.to(x.device)
+        if pos.shape[0] not in (1, x.shape[0]) and x.shape[0] % pos.shape[0] == 0:
+            # DPS's masked copy of a batch: the same prompts again, at the same positions
+            pos = pos.repeat(x.shape[0] // pos.shape[0], 1)
         p = self.positions
         if isinstance(p, slice):
             start = 0 if p.start is None else p.start
