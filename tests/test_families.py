@@ -369,6 +369,34 @@ def test_dps_alpha_zero_is_greedy_and_branching_changes_nothing(fam):
     assert all_hook_handles(model) == 0
 
 
+def test_batched_rows_get_their_batch_1_tokens(fam):
+    """Left-padded batches (a long and a short prompt; sliding windows shorter than the long one on
+    Mistral and Gemma), each row with its own steering vector or head mask, and DPS as 2B rows:
+    each row's tokens are its batch-1 tokens."""
+    from workbench.science.dps_batch import dps_generate_batch
+
+    family, model, raw = fam
+    prompts = [PROMPT, "a dog", REFERENCE[1]]
+    ids = [model.encode(p) for p in prompts]
+    how = "zero" if family in NO_UNIFORM else "uniform"
+    vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    ivs = [steer(model, vector * 4 / vector.norm(), layer=1), mask_heads(model, [(0, 1), (1, 2)], how=how), None]
+    alone = []
+    for i, iv in zip(ids, ivs):
+        if iv is None:
+            alone.append(model.generate_tokens(i, 8).tolist())
+        else:
+            with iv:
+                alone.append(model.generate_tokens(i, 8).tolist())
+    assert [t.tolist() for t in model.generate_tokens_batch(ids, 8, interventions=ivs)] == alone, family
+    heads = [(1, 0), (1, 2)]
+    kw = dict(alpha=2.0, how=how, max_new_tokens=6)
+    one_by_one = [dps_generate(model, i, heads, branch=False, **kw) for i in ids]
+    assert dps_generate_batch(model, ids, heads, **kw) == one_by_one, family
+    assert dps_generate_batch(model, ids, heads, branch=False, **kw) == one_by_one, family
+    assert all_hook_handles(model) == 0
+
+
 def test_exact_token_effects_equal_deleting_the_token(fam):
     family, model, raw = fam
     ids, start = model.prompt_and_target(PROMPT, TARGET)

@@ -38,6 +38,7 @@ class Location:
     module: torch.nn.Module
     side: str
     heads: bool
+    heads_first: bool = False  # the module gives [batch, head, pos, d_head] (a query norm after the transpose)
 
 
 def location(model: Any, name: str) -> Location | None:
@@ -64,7 +65,8 @@ def _resolve(model: Any, name: str) -> Location | None:
             return None
         norm = _unwrap(getattr(attn, "q_norm", None))
         if isinstance(norm, torch.nn.Module):
-            return Location(norm, "output", True)
+            layout = _norm_layout(model, norm)
+            return None if layout is None else Location(norm, "output", True, heads_first=layout)
         proj = _unwrap(getattr(attn, "q_proj", None))
         return Location(proj, "output", True) if isinstance(proj, torch.nn.Linear) else None
     for owner in bridge.modules():
@@ -75,6 +77,29 @@ def _resolve(model: Any, name: str) -> Location | None:
                     return None
                 return Location(inner, "input" if attr == "hook_in" else "output", heads)
     return None
+
+
+@torch.no_grad()
+def _norm_layout(model: Any, norm: torch.nn.Module) -> bool | None:
+    """Whether a query norm's output is ``[batch, head, pos, d_head]`` (True) or ``[batch, pos,
+    head, d_head]`` (False) — families differ on whether they transpose before the norm — read
+    off one probe pass; None if it is neither."""
+    view = model.__dict__.get("_plain")
+    if view is None:
+        return None
+    n = model.n_heads + 3  # positions != heads, so the two layouts can be told apart
+    vocab = int(getattr(model.bridge.cfg, "d_vocab", 0) or 0) or n
+    shapes: list = []
+    handle = norm.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    try:
+        view(input_ids=(torch.arange(n) % vocab)[None].to(model.device), use_cache=False)
+    finally:
+        handle.remove()
+    if not shapes or len(shapes[0]) != 4:
+        return None
+    if shapes[0][1:3] == (model.n_heads, n):
+        return True
+    return False if shapes[0][1:3] == (n, model.n_heads) else None
 
 
 def _unwrap(module: Any) -> Any:
@@ -148,7 +173,9 @@ def _register(model: Any, loc: Location, fn: Callable, point: Any, rows_of: Rows
         if rows is not None and not bool(rows.any()):
             return x
         shaped = x.view(*x.shape[:-1], n_heads, -1) if loc.heads and x.dim() == 3 else x
+        shaped = shaped.transpose(1, 2) if loc.heads_first else shaped
         y = fn(shaped, point)
+        y = y.transpose(1, 2) if loc.heads_first else y
         y = y.reshape(x.shape) if y.shape != x.shape else y
         if rows is None or bool(rows.all()):
             return y

@@ -151,7 +151,14 @@ class Steer(HookSet):
     """Adds ``scale * vector`` at each ``(layer, site)`` entry. Build with :func:`steer` or
     :meth:`SteeringVector.apply`."""
 
-    fast_path = True  # adds a vector (at tracked positions): runs on the hook-free view too
+    @property
+    def fast_path(self) -> bool:
+        """Runs on the hook-free view too: a vector added everywhere, or at positions the view
+        reports (its rotary or position embedding is called with them; ALiBi models have neither)."""
+        if self.positions is None:
+            return True
+        return any(getattr(getattr(self.model.bridge, attr, None), "_original_component", None) is not None
+                   for attr in ("rotary_emb", "pos_embed"))
 
     def __init__(self, model: Model, entries: list[tuple[int, str, torch.Tensor, float]],
                  positions: "Sequence[int] | slice | None" = None):

@@ -94,7 +94,7 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
     batch, attn = left_pad(ids, model.stop_token_ids[0])
     pos = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
     layers = [layer for mask in masks for layer in mask.layers]
-    low = min(layers) if branch and layers else 0
+    low = min(layers) if branch and layers and _branch_works(model, view) else 0
     plan = [(iv, _fastpath.every_row) for iv in active]
     for iv in {id(iv): iv for iv in ivs if iv is not None}.values():
         rows = [r for r in range(n) if ivs[r] is iv]
@@ -150,6 +150,38 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
             now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
             step_pos = step_pos + 1
     return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+
+
+@torch.no_grad()
+def _branch_works(model: Model, view: Any) -> bool:
+    """Whether doubling the rows at a middle layer gives the logits of two full rows on this
+    model, checked once on a 6-token probe. Not where a layer's per-row inputs are not batch-first
+    (BLOOM's ALiBi bias is one row per head): there DPS runs every layer for all rows."""
+    if "_dps_branch_ok" in model.__dict__:
+        return model.__dict__["_dps_branch_ok"]
+    from transformers import DynamicCache
+
+    ok = False
+    try:
+        layers = _decoder_layers(view)
+        if len(layers) > 1:
+            vocab = int(getattr(model.bridge.cfg, "d_vocab", 0) or 0) or 8
+            ids = (torch.arange(6) * 7 % vocab)[None].to(model.device)
+            full = view(input_ids=ids.repeat(2, 1), use_cache=False).logits
+            with ExitStack() as stack:
+                for layer in layers[1:]:
+                    stack.enter_context(_doubled_inputs(layer, 1))
+                half = view(input_ids=ids[:, :-1], past_key_values=DynamicCache(config=view.config), use_cache=True)
+                cache = half.past_key_values
+                for i, layer in enumerate(cache.layers):
+                    if i >= 1:
+                        layer.keys, layer.values = layer.keys.repeat(2, 1, 1, 1), layer.values.repeat(2, 1, 1, 1)
+                step = view(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits
+            ok = step.shape[0] == 2 and torch.allclose(step[:, -1], full[:, -1], atol=1e-4)
+    except Exception:  # noqa: BLE001 - any failure: the unbranched path, which needs no such trick
+        ok = False
+    model.__dict__["_dps_branch_ok"] = ok
+    return ok
 
 
 def _decoder_layers(view: Any) -> list[torch.nn.Module]:
