@@ -53,7 +53,7 @@ class DpsOutput:
                 + self.steps.to_html(index=False, float_format="{:.3f}".format, escape=True))
 
 
-def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
+def as_head_mask(model: Model, heads: Any, how: str) -> HeadMask:
     if isinstance(heads, HeadMask):
         return heads
     if hasattr(heads, "top") and hasattr(heads, "frame"):
@@ -65,7 +65,7 @@ def _as_mask(model: Model, heads: Any, how: str) -> HeadMask:
     return mask
 
 
-def _check_dps_args(alpha: Any, alpha_cap: Any, max_new_tokens: Any, plausibility: Any) -> int:
+def check_dps_args(alpha: Any, alpha_cap: Any, max_new_tokens: Any, plausibility: Any) -> int:
     """Every DPS setting checked before any work (NaN would otherwise turn every score NaN, and
     the output into an empty string)."""
     if isinstance(alpha, str):
@@ -136,9 +136,9 @@ def dps_generate(
         >>> heads = scores.top_percent(4)                                   # doctest: +SKIP
         >>> dps_generate(model, prompt, heads, alpha="entropy", max_new_tokens=32)  # doctest: +SKIP
     """
-    max_new_tokens = _check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
+    max_new_tokens = check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
     check_sampling(temperature, top_p, top_k, do_sample, seed)
-    mask = _as_mask(model, heads, how)
+    mask = as_head_mask(model, heads, how)
     row_mask = mask.row_hooks(slice(1, 2))
     bridge = model.bridge
     ids = model.encode(prompt, chat=chat)

@@ -27,7 +27,7 @@ from workbench._util import check_sampling
 from workbench.core import _fastpath
 from workbench.core.heads import HeadMask
 from workbench.core.model import Model, left_pad
-from workbench.science.dps import _as_mask, _check_dps_args, dps_generate
+from workbench.science.dps import as_head_mask, check_dps_args, dps_generate
 
 
 @torch.no_grad()
@@ -58,13 +58,13 @@ def dps_generate_batch(
             every layer for all 2B rows.
         The other arguments are :func:`dps_generate`'s.
     """
-    max_new_tokens = _check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
+    max_new_tokens = check_dps_args(alpha, alpha_cap, max_new_tokens, plausibility)
     check_sampling(1.0, None, None, False, None)
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty; give at least one prompt")
     n = len(prompts)
-    masks = [_as_mask(model, h, how) for h in heads] if per_row_heads else [_as_mask(model, heads, how)] * n
+    masks = [as_head_mask(model, h, how) for h in heads] if per_row_heads else [as_head_mask(model, heads, how)] * n
     if len(masks) != n:
         raise ValueError(f"{len(masks)} head sets for {n} prompts; give one per prompt with per_row_heads=True")
     ivs = list(interventions) if interventions is not None else [None] * n
