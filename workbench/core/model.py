@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from workbench._util import check_int, check_sampling
-from workbench.core import _fastpath
+from workbench.core import _decoding, _fastpath
 from workbench.core.hooks import last_positions_hook
 
 Messages = Sequence[dict]
@@ -276,7 +276,8 @@ class Model:
         token for token, up to float rounding.
 
         The prompts are left-padded (the attention mask and position ids keep each row as if
-        alone), and each row stops on its own (a stop token, or ``until`` on its text).
+        alone), and each row stops on its own (a stop token, or ``until`` on its text) and then
+        leaves the batch, so it costs nothing more.
         ``interventions``: one per prompt (a steering vector's ``apply(...)``, a head mask,
         ``a + b``, or None), each acting on its own row only. Interventions whose hooks can run on
         the hook-free view (steering vectors and head masks) run there, at plain ``transformers``
@@ -319,21 +320,19 @@ class Model:
                         out[r] = new
         if batched:
             view, active = fast
-            sub = [ids[r] for r in batched]
-            padded, mask = left_pad(sub, self.stop_token_ids[0])
+            live = _decoding.LiveRows(len(batched))
             plan = [(iv, _fastpath.every_row) for iv in active]
             groups = {id(ivs[r]): (ivs[r], []) for r in batched if ivs[r] is not None}
             for j, r in enumerate(batched):
                 if ivs[r] is not None:
                     groups[id(ivs[r])][1].append(j)
-            plan += [(iv, _fastpath.rows_mask({len(sub): js})) for iv, js in groups.values()]
-            stopping = _text_stop(self.tokenizer, padded.shape[-1], until) if until is not None else None
+            plan += [(iv, live.rows(js)) for iv, js in groups.values()]
+            decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
             with _fastpath.installed(self, plan):
-                gen = view.generate(padded, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=self.stop_token_ids, pad_token_id=self.stop_token_ids[0],
-                                    stopping_criteria=[stopping] if stopping is not None else None)
+                rows = _decoding.greedy_rows(view, [ids[r] for r in batched], max_new_tokens, self.stop_token_ids,
+                                             decode, until=until, live=live)
             for j, r in enumerate(batched):
-                out[r] = self._new_tokens(gen, padded, row=j)
+                out[r] = torch.tensor(rows[j], dtype=ids[r].dtype, device=ids[r].device)
         return out  # type: ignore[return-value]
 
     def prompt_and_target(self, prompt: Any, target: str, chat: bool | None = None) -> tuple[torch.Tensor, int]:
@@ -362,18 +361,6 @@ class Model:
     def nll(self, prompt: Any, target: str, chat: bool | None = None) -> float:
         """Mean negative log-likelihood (nats per token) of ``target`` given ``prompt``."""
         return float(-self.target_logprobs(prompt, target, chat=chat).mean())
-
-
-def left_pad(ids: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts ``[1, pos_i]`` as one left-padded batch ``[n, max pos]`` and its attention mask
-    (generation continues every row at the same, last, column)."""
-    width = max(int(i.shape[-1]) for i in ids)
-    batch = torch.full((len(ids), width), int(pad_id), dtype=ids[0].dtype, device=ids[0].device)
-    mask = torch.zeros((len(ids), width), dtype=torch.long, device=ids[0].device)
-    for r, i in enumerate(ids):
-        batch[r, width - i.shape[-1]:] = i[0]
-        mask[r, width - i.shape[-1]:] = 1
-    return batch, mask
 
 
 def _text_stop(tokenizer: Any, start: int, until: Callable[[str], bool]) -> Any:

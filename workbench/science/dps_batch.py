@@ -26,7 +26,8 @@ import torch
 from workbench._util import check_sampling
 from workbench.core import _fastpath
 from workbench.core.heads import HeadMask
-from workbench.core.model import Model, left_pad
+from workbench.core._decoding import LiveRows, left_pad, positions_of, select_rows
+from workbench.core.model import Model
 from workbench.science.dps import as_head_mask, check_dps_args, dps_generate
 
 
@@ -92,20 +93,18 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
 
     n = len(ids)
     batch, attn = left_pad(ids, model.stop_token_ids[0])
-    pos = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
+    pos = positions_of(attn)
     layers = [layer for mask in masks for layer in mask.layers]
     low = min(layers) if branch and layers and _branch_works(model, view) else 0
+    live = LiveRows(n)  # rows leave the batch (both of their streams) when they finish
     plan = [(iv, _fastpath.every_row) for iv in active]
     for iv in {id(iv): iv for iv in ivs if iv is not None}.values():
-        rows = [r for r in range(n) if ivs[r] is iv]
-        plan.append((iv, _fastpath.rows_mask({n: rows, 2 * n: rows + [n + r for r in rows]})))
+        plan.append((iv, live.rows([r for r in range(n) if ivs[r] is iv])))  # both streams
     for mask in {id(m): m for m in masks}.values():
-        rows = [r for r in range(n) if masks[r] is mask]
-        plan.append((mask, _fastpath.rows_mask({2 * n: [n + r for r in rows]})))  # the masked rows only
+        plan.append((mask, live.rows([r for r in range(n) if masks[r] is mask], copies=[1])))  # the masked stream only
 
-    stops = torch.tensor(model.stop_token_ids, device=batch.device)
+    stops = set(model.stop_token_ids)
     out: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
     cache = DynamicCache(config=view.config)
     with ExitStack() as stack:
         stack.enter_context(_fastpath.installed(model, plan))
@@ -116,37 +115,43 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
                 layer.keys, layer.values = layer.keys.repeat(2, 1, 1, 1), layer.values.repeat(2, 1, 1, 1)
         if low > 0:
             for layer in _decoder_layers(view)[low:]:
-                stack.enter_context(_doubled_inputs(layer, n))
+                stack.enter_context(_doubled_inputs(layer, lambda: len(live.alive)))
         nxt, now, step_pos = batch[:, -1:], attn, pos[:, -1:]
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             rows = 1 if low > 0 else 2
             logits = view(input_ids=nxt.repeat(rows, 1), attention_mask=now.repeat(rows, 1),
                           position_ids=step_pos.repeat(rows, 1), past_key_values=cache, use_cache=True,
                           logits_to_keep=1).logits[:, -1]
             lp = logits.float().log_softmax(-1)
-            full, masked = lp[:n], lp[n:]
+            k = len(live.alive)
+            full, masked = lp[:k], lp[k:]
             if alpha == "entropy":
                 a = -(full.exp() * full).sum(-1)
                 if alpha_cap is not None:
                     a = a.clamp(max=alpha_cap)
             else:
-                a = torch.full((n,), float(alpha))
+                a = torch.full((k,), float(alpha))
             score = full + a[:, None] * (full - masked)
             if plausibility is not None:
                 score = score.masked_fill(full < full.max(-1, keepdim=True).values + math.log(plausibility), float("-inf"))
             tok = score.argmax(-1)
-            for r in range(n):
-                if done[r]:
+            keep = []
+            for j, r in enumerate(live.alive):
+                t = int(tok[j])
+                if t in stops:
                     continue
-                if bool(torch.isin(tok[r], stops)):
-                    done[r] = True
-                    continue
-                out[r].append(int(tok[r]))
+                out[r].append(t)
                 if until is not None and until(model.tokenizer.decode(out[r], skip_special_tokens=True)):
-                    done[r] = True
-            if all(done):
+                    continue
+                keep.append(j)
+            if not keep or step == max_new_tokens - 1:
                 break
             nxt = tok[:, None]
+            if len(keep) < k:
+                index = torch.tensor(keep, device=tok.device)
+                select_rows(cache, index, k)
+                live.keep(keep)
+                nxt, now, step_pos = nxt[index], now[index], step_pos[index]
             now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
             step_pos = step_pos + 1
     return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
@@ -194,24 +199,27 @@ def _decoder_layers(view: Any) -> list[torch.nn.Module]:
     raise ValueError(f"no decoder layers found in {type(view).__name__}; use branch=False")
 
 
-def _doubled_inputs(layer: torch.nn.Module, n: int) -> Any:
+def _doubled_inputs(layer: torch.nn.Module, rows: "int | Callable[[], int]") -> Any:
     """A pre-hook giving ``layer`` every per-row input twice (rows ``0..n-1`` then again as
-    ``n..2n-1``): the hidden states where they come in ``n`` rows, and the attention mask and
-    position embeddings, which the model hands every layer for the ``n`` rows it was given."""
+    ``n..2n-1``, ``n`` = ``rows`` or what it returns now): the hidden states where they come in
+    ``n`` rows, and the attention mask and position embeddings, which the model hands every
+    layer for the ``n`` rows it was given."""
+    count = rows if callable(rows) else (lambda: rows)
 
-    def twice(x: Any) -> Any:
+    def twice(x: Any, n: int) -> Any:
         if isinstance(x, torch.Tensor):
             return x.repeat(2, *([1] * (x.dim() - 1))) if x.dim() >= 2 and x.shape[0] == n else x
         if isinstance(x, tuple):
-            return tuple(twice(v) for v in x)
+            return tuple(twice(v, n) for v in x)
         if isinstance(x, list):
-            return [twice(v) for v in x]
+            return [twice(v, n) for v in x]
         if isinstance(x, dict):
-            return {k: twice(v) for k, v in x.items()}
+            return {k: twice(v, n) for k, v in x.items()}
         return x
 
     def pre(module: Any, args: tuple, kwargs: dict) -> Any:
-        return twice(args), twice(kwargs)
+        n = count()
+        return twice(args, n), twice(kwargs, n)
 
     handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
 
