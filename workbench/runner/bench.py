@@ -327,7 +327,7 @@ def check_run(
 
 # Examples decoded together by default (`workbench bench`/`tune`); chosen from the throughput
 # measured by benchmarks/bench_batch.py on this project's 2-core CPU (docs/scaling.md).
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 16
 
 
 def run_bench(
