@@ -73,6 +73,32 @@ def select_rows(cache: Any, keep: torch.Tensor, n: int) -> None:
         layer.batch_select_indices(index)
 
 
+def take_step(live: LiveRows, tok: torch.Tensor, out: list[list[int]], stops: set[int],
+              decode: Callable[[list[int]], str], until: "Callable[[str], bool] | None") -> list[int]:
+    """Give each live row its token ``tok[j]`` (a stop token ends the row unwritten; ``until`` on its
+    text ends it after); returns the positions (in ``live.alive``) of the rows that go on."""
+    keep = []
+    for j, r in enumerate(live.alive):
+        t = int(tok[j])
+        if t in stops:
+            continue
+        out[r].append(t)
+        if until is not None and until(decode(out[r])):
+            continue
+        keep.append(j)
+    return keep
+
+
+def drop_finished(cache: Any, live: LiveRows, keep: list[int], *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Keep only rows ``keep`` of the cache, of ``live`` and of each per-row tensor in ``rows``."""
+    if len(keep) == len(live.alive):
+        return rows
+    index = torch.tensor(keep, device=rows[0].device)
+    select_rows(cache, index, len(live.alive))
+    live.keep(keep)
+    return tuple(t[index] for t in rows)
+
+
 @torch.no_grad()
 def greedy_rows(view: Any, ids: Sequence[torch.Tensor], max_new_tokens: int, stop_ids: Sequence[int],
                 decode: Callable[[list[int]], str], until: "Callable[[str], bool] | None" = None,
@@ -93,22 +119,10 @@ def greedy_rows(view: Any, ids: Sequence[torch.Tensor], max_new_tokens: int, sto
     step_pos = pos[:, -1:]
     for step in range(max_new_tokens):
         tok = logits[:, -1].argmax(-1)
-        keep = []
-        for j, r in enumerate(live.alive):
-            t = int(tok[j])
-            if t in stops:
-                continue
-            out[r].append(t)
-            if until is not None and until(decode(out[r])):
-                continue
-            keep.append(j)
+        keep = take_step(live, tok, out, stops, decode, until)
         if not keep or step == max_new_tokens - 1:
             break
-        if len(keep) < len(live.alive):
-            index = torch.tensor(keep, device=tok.device)
-            select_rows(cache, index, len(live.alive))
-            live.keep(keep)
-            tok, mask, step_pos = tok[index], mask[index], step_pos[index]
+        tok, mask, step_pos = drop_finished(cache, live, keep, tok, mask, step_pos)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         step_pos = step_pos + 1
         logits = view(input_ids=tok[:, None], attention_mask=mask, position_ids=step_pos, past_key_values=cache,

@@ -125,22 +125,6 @@ def every_row(batch: int) -> None:
     return None
 
 
-def rows_mask(by_batch: dict[int, Sequence[int]]) -> RowsOf:
-    """``rows_of`` of an intervention acting on rows ``by_batch[n]`` of a pass of ``n`` rows, and on
-    no row of a pass of any other size (DPS runs its masked copy of the batch as extra rows)."""
-    masks = {}
-    for n, rows in by_batch.items():
-        m = torch.zeros(n, dtype=torch.bool)
-        m[list(rows)] = True
-        masks[n] = m
-
-    def rows_of(batch: int) -> torch.Tensor:
-        m = masks.get(batch)
-        return m if m is not None else torch.zeros(batch, dtype=torch.bool)
-
-    return rows_of
-
-
 @contextmanager
 def installed(model: Any, plan: Sequence[tuple[Any, RowsOf]]) -> Iterator[None]:
     """Run each intervention of ``plan`` (``(intervention, rows_of)``) as torch hooks on the view's

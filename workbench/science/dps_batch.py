@@ -26,7 +26,7 @@ import torch
 from workbench._util import check_sampling
 from workbench.core import _fastpath
 from workbench.core.heads import HeadMask
-from workbench.core._decoding import LiveRows, left_pad, positions_of, select_rows
+from workbench.core._decoding import LiveRows, drop_finished, left_pad, positions_of, take_step
 from workbench.core.model import Model
 from workbench.science.dps import as_head_mask, check_dps_args, dps_generate
 
@@ -104,6 +104,7 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
         plan.append((mask, live.rows([r for r in range(n) if masks[r] is mask], copies=[1])))  # the masked stream only
 
     stops = set(model.stop_token_ids)
+    decode = lambda t: model.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     out: list[list[int]] = [[] for _ in range(n)]
     cache = DynamicCache(config=view.config)
     with ExitStack() as stack:
@@ -115,7 +116,7 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
                 layer.keys, layer.values = layer.keys.repeat(2, 1, 1, 1), layer.values.repeat(2, 1, 1, 1)
         if low > 0:
             for layer in _decoder_layers(view)[low:]:
-                stack.enter_context(_doubled_inputs(layer, lambda: len(live.alive)))
+                stack.callback(_doubled_inputs(layer, lambda: len(live.alive)).remove)
         nxt, now, step_pos = batch[:, -1:], attn, pos[:, -1:]
         for step in range(max_new_tokens):
             rows = 1 if low > 0 else 2
@@ -135,23 +136,10 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
             if plausibility is not None:
                 score = score.masked_fill(full < full.max(-1, keepdim=True).values + math.log(plausibility), float("-inf"))
             tok = score.argmax(-1)
-            keep = []
-            for j, r in enumerate(live.alive):
-                t = int(tok[j])
-                if t in stops:
-                    continue
-                out[r].append(t)
-                if until is not None and until(model.tokenizer.decode(out[r], skip_special_tokens=True)):
-                    continue
-                keep.append(j)
+            keep = take_step(live, tok, out, stops, decode, until)
             if not keep or step == max_new_tokens - 1:
                 break
-            nxt = tok[:, None]
-            if len(keep) < k:
-                index = torch.tensor(keep, device=tok.device)
-                select_rows(cache, index, k)
-                live.keep(keep)
-                nxt, now, step_pos = nxt[index], now[index], step_pos[index]
+            nxt, now, step_pos = drop_finished(cache, live, keep, tok[:, None], now, step_pos)
             now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
             step_pos = step_pos + 1
     return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
@@ -175,7 +163,7 @@ def _branch_works(model: Model, view: Any) -> bool:
             full = view(input_ids=ids.repeat(2, 1), use_cache=False).logits
             with ExitStack() as stack:
                 for layer in layers[1:]:
-                    stack.enter_context(_doubled_inputs(layer, 1))
+                    stack.callback(_doubled_inputs(layer, 1).remove)
                 half = view(input_ids=ids[:, :-1], past_key_values=DynamicCache(config=view.config), use_cache=True)
                 cache = half.past_key_values
                 for i, layer in enumerate(cache.layers):
@@ -200,7 +188,7 @@ def _decoder_layers(view: Any) -> list[torch.nn.Module]:
 
 
 def _doubled_inputs(layer: torch.nn.Module, rows: "int | Callable[[], int]") -> Any:
-    """A pre-hook giving ``layer`` every per-row input twice (rows ``0..n-1`` then again as
+    """A pre-hook (its handle returned) giving ``layer`` every per-row input twice (rows ``0..n-1`` then again as
     ``n..2n-1``, ``n`` = ``rows`` or what it returns now): the hidden states where they come in
     ``n`` rows, and the attention mask and position embeddings, which the model hands every
     layer for the ``n`` rows it was given."""
@@ -221,16 +209,7 @@ def _doubled_inputs(layer: torch.nn.Module, rows: "int | Callable[[], int]") -> 
         n = count()
         return twice(args, n), twice(kwargs, n)
 
-    handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
-
-    class _Removing:
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, *exc: Any) -> None:
-            handle.remove()
-
-    return _Removing()
+    return layer.register_forward_pre_hook(pre, with_kwargs=True)
 
 
 @dataclass(frozen=True)
