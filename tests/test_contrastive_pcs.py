@@ -97,3 +97,20 @@ def test_dps_heads_come_from_the_whole_dataset_and_saved_scores_are_reused(tiny,
         dps.pcs_examples = 2
         dps.prepare_run(tiny, list(cut), cut)
         np.testing.assert_allclose(dps.scores.per_example, saved.per_example, atol=1e-6)
+
+
+def test_saved_scores_of_another_task_with_the_same_ids_are_not_reused(tiny, tmp_path, monkeypatch):
+    # LaMP-2N holds LaMP-4's authors and articles: its history examples have the same ids and
+    # users, but score a category, not a headline. Reusing LaMP-4's heads for it was a real bug.
+    import workbench.methods.dps as dps_mod
+    from workbench.data.lamp import load_task_data
+    from workbench.data.history import profile_examples
+
+    news, categories = load_task_data("lamp4"), load_task_data("lamp2n")
+    items, labelled = profile_examples(news, n=2), profile_examples(categories, n=2)
+    assert [ex.id for ex in items] == [ex.id for ex in labelled]  # the trap: same ids
+    assert [ex.gold for ex in items] != [ex.gold for ex in labelled]
+    preference_scores(tiny, items, mode="exact", progress=False).save(tmp_path / "pcs_news_tiny.json")
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    assert dps_mod.saved_scores(tiny, items, k=5, retrieval="bm25", contrast=None) is not None
+    assert dps_mod.saved_scores(tiny, labelled, k=5, retrieval="bm25", contrast=None) is None

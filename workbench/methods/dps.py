@@ -134,12 +134,14 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
                           progress: bool = True, contrast: str | None = None) -> Any:
     """PCS on leave-one-out profile examples of these examples' users, cached on disk."""
     from workbench.data.history import profile_examples
-    from workbench.science.pcs import preference_scores
+    from workbench.science.pcs import preference_scores, scored_fingerprint
     from workbench.science.pcs_result import PreferenceScores
 
     items = profile_examples(examples, n=n, k=k, by=retrieval)
-    parts = [model.name, str(model.dtype), k, retrieval, [(ex.id, ex.gold, len(ex.profile)) for ex in items]]
-    key = stable_hash(parts + [contrast] if contrast else parts)  # plain scores keep their old cache entries
+    # Keyed on the prompts and targets scored, not on ids: another task's history examples can
+    # have the same ids (LaMP-2N and LaMP-4 share articles).
+    key = stable_hash([model.name, str(model.dtype), k, retrieval, scored_fingerprint(model, items, k, retrieval),
+                       contrast])
     path = cache_file("pcs", model.name, f"{key}.json")
 
     def build() -> Any:
@@ -163,13 +165,17 @@ def saved_scores(model: Model, items: list, k: int, retrieval: str, contrast: st
     computed on exactly these examples with these settings, or None."""
     import torch
 
+    from workbench.science.pcs import scored_fingerprint
     from workbench.science.pcs_result import PreferenceScores
 
     if model.dtype != torch.float32:  # the saved scores were computed in float32
         return None
     directory = results_dir(directory)
+    # Ids alone are not enough: LaMP-2N's history examples have LaMP-4's ids (same articles) but
+    # other prompts and targets; ``scored`` pins the exact prompts and targets.
     want = {"model": model.name, "how": "uniform", "scope": "output", "mode": "exact", "k": k, "retrieval": retrieval,
-            "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items]}
+            "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
+            "scored": scored_fingerprint(model, items, k, retrieval)}
     for path in sorted(directory.glob("pcs_*.json")) if directory.is_dir() else []:
         try:
             scores = PreferenceScores.load(path, model=model)

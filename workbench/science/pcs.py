@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from workbench.core._reuse import fork_kv_cache, run_from_layer
-from workbench._util import check_int, empty_kv_cache, frozen_parameters, verify_count
+from workbench._util import check_int, empty_kv_cache, frozen_parameters, stable_hash, verify_count
 from workbench.core.heads import check_how, head_means, mask_heads
 from workbench.core.hooks import last_positions_hook, hook_point
 from workbench.core.model import Model
@@ -109,6 +109,18 @@ def _scoring_examples(model: Model, examples: Iterable[Any], k: int, by: str,
         for ex in out:
             ex.contrast_pair(contrast)  # every example can be contrasted, checked before any work
     return out
+
+
+def scored_hash(items: list[ScoringExample]) -> str:
+    """A fingerprint of exactly what is scored: each prompt and its target. Two datasets can share
+    example ids (LaMP-4 and LaMP-2N hold the same authors' articles) while the prompts and targets —
+    a headline vs a category — differ, so saved scores are matched on this, not on ids."""
+    return stable_hash([[str(ex.prompt), ex.target] for ex in items])
+
+
+def scored_fingerprint(model: Model, examples: Iterable[Any], k: int = 5, retrieval: str = "bm25") -> str:
+    """:func:`scored_hash` of the plain (uncontrasted) prompts and targets PCS builds from ``examples``."""
+    return scored_hash(_scoring_examples(model, examples, k, retrieval))
 
 
 # ---- scoring one example with reuse -------------------------------------------------------
@@ -358,7 +370,8 @@ def preference_scores(
     meta = {
         "model": model.name, "n_layers": L, "n_heads": H, "how": how, "scope": scope, "mode": mode,
         "contrast": contrast, "k": k, "retrieval": retrieval, "data": data, "n_examples": len(items),
-        "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items], **extra,
+        "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
+        "scored": scored_hash(items), **extra,
         "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return PreferenceScores(per, meta)
