@@ -276,6 +276,22 @@ def test_where_the_adapter_acts(tiny, adapter):
         adapter_figure(df, value="output_rel")
 
 
+def test_preference_scores_of_the_adapted_model(tiny, adapter):
+    # PCS with the adapter on: the exact sweep (which reuses the unmasked layers' computation)
+    # must see the adapter on every path, i.e. equal the naive one-forward-per-head reference,
+    # and differ from the base model's scores.
+    from workbench.science.pcs import preference_scores
+
+    pairs = [("the cat sat on the mat", " the dog"), ("news about food", " best food")]
+    base = preference_scores(tiny, pairs, mode="exact", progress=False)
+    with adapter.apply(tiny):
+        exact = preference_scores(tiny, pairs, mode="exact", progress=False)
+        naive = preference_scores(tiny, pairs, mode="naive", progress=False)
+    assert not all_hook_handles(tiny)
+    assert torch.allclose(torch.tensor(exact.per_example), torch.tensor(naive.per_example), atol=1e-5)
+    assert not torch.allclose(torch.tensor(exact.per_example), torch.tensor(base.per_example), atol=1e-3)
+
+
 def test_a_model_without_projections_is_a_clear_error(tiny):
     fake = Model.__new__(Model)
     fake.__dict__.update(bridge=type("B", (), {"original_model": None})(), name="fake")

@@ -15,7 +15,7 @@ from workbench.data.history import dev_split, profile_examples
 from workbench.data.records import Dataset
 from workbench.runner.settings import apply_all, apply_settings, parse_assignments, parse_method_names
 from workbench.data.splits import describe_split, select_examples, split_users, user_side
-from workbench.runner.tuning import (DEFAULT_GRIDS, choose, grid_points, load_tuned, methods_for_run, parse_grid, plan_tuning,
+from workbench.runner.tuning import (TuningResult, DEFAULT_GRIDS, choose, grid_points, load_tuned, methods_for_run, parse_grid, plan_tuning,
                                      save_tuned, tune, tune_methods)
 
 
@@ -155,6 +155,25 @@ def test_methods_for_run_applies_defaults_then_tuned_then_set(tmp_path):
                                set_items=["dps.top_percent=2"])
     assert dps.alpha == "entropy" and dps.top_percent == 2.0 and dps.settings.k == 3  # fints: not in this run, ignored
     assert [m.name for m in methods_for_run(["rag"], GenerationSettings())] == ["rag"]  # nothing given: the defaults
+
+
+def test_settings_fixed_while_tuning_come_with_the_choice(tmp_path):
+    # A point was only ever scored with the --set values fixed during tuning, so a run with the
+    # tuned file gets them too (they were once dropped: lora-user+rag ran at its 2-epoch,
+    # 64-item defaults instead of the tuned 1 epoch, 16 items).
+    import pandas as pd
+
+    res = TuningResult("lora-user+rag", "rouge1", pd.DataFrame([{"lr": 1e-3, "rouge1": 0.2, "chosen": True}]),
+                       chosen={"lr": 1e-3}, defaults={"lr": 5e-4}, grid={"lr": [2e-4, 1e-3]},
+                       fixed={"rank": "8", "epochs": 1, "max_records": 16})
+    path = save_tuned([res], tmp_path / "tuned.json", {"model": "tiny-random"})
+    assert json.loads(path.read_text())["methods"]["lora-user+rag"]["fixed"]["epochs"] == "1.0"  # recorded as text
+    (m,) = methods_for_run(["lora-user+rag"], GenerationSettings(), "tiny-random", tuned=[path])
+    assert (m.lr, m.rank, m.epochs, m.max_records) == (1e-3, 8, 1, 16)
+    assert all(type(v) is int for v in (m.rank, m.epochs, m.max_records))
+    with pytest.raises(ValueError, match=r"--set \['lora-user\+rag.epochs'\] would override"):
+        methods_for_run(["lora-user+rag"], GenerationSettings(), "tiny-random", tuned=[path],
+                        set_items=["lora-user+rag.epochs=2"])
 
 
 def test_methods_for_run_refuses_clashes_and_strays(tmp_path):

@@ -66,7 +66,13 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
                     return False
                 raise ValueError("not true/false")
             if kind == "int":
-                return int(text)
+                try:
+                    return int(text)
+                except ValueError:
+                    x = float(text)  # "8.0": how tuned.json records a fixed setting
+                    if not x.is_integer():
+                        raise
+                    return int(x)
             if kind == "float":
                 x = float(text)
                 if not math.isfinite(x):

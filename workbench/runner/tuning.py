@@ -425,12 +425,14 @@ def save_tuned(results: Sequence[TuningResult], path: str | Path, about: Mapping
 
 
 def load_tuned(path: str | Path, model_name: str | None = None) -> dict[str, dict[str, Any]]:
-    """``{method: chosen settings}`` from a ``tuned.json``; refuses settings tuned on another model."""
+    """``{method: settings}`` from a ``tuned.json``: the chosen point together with the settings
+    fixed at every point while tuning (``--set``; recorded as text, typed when applied) — the
+    choice was only ever scored with them. Refuses settings tuned on another model."""
     d = _read_tuned(path)
     if model_name is not None and d.get("model") != model_name:
         raise ValueError(f"{path} holds settings tuned on {d.get('model')!r}, not on {model_name!r}; "
                          f"tune them on this model (`workbench tune --model {model_name} ...`)")
-    return {name: dict(m.get("chosen", {})) for name, m in d["methods"].items()}
+    return {name: {**(m.get("fixed") or {}), **m.get("chosen", {})} for name, m in d["methods"].items()}
 
 
 def _read_tuned(path: str | Path) -> dict:
