@@ -83,6 +83,22 @@ def test_a_killed_worker_loses_nothing(ray_session, serial, tmp_path):
     assert result.outputs[["method", "id", "prediction"]].equals(reference.outputs[["method", "id", "prediction"]])
 
 
+def test_per_user_lora_spread_over_workers_equals_serial(ray_session, tiny, tmp_path):
+    # lora-user trains an adapter per user: on the workers each trains its users' adapters
+    # (seeded), and the outputs equal a serial run's.
+    from workbench.methods import GenerationSettings, make_methods
+
+    data = load_lamp4_news()
+    (method,) = make_methods(["lora-user"], GenerationSettings(max_new_tokens=4))
+    method.epochs, method.max_records, method.lr, method.cache = 1, 3, 1e-2, False
+    serial = run_bench(tiny, data, [method], tmp_path / "serial", n=6, progress=False)
+    spread = run_bench_distributed("tiny-random", data, [method], tmp_path / "spread",
+                                   Cluster(workers=2, threads_per_worker=1), n=6, progress=False)
+    cols = ["method", "id", "prediction", "lora_loss"]
+    assert spread.outputs[cols].equals(serial.outputs[cols])
+    assert serial.outputs["lora_records"].eq(3).all()
+
+
 def test_distributed_pcs_equals_serial(ray_session, tiny):
     examples = profile_examples(load_lamp4_news(), n=3, k=2)
     serial = preference_scores(tiny, examples, mode="exact", contrast="history", progress=False)

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             provenance[m] = {**prev_about["methods"][m], "n": len(rows),
                              "kept_from": f"{args.previous.name} ({prev_about.get('exported', '?')})"}
             continue
-        chosen = tuned.get(m, {}).get("chosen", {})
+        # the settings fixed while tuning (--set) belong to the choice: the run used them too
+        chosen = {**(tuned.get(m, {}).get("fixed") or {}), **tuned.get(m, {}).get("chosen", {})}
         if saved is not None and _is_saved_setting(saved_settings.get(m), chosen):
             rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
             source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"
