@@ -147,7 +147,10 @@ def main() -> None:
         out = Path(args.out)
         table.to_csv(out, index=False)
         eff_path = out.with_name(out.stem + "_effects.csv")
-        eff_all.to_csv(eff_path, index=False)
+        slim = eff_all.drop(columns=["path"])  # layer + module say it; the file ships with the package
+        for col in ("weight_delta", "weight_rel", "output_delta", "output_rel"):
+            slim[col] = slim[col].map(lambda v: float(f"{v:.5g}"))
+        slim.to_csv(eff_path, index=False)
         info = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adapter_heads.py "
                            f"--model {args.model} --n {args.n} --top-percent {args.top_percent} --out {args.out}",
                 "model": model.name, "base_scores": scores_path.name, "adapter": {**TUNED, "modules": method.modules,

@@ -1,8 +1,11 @@
 """Are preference heads specific to preference? Masking the top-k heads of each scoring, on
 held-out users the scores never saw.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_specificity.py [--model smollm2-135m] \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_specificity.py [--model smollm2-135m] [--task lamp4] \
         [--n-score 20] [--n-eval 20] [--mode exact] [--out results/specificity_smollm2-135m.csv]
+
+``--task lamp5`` (scholarly titles) or ``lamp2n`` (categories: the label's likelihood) asks the
+same question on another task's shipped data; the default output name then carries the task.
 
 Scores (uniform masking, output scope: the DPS regime) come from leave-one-out examples of the
 *tuning* users' histories: plain PCS on the prompt with the user's history, the same with no
@@ -34,7 +37,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
-from workbench.data.lamp import load_lamp4_news  # noqa: E402
+from workbench.data.lamp import load_task_data  # noqa: E402
 from workbench.core.heads import mask_heads  # noqa: E402
 from workbench.data.history import profile_examples  # noqa: E402
 from workbench.science.pcs import _scoring_examples, _Scorer, preference_scores  # noqa: E402
@@ -49,7 +52,8 @@ def scorings(model, data, n: int, mode: str, cache_dir: Path) -> dict[str, Prefe
     examples = profile_examples(split_users(data, "tune"), n=n)
     out = {}
     for name, k in (("plain", 5), ("no history", 0)):
-        path = cache_dir / f"{model.name}_{name.replace(' ', '-')}_{mode}_{n}.json"
+        task = getattr(data, "task", "lamp4")
+        path = cache_dir / f"{model.name}{'' if task == 'lamp4' else '_' + task}_{name.replace(' ', '-')}_{mode}_{n}.json"
         if path.exists():
             out[name] = PreferenceScores.load(path, model=model)
         else:
@@ -101,6 +105,7 @@ def summarize(raw: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--task", default="lamp4", help="lamp4 (news headlines), lamp5 (scholarly titles) or lamp2n")
     ap.add_argument("--n-score", type=int, default=20, help="tuning-user examples the scores average over")
     ap.add_argument("--n-eval", type=int, default=20, help="held-out (evaluation-user) examples")
     ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
@@ -112,7 +117,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     model = wb.load_model(args.model, progress=False)
-    data = load_lamp4_news()
+    data = load_task_data(args.task)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     scores = scorings(model, data, args.n_score, args.mode, args.cache_dir)
     print(model)
@@ -127,10 +132,12 @@ def main() -> None:
     print(f"\npersonalization gain on {len(g)} held-out examples: mean {g.mean():.3f} nats/token "
           f"(positive for {(g > 0).sum()}/{len(g)})\n")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    out = args.out or Path("results") / f"specificity_{args.model}.csv"
+    out = args.out or Path("results") / (f"specificity_{args.model}.csv" if args.task == "lamp4"
+                                         else f"specificity_{args.task}_{args.model}.csv")
     table.to_csv(out, index=False)
     top8 = table[(table.heads == "contrastive PCS") & (table.k == min(8, table.k.max()))].iloc[0]
-    meta = {"model": args.model, "mode": args.mode, "n_score": args.n_score, "n_eval": args.n_eval,
+    meta = {"model": args.model, "task": args.task, "data": str(data.path), "mode": args.mode,
+            "n_score": args.n_score, "n_eval": args.n_eval,
             "draws": args.draws, "seed": args.seed, "mean_gain": float(g.mean()), "masking": "uniform, output scope",
             "scores_from": "tuning users' histories (leave-one-out)", "evaluated_on": "evaluation users' histories",
             "top8": {name: [f"L{lay}H{h}" for lay, h in sc.top(8)] for name, sc in scores.items()},

@@ -29,6 +29,7 @@
 # | `opt-all` / `steerx-opt` | the same with a vector *optimised* on the history / on the description | 03 |
 # | `fints` / `fints+rag` / `caa-user` | the article (or `rag`), steered by per-input Fints vectors / the user's mean vector | 04 |
 # | `caa-all+dps`, `steerx-caa+dps` | a steering vector **and** DPS decoding at once | this one |
+# | `lora-user` / `lora-user+rag` / `lora-task` / `lora-task+rag` | the fine-tuning baseline: a LoRA adapter per user (or one on the tuning users), on the plain or `rag` prompt | this one (§1d, §3b) |
 #
 # Running all of them on all 207 queries takes hours on a laptop CPU, so part 1 reads the
 # results of `workbench bench` runs saved in `results/` (predictions and scores, with the exact
@@ -39,7 +40,7 @@
 # |---|---|
 # | **Difficulty** | ★★☆ intermediate |
 # | **You need** | notebook 01 (metrics, bootstrap intervals); 02–04 for what each method does |
-# | **You will learn** | comparing methods fairly: shared queries, paired differences with bootstrap intervals, wins and losses; settings tuned on some users and reported on others; a second model; per-user effects and the noise floor; combining a steering vector with DPS |
+# | **You will learn** | comparing methods fairly: shared queries, paired differences with bootstrap intervals, wins and losses; settings tuned on some users and reported on others; a second model; the fine-tuning baseline and where a LoRA adapter changes the model; per-user effects and the noise floor; combining a steering vector with DPS |
 # | **Time** | 74 s to run on 2 CPU cores, no GPU (measured), plus ~40 min to read and do the exercises |
 # | **Exercises** | 5.1 a paired bootstrap (★★☆, ~15 min) · 5.2 the queries every method shares (★☆☆, ~10 min) |
 # | **Methods** | DPS (Zhang et al., 2026), SteerX (Zhao et al., arXiv 2510.22256), Fints (Du et al., arXiv 2510.27206), CAA (Rimsky et al., 2024, arXiv 2312.06681) — see [docs/methods.md](../docs/methods.md); the paired bootstrap (Efron & Tibshirani, 1993; for NLP: Koehn, 2004) |

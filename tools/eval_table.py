@@ -39,12 +39,22 @@ def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
     return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
 
 
+def _number(text: str) -> object:
+    """A fixed setting as tuned.json records it ("8.0", "none", "entropy") as the value it stands for."""
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return None if str(text).lower() == "none" else text
+    return int(x) if x.is_integer() else x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tuned", action="append", type=Path, required=True)
     ap.add_argument("--runs", action="append", type=Path, default=[], help="runs at tuned settings, --users eval")
     ap.add_argument("--saved", type=Path, default=SAVED, help="a full run at default settings, or 'none'")
     ap.add_argument("--model", default="smollm2-135m", help="the model the runs used (recorded)")
+    ap.add_argument("--task", default="lamp4", help="the task the runs used: lamp4, lamp5 or lamp2n (its shipped data)")
     ap.add_argument("--n", type=int, default=None,
                     help="the first N evaluation queries only (runs made with --users eval --n N)")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -56,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from workbench.runner.compare import comparison_table, format_table, load_results, load_runs, save_results
-    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.lamp import load_task_data
+    from workbench.data.metrics import task_labels
     from workbench.data.splits import describe_split, split_users
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -65,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         d = json.loads(path.read_text())
         for m, info in d["methods"].items():
             tuned[m], files[m] = info, str(path)
-    data = load_lamp4_news()
+    data = load_task_data(args.task)
     eval_ids = {ex.id for ex in list(split_users(data, "eval"))[: args.n]}
     if str(args.saved) == "none":
         saved, saved_settings = None, {}
@@ -86,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                              "kept_from": f"{args.previous.name} ({prev_about.get('exported', '?')})"}
             continue
         # the settings fixed while tuning (--set) belong to the choice: the run used them too
-        chosen = {**(tuned.get(m, {}).get("fixed") or {}), **tuned.get(m, {}).get("chosen", {})}
+        chosen = {**{k: _number(v) for k, v in (tuned.get(m, {}).get("fixed") or {}).items()},
+                  **tuned.get(m, {}).get("chosen", {})}
         if saved is not None and _is_saved_setting(saved_settings.get(m), chosen):
             rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
             source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"
@@ -105,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not complete: {missing}")
         return 1
     outputs = pd.concat(frames, ignore_index=True)
-    table = comparison_table(outputs, names, baseline="rag")
+    table = comparison_table(outputs, names, baseline="rag", labels=task_labels(args.task))
     print(format_table(table))
-    about = {"model": args.model, "n_queries": len(eval_ids), "task": "lamp4", "split": "dev", "data": "lamp4-news",
+    about = {"model": args.model, "n_queries": len(eval_ids), "task": args.task, "split": "dev",
+             "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
              "exported": str(date.today()),
