@@ -199,6 +199,15 @@ l_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_r
          "losses_vs_rag", "seconds_per_example"]].round(4)
 
 # %% [markdown]
+# And OPPU's setting on the second model, Gemma 3 270M (its own tuning; the 81 evaluation queries of §1c):
+
+# %%
+g_lora = load_results(ROOT / "results" / "lamp4-news_gemma3-270m_eval_lora.csv", dataset=data)
+gl_table = comparison_table(g_lora, ["generic", "rag", "lora-user+rag"], baseline="rag")
+gl_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "wins_vs_rag",
+          "losses_vs_rag"]].round(4)
+
+# %% [markdown]
 # ## 2. Per user: where each method wins and loses
 #
 # Averages hide users. Below, every column is a user, every row a method, and the colour is the

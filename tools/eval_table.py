@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
     ap.add_argument("--previous", type=Path, default=None,
                     help="an earlier export of this table: methods not in any --tuned file keep its rows and provenance")
+    ap.add_argument("--command", action="append", default=[], help="the tune/bench commands behind the runs (recorded)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
              "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
-             "exported": str(date.today()),
+             "commands": args.command, "exported": str(date.today()),
              "settings": {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
     save_results(outputs, args.out, about, overwrite=args.overwrite)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
