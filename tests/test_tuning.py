@@ -174,6 +174,9 @@ def test_settings_fixed_while_tuning_come_with_the_choice(tmp_path):
     with pytest.raises(ValueError, match=r"--set \['lora-user\+rag.epochs'\] would override"):
         methods_for_run(["lora-user+rag"], GenerationSettings(), "tiny-random", tuned=[path],
                         set_items=["lora-user+rag.epochs=2"])
+    (again,) = methods_for_run(["lora-user+rag"], GenerationSettings(), "tiny-random", tuned=[path],
+                               set_items=["lora-user+rag.epochs=1", "lora-user+rag.lr=0.001"])  # the same values
+    assert (again.epochs, again.lr) == (1, 1e-3)
 
 
 def test_methods_for_run_refuses_clashes_and_strays(tmp_path):

@@ -140,7 +140,9 @@ def methods_for_run(names: Sequence[str], settings: Any, model_name: str | None 
             if method in chosen:
                 raise ValueError(f"{method} is tuned in two of the --tuned files; keep one")
             chosen[method] = fields
-    clash = [f"{m}.{f}" for m, fs in changes.items() for f in fs if f in chosen.get(m, {})]
+    # the same value again (e.g. a --set that was fixed while tuning, repeated) is no override
+    clash = [f"{m}.{f}" for m, fs in changes.items() for f, v in fs.items()
+             if f in chosen.get(m, {}) and _as_text({f: v}) != _as_text({f: chosen[m][f]})]
     if clash:
         raise ValueError(f"--set {clash} would override settings chosen by tuning (--tuned); drop one of the two")
     apply_all(methods, {m: fs for m, fs in chosen.items() if m in names})
