@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,7 +41,7 @@
 # | **Difficulty** | ★★☆ intermediate |
 # | **You need** | notebook 01 (metrics, bootstrap intervals); 02–04 for what each method does |
 # | **You will learn** | comparing methods fairly: shared queries, paired differences with bootstrap intervals, wins and losses; settings tuned on some users and reported on others; a second model; the fine-tuning baseline and where a LoRA adapter changes the model; per-user effects and the noise floor; combining a steering vector with DPS |
-# | **Time** | 74 s to run on 2 CPU cores, no GPU (measured), plus ~40 min to read and do the exercises |
+# | **Time** | 32 s to run on 2 CPU cores, no GPU (measured; the adapter of §3b trained in it), plus ~45 min to read and do the exercises |
 # | **Exercises** | 5.1 a paired bootstrap (★★☆, ~15 min) · 5.2 the queries every method shares (★☆☆, ~10 min) |
 # | **Methods** | DPS (Zhang et al., 2026), SteerX (Zhao et al., arXiv 2510.22256), Fints (Du et al., arXiv 2510.27206), CAA (Rimsky et al., 2024, arXiv 2312.06681) — see [docs/methods.md](../docs/methods.md); the paired bootstrap (Efron & Tibshirani, 1993; for NLP: Koehn, 2004) |
 
