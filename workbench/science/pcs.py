@@ -115,7 +115,10 @@ def scored_hash(items: list[ScoringExample]) -> str:
     """A fingerprint of exactly what is scored: each prompt and its target. Two datasets can share
     example ids (LaMP-4 and LaMP-2N hold the same authors' articles) while the prompts and targets —
     a headline vs a category — differ, so saved scores are matched on this, not on ids."""
-    return stable_hash([[str(ex.prompt), ex.target] for ex in items])
+    def text(prompt: Any) -> str:  # chat messages, text, or token ids (str() of a tensor elides the middle)
+        return str(prompt.tolist() if isinstance(prompt, torch.Tensor) else prompt)
+
+    return stable_hash([[text(ex.prompt), ex.target] for ex in items])
 
 
 def scored_fingerprint(model: Model, examples: Iterable[Any], k: int = 5, retrieval: str = "bm25") -> str:
