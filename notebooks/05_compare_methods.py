@@ -41,7 +41,7 @@
 # | **Difficulty** | ★★☆ intermediate |
 # | **You need** | notebook 01 (metrics, bootstrap intervals); 02–04 for what each method does |
 # | **You will learn** | comparing methods fairly: shared queries, paired differences with bootstrap intervals, wins and losses; settings tuned on some users and reported on others; a second model; the fine-tuning baseline and where a LoRA adapter changes the model; per-user effects and the noise floor; combining a steering vector with DPS |
-# | **Time** | 32 s to run on 2 CPU cores, no GPU (measured; the adapter of §3b trained in it), plus ~45 min to read and do the exercises |
+# | **Time** | 35 s to run on 2 CPU cores, no GPU (measured; the adapter of §3b trained in it), plus ~45 min to read and do the exercises |
 # | **Exercises** | 5.1 a paired bootstrap (★★☆, ~15 min) · 5.2 the queries every method shares (★☆☆, ~10 min) |
 # | **Methods** | DPS (Zhang et al., 2026), SteerX (Zhao et al., arXiv 2510.22256), Fints (Du et al., arXiv 2510.27206), CAA (Rimsky et al., 2024, arXiv 2312.06681) — see [docs/methods.md](../docs/methods.md); the paired bootstrap (Efron & Tibshirani, 1993; for NLP: Koehn, 2004) |
 
@@ -206,6 +206,32 @@ g_lora = load_results(ROOT / "results" / "lamp4-news_gemma3-270m_eval_lora.csv",
 gl_table = comparison_table(g_lora, ["generic", "rag", "lora-user+rag"], baseline="rag")
 gl_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "wins_vs_rag",
           "losses_vs_rag"]].round(4)
+
+# %% [markdown]
+# ## 1e. A second task: news categories (LaMP-2N), a classification
+#
+# The same 69 authors, but the output is one of 21 category labels (listed in every input), and a
+# method's prediction is the label it scores highest (each label's mean log-probability per token
+# under the method). Before any steering: is the history worth anything here? The bar is a rule
+# with no model at all — answer the user's most frequent category (`majority`). So far only the
+# untuned baselines have run on the evaluation users (the tuned methods are the next runs):
+
+# %%
+from workbench.data.lamp import load_task_data
+from workbench.data.metrics import task_labels
+
+news_cats = load_task_data("lamp2n")
+cats = load_results(ROOT / "results" / "lamp2n-news_smollm2-135m_eval.csv", dataset=news_cats)
+c_table = comparison_table(cats, ["majority", "generic", "rag"], baseline="rag", labels=task_labels("lamp2n"))
+c_table[["method", "n", "accuracy", "macro_f1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag"]].round(4)
+
+# %% [markdown]
+# `generic` scores 0: without the history, the 135M model prefers the *first* label of the list for
+# every article — a position bias of small models in multiple choice. With the user's earlier articles
+# and their categories in the prompt, `rag` reaches the majority rule but does not pass it:
+
+# %%
+cats.query("method == 'generic'")["prediction"].value_counts().head(3)
 
 # %% [markdown]
 # ## 2. Per user: where each method wins and loses
