@@ -37,10 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import workbench as wb  # noqa: E402
 from workbench._util import results_dir  # noqa: E402
-from workbench.data.history import profile_examples, user_history  # noqa: E402
+from workbench.data.history import profile_examples  # noqa: E402
 from workbench.data.lamp import load_lamp4_news  # noqa: E402
 from workbench.methods import GenerationSettings  # noqa: E402
-from workbench.methods.lora import LoraUserRag, lora_records  # noqa: E402
+from workbench.methods.lora import LoraUserRag  # noqa: E402
 from workbench.science.lora import adapter_effects, records_loss  # noqa: E402
 from workbench.science.pcs import _scoring_examples, preference_scores  # noqa: E402
 from workbench.science.pcs_result import PreferenceScores  # noqa: E402
@@ -86,13 +86,13 @@ def main() -> None:
     k_top = max(1, round(L * H * args.top_percent / 100))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows, effects = [], []
+    rows, effects, adapted_all = [], [], []
     t_all = time.perf_counter()
     for i in chosen:
         ex = items[i]
         t0 = time.perf_counter()
         adapter = method.user_adapter(model, ex.user_id, [ex])
-        records = lora_records(model, "lamp4", user_history([ex])[-TUNED["max_records"]:], ex.user_id)
+        records = method.user_records(model, ex.user_id, [ex])
         eff = adapter_effects(model, adapter, records)
         eff.insert(0, "example", ex.id)
         effects.append(eff)
@@ -105,6 +105,7 @@ def main() -> None:
                                             data="profile leave-one-out, user's LoRA adapter on")
             adapted.save(cached, overwrite=True)
         b, a = base.per_example[i], adapted.per_example[0]
+        adapted_all.append(a)
         scored = _scoring_examples(model, [ex], meta["k"], meta["retrieval"])[0]
         nll_base = records_loss(model, [(scored.prompt, scored.target)])
         nll_adapted = records_loss(model, [(scored.prompt, scored.target)], adapter)
@@ -123,9 +124,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     eff_all = pd.concat(effects, ignore_index=True)
     mean_base = base.per_example[chosen].mean(0)
-    adapted_all = np.stack([PreferenceScores.load(work / f"{model.name}_{items[i].id.replace('/', '_')}.json",
-                                                  model=model).per_example[0] for i in chosen])
-    mean_adapted = adapted_all.mean(0)
+    mean_adapted = np.stack(adapted_all).mean(0)
     by_layer = eff_all.groupby("layer")["output_rel"].mean()
     summary = {
         "examples": len(rows),

@@ -51,9 +51,9 @@ def scorings(model, data, n: int, mode: str, cache_dir: Path) -> dict[str, Prefe
     """Plain, no-history and contrastive PCS on tuning users' histories (cached in cache_dir)."""
     examples = profile_examples(split_users(data, "tune"), n=n)
     out = {}
+    task = "" if data.task == "lamp4" else f"_{data.task}"  # lamp4's cache names as they were
     for name, k in (("plain", 5), ("no history", 0)):
-        task = getattr(data, "task", "lamp4")
-        path = cache_dir / f"{model.name}{'' if task == 'lamp4' else '_' + task}_{name.replace(' ', '-')}_{mode}_{n}.json"
+        path = cache_dir / f"{model.name}{task}_{name.replace(' ', '-')}_{mode}_{n}.json"
         if path.exists():
             out[name] = PreferenceScores.load(path, model=model)
         else:

@@ -311,8 +311,7 @@ print("masked heads:", row["heads"])
 # Fints and `caa-user` at 22). Training takes a few seconds on a CPU.
 
 # %%
-from workbench.methods.lora import LoraUserRag, lora_records
-from workbench.data.history import user_history
+from workbench.methods.lora import LoraUserRag
 from workbench.science.lora import adapter_effects, adapter_figure
 from workbench.science.pcs_result import PreferenceScores
 
@@ -320,7 +319,7 @@ tuned_lora = l_about["methods"]["lora-user+rag"]["settings"]
 trainer = LoraUserRag(settings, **{k: tuned_lora[k] for k in ("rank", "lr", "epochs", "max_records")})
 user_queries = data.by_user(user)
 adapter = trainer.user_adapter(model, user, user_queries)
-records = lora_records(model, "lamp4", user_history(user_queries)[-trainer.max_records:], user)
+records = trainer.user_records(model, user, user_queries)
 effects = adapter_effects(model, adapter, records)
 pcs = PreferenceScores.load(ROOT / "results" / "pcs_lamp4-news_smollm2-135m.json", model=model)
 print(adapter)

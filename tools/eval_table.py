@@ -40,7 +40,8 @@ def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
 
 
 def _number(text: str) -> object:
-    """A fixed setting as tuned.json records it ("8.0", "none", "entropy") as the value it stands for."""
+    """A fixed setting as tuned.json records it ("8.0", "none") as the value it stands for; other
+    text ("entropy") as it is."""
     try:
         x = float(text)
     except (TypeError, ValueError):
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.data.lamp import load_task_data
     from workbench.data.metrics import task_labels
     from workbench.data.splits import describe_split, split_users
+    from workbench.runner.tuning import load_tuned
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    tuned, files = {}, {}
+    tuned, files, settings_of = {}, {}, {}
     for path in args.tuned:
         d = json.loads(path.read_text())
+        settings_of.update(load_tuned(path))  # the chosen point with the settings fixed while tuning
         for m, info in d["methods"].items():
             tuned[m], files[m] = info, str(path)
     data = load_task_data(args.task)
@@ -97,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             provenance[m] = {**prev_about["methods"][m], "n": len(rows),
                              "kept_from": f"{args.previous.name} ({prev_about.get('exported', '?')})"}
             continue
-        # the settings fixed while tuning (--set) belong to the choice: the run used them too
-        chosen = {**{k: _number(v) for k, v in (tuned.get(m, {}).get("fixed") or {}).items()},
-                  **tuned.get(m, {}).get("chosen", {})}
+        chosen = {k: _number(v) if isinstance(v, str) else v for k, v in settings_of.get(m, {}).items()}
         if saved is not None and _is_saved_setting(saved_settings.get(m), chosen):
             rows = saved[(saved["method"] == m) & saved["id"].isin(eval_ids)]
             source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"

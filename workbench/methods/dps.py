@@ -140,12 +140,12 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
     items = profile_examples(examples, n=n, k=k, by=retrieval)
     # Keyed on the prompts and targets scored, not on ids: another task's history examples can
     # have the same ids (LaMP-2N and LaMP-4 share articles).
-    key = stable_hash([model.name, str(model.dtype), k, retrieval, scored_fingerprint(model, items, k, retrieval),
-                       contrast])
+    scored = scored_fingerprint(model, items, k, retrieval)
+    key = stable_hash([model.name, str(model.dtype), k, retrieval, scored, contrast])
     path = cache_file("pcs", model.name, f"{key}.json")
 
     def build() -> Any:
-        shipped = saved_scores(model, items, k=k, retrieval=retrieval, contrast=contrast)
+        shipped = saved_scores(model, items, k=k, retrieval=retrieval, contrast=contrast, scored=scored)
         if shipped is not None:
             print(f"preference heads of {model.name}: saved scores {shipped.meta.get('path')} (same examples and settings)")
             return shipped
@@ -160,9 +160,10 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
 
 
 def saved_scores(model: Model, items: list, k: int, retrieval: str, contrast: str | None,
-                 directory: Path | None = None) -> Any:
+                 directory: Path | None = None, scored: str | None = None) -> Any:
     """Scores saved in the results directory (``pcs_*.json``; :func:`workbench._util.results_dir`)
-    computed on exactly these examples with these settings, or None."""
+    computed on exactly these examples with these settings, or None. ``scored``: the examples'
+    :func:`~workbench.science.pcs.scored_fingerprint` when the caller has it already."""
     import torch
 
     from workbench.science.pcs import scored_fingerprint
@@ -175,7 +176,7 @@ def saved_scores(model: Model, items: list, k: int, retrieval: str, contrast: st
     # other prompts and targets; ``scored`` pins the exact prompts and targets.
     want = {"model": model.name, "how": "uniform", "scope": "output", "mode": "exact", "k": k, "retrieval": retrieval,
             "example_ids": [ex.id for ex in items], "example_users": [ex.user_id for ex in items],
-            "scored": scored_fingerprint(model, items, k, retrieval)}
+            "scored": scored or scored_fingerprint(model, items, k, retrieval)}
     for path in sorted(directory.glob("pcs_*.json")) if directory.is_dir() else []:
         try:
             scores = PreferenceScores.load(path, model=model)

@@ -109,12 +109,16 @@ class LoraMethod(Method):
                       lambda: train_lora(model, records, built={"data_hash": key, **built}, **settings),
                       lambda ad, p: ad.save(p, overwrite=True), enabled=self.cache)
 
+    def user_records(self, model: Model, user_id: str, examples: list) -> list[tuple]:
+        """What the user's adapter is trained on: their ``max_records`` most recent history items
+        as the task's ``(prompt, output)`` records."""
+        items = user_history(examples)[-self.max_records:]
+        return lora_records(model, task_of(examples), items, user_id, reserve=self.settings.max_new_tokens)
+
     def user_adapter(self, model: Model, user_id: str, examples: list) -> LoraAdapter:
         """The user's own adapter (the same for ``lora-user`` and ``lora-user+rag``)."""
-        task = task_of(examples)
-        items = user_history(examples)[-self.max_records:]
-        records = lora_records(model, task, items, user_id, reserve=self.settings.max_new_tokens)
-        return self._adapter(model, "user", user_id, records, {"user": user_id, "task": task})
+        records = self.user_records(model, user_id, examples)
+        return self._adapter(model, "user", user_id, records, {"user": user_id, "task": task_of(examples)})
 
     def prompt(self, model: Model, example: Any) -> tuple[Any, dict]:
         from workbench.data.prompts import build_prompt

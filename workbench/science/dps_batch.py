@@ -142,7 +142,7 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
             nxt, now, step_pos = drop_finished(cache, live, keep, tok[:, None], now, step_pos)
             now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
             step_pos = step_pos + 1
-    return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+    return [decode(o).strip() for o in out]
 
 
 @torch.no_grad()
