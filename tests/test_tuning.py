@@ -275,6 +275,34 @@ def test_tuned_settings_reach_the_run_and_its_record(tiny, news, tmp_path, monke
                  "--set", "test-copier.copy=1", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_eval_table_checks_a_run_was_made_at_the_tuned_settings(tiny, tmp_path, monkeypatch):
+    # tools/eval_table.py labels rows "tuned": rows from a run at other settings must be refused,
+    # and a method no tuned file names (rag) is taken at its defaults, without a saved full run.
+    import importlib.util
+    from pathlib import Path
+
+    import workbench as wb
+
+    spec = importlib.util.spec_from_file_location("eval_table", Path(__file__).parents[1] / "tools" / "eval_table.py")
+    eval_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_table)
+    monkeypatch.setattr(wb, "load_model", lambda *a, **k: tiny)
+    tuned = _tuned_file(tmp_path / "tuned.json", {"test-copier": {"copy": "0.5"}})
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    common = ["bench", "--model", "tiny-random", "--users", "eval", "--n", "3", "--max-new-tokens", "4"]
+    assert main([*common, "--methods", "rag,test-copier", "--set", "test-copier.copy=0.5", "--out", str(good)]) == 0
+    assert main([*common, "--methods", "test-copier", "--set", "test-copier.copy=1", "--out", str(bad)]) == 0
+    table = ["--model", "tiny-random", "--n", "3", "--methods", "rag,test-copier", "--tuned", str(tuned)]
+    assert eval_table.main([*table, "--runs", str(good), "--out", str(tmp_path / "t.csv")]) == 0
+    about = json.loads((tmp_path / "t.json").read_text())
+    assert about["methods"]["test-copier"]["settings"] == {"copy": 0.5}
+    assert "not tuned" in about["methods"]["rag"]["source"] and about["settings"]["max_new_tokens"] == 4
+    bad_rag = tmp_path / "bad-rag"
+    assert main([*common, "--methods", "rag", "--out", str(bad_rag)]) == 0
+    assert eval_table.main([*table, "--runs", str(bad_rag), "--runs", str(bad), "--out", str(tmp_path / "u.csv")]) == 1
+    assert not (tmp_path / "u.csv").exists()
+
+
 def test_cli_tune_writes_tuned_json(tiny, tmp_path, monkeypatch):
     import workbench as wb
 

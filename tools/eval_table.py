@@ -5,13 +5,18 @@
     # re-tune one method, keep the others' rows of the earlier export:
     python tools/eval_table.py --tuned runs/tune-dps/tuned.json --runs runs/eval-dps \
         --previous results/lamp4-news_smollm2-135m_eval.csv --out results/lamp4-news_smollm2-135m_eval.csv --overwrite
+    # another task: no saved default run; untuned baselines (no --tuned entry) come from --runs too
+    python tools/eval_table.py --task lamp2n --tuned runs/tune-lamp2n/tuned.json --runs runs/eval-lamp2n \
+        --methods majority,generic,rag,dps --out results/lamp2n-news_smollm2-135m_eval.csv
 
 For each method, its settings are the ones ``workbench tune`` chose on the tuning users.
 Where they equal the method's defaults, its evaluation-user predictions are the saved ones
 (``--saved``, the full run at default settings: greedy decoding is deterministic and
 ``tools/identity_check.py`` re-checks that the code still reproduces them); otherwise they
-must come from a run at the tuned settings on the evaluation users (``--runs``), and the tool
-prints the command that makes it. Writes the table (predictions and scores, no gold texts)
+must come from a run at the tuned settings on the evaluation users (``--runs``; the settings
+its ``run.json`` records are checked against the tuned ones), and the tool prints the command
+that makes it. A method no ``--tuned`` file names (``generic``, ``rag``, ``majority``) is taken at
+its default settings. Writes the table (predictions and scores, no gold texts)
 and a ``.json`` saying where every method's rows came from.
 """
 
@@ -26,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-SAVED = ROOT / "results" / "lamp4-news_smollm2-135m.csv"
+# Full runs at default settings, per (task, model): a method whose tuned settings are its defaults
+# takes its evaluation rows from there.
+SAVED = {("lamp4", "smollm2-135m"): ROOT / "results" / "lamp4-news_smollm2-135m.csv"}
 METHODS = ("generic", "rag", "dps", "caa-all", "steerx-caa", "opt-all", "steerx-opt", "fints", "fints+rag",
            "caa-user", "caa-all+dps", "steerx-caa+dps")
 
@@ -37,6 +44,13 @@ def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
     from workbench.runner.tuning import default_of
 
     return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
+
+
+def _recorded_settings(dirs: list[Path]) -> dict[str, dict]:
+    """Each run directory's recorded method settings (``run.json``), keyed as ``load_runs`` names the run."""
+    from workbench.runner.bench import read_run_info
+
+    return {str(d): read_run_info(Path(d)).get("method_settings", {}) for d in dirs}
 
 
 def _number(text: str) -> object:
@@ -51,9 +65,11 @@ def _number(text: str) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tuned", action="append", type=Path, required=True)
+    ap.add_argument("--tuned", action="append", type=Path, default=[],
+                    help="tuned.json from `workbench tune` (repeatable); methods it does not name run at their defaults")
     ap.add_argument("--runs", action="append", type=Path, default=[], help="runs at tuned settings, --users eval")
-    ap.add_argument("--saved", type=Path, default=SAVED, help="a full run at default settings, or 'none'")
+    ap.add_argument("--saved", type=Path, default=None,
+                    help="a full run at default settings, or 'none' (default: the saved one of this task and model, if any)")
     ap.add_argument("--model", default="smollm2-135m", help="the model the runs used (recorded)")
     ap.add_argument("--task", default="lamp4", help="the task the runs used: lamp4, lamp5 or lamp2n (its shipped data)")
     ap.add_argument("--n", type=int, default=None,
@@ -67,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
+    from workbench.runner.bench import read_run_info
     from workbench.runner.compare import comparison_table, format_table, load_results, load_runs, save_results
     from workbench.data.lamp import load_task_data
     from workbench.data.metrics import task_labels
@@ -82,12 +99,19 @@ def main(argv: list[str] | None = None) -> int:
             tuned[m], files[m] = info, str(path)
     data = load_task_data(args.task)
     eval_ids = {ex.id for ex in list(split_users(data, "eval"))[: args.n]}
+    if args.saved is None:
+        args.saved = SAVED.get((args.task, args.model), Path("none"))
     if str(args.saved) == "none":
         saved, saved_settings = None, {}
     else:
         saved = load_results(args.saved)
         saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
-    runs = load_runs(*args.runs) if args.runs else pd.DataFrame(columns=saved.columns)
+    runs = load_runs(*args.runs) if args.runs else pd.DataFrame()
+    run_settings = _recorded_settings(args.runs)
+    ran_on = {read_run_info(Path(d)).get("model") for d in args.runs}
+    if ran_on - {args.model}:
+        print(f"the runs were made with {sorted(ran_on)}, not --model {args.model}; give the model they used")
+        return 1
     frames, provenance, missing = [], {}, []
     prev_rows, prev_about = None, {}
     if args.previous is not None:
@@ -106,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             source = f"{args.saved.name} (tuned settings = its recorded settings{'' if m in tuned else '; not tuned'})"
         else:
             rows = runs[(runs["method"] == m) & runs["id"].isin(eval_ids)] if len(runs) else runs
-            source = f"re-run at the tuned settings in {', '.join(map(str, args.runs)) or '(no --runs)'}"
+            wrong = [d for d in rows["run"].unique() if not _is_saved_setting(run_settings[d].get(m), chosen)] \
+                if len(rows) else []
+            if wrong:
+                # a run at other settings would be reported as tuned: refuse rather than mislabel it
+                print(f"{m}: {wrong} ran it at {[run_settings[d].get(m) for d in wrong]}, not at the chosen {chosen}; "
+                      "re-run it at the tuned settings into another --out")
+                return 1
+            at = "the tuned settings" if m in tuned else "its default settings (not tuned)"
+            source = f"run at {at} in {', '.join(map(str, args.runs)) or '(no --runs)'}"
         if len(rows) < len(eval_ids):
             missing.append(m)
             sets = " ".join(f"--set {m}.{k}={v}" for k, v in chosen.items())
@@ -121,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     outputs = pd.concat(frames, ignore_index=True)
     table = comparison_table(outputs, names, baseline="rag", labels=task_labels(args.task))
     print(format_table(table))
+    recorded = next((read_run_info(Path(d)).get("settings") for d in args.runs), None)
     about = {"model": args.model, "n_queries": len(eval_ids), "task": args.task, "split": "dev",
              "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
              "commands": args.command, "exported": str(date.today()),
-             "settings": {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
+             "settings": recorded or {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
     save_results(outputs, args.out, about, overwrite=args.overwrite)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
