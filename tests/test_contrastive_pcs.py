@@ -114,3 +114,33 @@ def test_saved_scores_of_another_task_with_the_same_ids_are_not_reused(tiny, tmp
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     assert dps_mod.saved_scores(tiny, items, k=5, retrieval="bm25", contrast=None) is not None
     assert dps_mod.saved_scores(tiny, labelled, k=5, retrieval="bm25", contrast=None) is None
+
+
+def test_dps_contrastive_heads_reuse_the_plain_half(tiny, tmp_path, monkeypatch):
+    # contrast="history" is plain minus no-history on the same targets: with the plain scores
+    # cached (dps with plain heads ran before), only the no-history half is computed — and the
+    # result is what the direct contrastive computation gives.
+    import workbench.methods.dps as dps_mod
+    import workbench.science.pcs as pcs_mod
+    from workbench.data.lamp import load_lamp4_news
+    from workbench.data.history import profile_examples
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "none"))
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    news = list(load_lamp4_news())
+    plain = dps_mod.cached_profile_scores(tiny, news, n=2, progress=False)
+    calls = []
+    real = pcs_mod.preference_scores
+
+    def counted(*a, **k):
+        calls.append(k.get("k"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(pcs_mod, "preference_scores", counted)
+    contrastive = dps_mod.cached_profile_scores(tiny, news, n=2, progress=False, contrast="history")
+    assert calls == [0]  # the no-history half only
+    direct = real(tiny, profile_examples(news, n=2), mode="exact", contrast="history", progress=False)
+    np.testing.assert_allclose(contrastive.per_example, direct.per_example, atol=1e-5)
+    assert contrastive.meta["contrast"] == "history" and contrastive.meta["scored"] == plain.meta["scored"]
+    assert dps_mod.cached_profile_scores(tiny, news, n=2, progress=False, contrast="history").meta == contrastive.meta
+    assert calls == [0]  # cached from now on

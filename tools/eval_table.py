@@ -79,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--previous", type=Path, default=None,
                     help="an earlier export of this table: methods not in any --tuned file keep its rows and provenance")
     ap.add_argument("--command", action="append", default=[], help="the tune/bench commands behind the runs (recorded)")
+    ap.add_argument("--not-run", action="append", default=[], metavar="METHOD=WHY",
+                    help="a method of the task's table left out, and why (recorded, so the table says it)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
+    if any("=" not in item for item in args.not_run):
+        ap.error("--not-run takes METHOD=WHY, e.g. --not-run 'steerx-opt=not tuned: CPU'")
 
     from workbench.runner.bench import read_run_info
     from workbench.runner.compare import comparison_table, format_table, load_results, load_runs, save_results
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
              "commands": args.command, "exported": str(date.today()),
+             "not_run": dict(item.split("=", 1) for item in args.not_run),
              "settings": recorded or {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
     save_results(outputs, args.out, about, overwrite=args.overwrite)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")

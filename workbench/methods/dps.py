@@ -149,6 +149,20 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
         if shipped is not None:
             print(f"preference heads of {model.name}: saved scores {shipped.meta.get('path')} (same examples and settings)")
             return shipped
+        if contrast == "history":
+            # Contrastive = plain minus the same targets scored without the history
+            # (tests/test_contrastive_pcs.py). The plain half is what `dps` with plain heads
+            # already has (cached or saved), so only the no-history half — short prompts, a
+            # fraction of the cost — is computed.
+            plain = cached_profile_scores(model, examples, n=n, k=k, retrieval=retrieval, progress=progress)
+            print(f"preference heads of {model.name}: the no-history half of contrastive PCS over {len(items)} "
+                  f"history examples (the plain half: {plain.meta.get('path') or 'cached'})", flush=True)
+            bare = preference_scores(model, items, how="uniform", scope="output", mode="exact", k=0,
+                                     retrieval=retrieval, progress=progress, data="profile leave-one-out")
+            meta = {key: v for key, v in plain.meta.items() if key != "path"}
+            meta.update(contrast="history", seconds=round(meta.get("seconds", 0) + bare.meta["seconds"], 2),
+                        created=bare.meta["created"])
+            return PreferenceScores(plain.per_example - bare.per_example, meta)
         print(f"preference heads of {model.name}: exact PCS over {len(items)} history examples x "
               f"{model.n_layers * model.n_heads} heads{' x 2 (contrast)' if contrast else ''}, once (the bar shows the "
               f"time left); cached in {path} for every later run", flush=True)
