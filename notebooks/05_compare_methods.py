@@ -212,9 +212,10 @@ gl_table[["method", "n", "rouge1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_
 #
 # The same 69 authors, but the output is one of 21 category labels (listed in every input), and a
 # method's prediction is the label it scores highest (each label's mean log-probability per token
-# under the method). Before any steering: is the history worth anything here? The bar is a rule
-# with no model at all — answer the user's most frequent category (`majority`). So far only the
-# untuned baselines have run on the evaluation users (the tuned methods are the next runs):
+# under the method: the steering vector or DPS's contrast acts on the choice). Before any steering:
+# is the history worth anything here? The bar is a rule with no model at all — answer the user's
+# most frequent category (`majority`). Each method's settings were tuned on LaMP-2N's own tuning
+# users (accuracy), and DPS masks LaMP-2N's own preference heads (PCS on the label's likelihood):
 
 # %%
 from workbench.data.lamp import load_task_data
@@ -222,8 +223,10 @@ from workbench.data.metrics import task_labels
 
 news_cats = load_task_data("lamp2n")
 cats = load_results(ROOT / "results" / "lamp2n-news_smollm2-135m_eval.csv", dataset=news_cats)
-c_table = comparison_table(cats, ["majority", "generic", "rag"], baseline="rag", labels=task_labels("lamp2n"))
-c_table[["method", "n", "accuracy", "macro_f1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag"]].round(4)
+cats_about = cats.attrs["source"]
+c_table = comparison_table(cats, list(cats_about["methods"]), baseline="rag", labels=task_labels("lamp2n"))
+c_table["setting"] = [cats_about["methods"][m]["settings"] or "—" for m in c_table["method"]]
+c_table[["method", "n", "accuracy", "macro_f1", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "setting"]].round(4)
 
 # %% [markdown]
 # `generic` scores 0: without the history, the 135M model prefers the *first* label of the list for
@@ -232,6 +235,26 @@ c_table[["method", "n", "accuracy", "macro_f1", "diff_vs_rag", "diff_lo_vs_rag",
 
 # %%
 cats.query("method == 'generic'")["prediction"].value_counts().head(3)
+
+# %% [markdown]
+# ## 1f. A third task: scholarly titles (LaMP-5), ten times the users
+#
+# 675 ACL Anthology authors, one query each: the abstract of their latest paper → its title, with
+# 9–20 earlier papers (title + abstract) as the history. With three times the evaluation users of
+# LaMP-4, paired intervals are about half as wide — if a method helps even a little, this is where
+# it would show:
+
+# %%
+titles = load_task_data("lamp5")
+papers = load_results(ROOT / "results" / "lamp5-acl_smollm2-135m_eval.csv", dataset=titles)
+papers_about = papers.attrs["source"]
+p_table = comparison_table(papers, list(papers_about["methods"]), baseline="rag")
+p_table["setting"] = [papers_about["methods"][m]["settings"] or "—" for m in p_table["method"]]
+p_table[["method", "n", "rouge1", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "wins_vs_rag",
+         "losses_vs_rag", "setting"]].round(4)
+
+# %%
+paired_figure(p_table, title="LaMP-5 scholarly titles, evaluation users: paired ROUGE-1 difference to rag")
 
 # %% [markdown]
 # ## 2. Per user: where each method wins and loses
