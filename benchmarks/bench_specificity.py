@@ -2,7 +2,7 @@
 held-out users the scores never saw.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_specificity.py [--model smollm2-135m] [--task lamp4] \
-        [--n-score 20] [--n-eval 20] [--mode exact] [--out results/specificity_smollm2-135m.csv]
+        [--n-score 20] [--n-eval 20] [--mode exact] [--out results/specificity_smollm2-135m.csv] [--save-scores results]
 
 ``--task lamp5`` (scholarly titles) or ``lamp2n`` (categories: the label's likelihood) asks the
 same question on another task's shipped data; the default output name then carries the task.
@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/specificity", type=Path)
     ap.add_argument("--out", default=None, type=Path, help="CSV of the table (default results/specificity_<model>.csv)")
+    ap.add_argument("--save-scores", default=None, type=Path, metavar="DIR",
+                    help="also save the plain and contrastive scores there as pcs_<data>_<model>_tune-users[_contrast-history].json "
+                         "(the heatmaps of notebook 02b; a head set for dps.heads_file); never replaces a file")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -120,6 +123,10 @@ def main() -> None:
     data = load_task_data(args.task)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     scores = scorings(model, data, args.n_score, args.mode, args.cache_dir)
+    if args.save_scores is not None:
+        stem = f"pcs_{Path(str(data.path)).name}_{args.model}_tune-users"
+        scores["plain"].save(args.save_scores / f"{stem}.json")
+        scores["contrastive"].save(args.save_scores / f"{stem}_contrast-history.json")
     print(model)
     for name, sc in scores.items():
         print(f"  {name:<12} top 8: " + ", ".join(f"L{lay}H{h}" for lay, h in sc.top(8)))
