@@ -46,13 +46,6 @@ def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
     return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
 
 
-def _recorded_settings(dirs: list[Path]) -> dict[str, dict]:
-    """Each run directory's recorded method settings (``run.json``), keyed as ``load_runs`` names the run."""
-    from workbench.runner.bench import read_run_info
-
-    return {str(d): read_run_info(Path(d)).get("method_settings", {}) for d in dirs}
-
-
 def _number(text: str) -> object:
     """A fixed setting as tuned.json records it ("8.0", "none") as the value it stands for; other
     text ("entropy") as it is."""
@@ -111,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         saved = load_results(args.saved)
         saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
     runs = load_runs(*args.runs) if args.runs else pd.DataFrame()
-    run_settings = _recorded_settings(args.runs)
-    ran_on = {read_run_info(Path(d)).get("model") for d in args.runs}
+    # each run's run.json, keyed as load_runs names the run (its "run" column)
+    infos = {str(d): read_run_info(Path(d)) for d in args.runs}
+    run_settings = {d: info.get("method_settings", {}) for d, info in infos.items()}
+    ran_on = {info.get("model") for info in infos.values()}
     if ran_on - {args.model}:
         print(f"the runs were made with {sorted(ran_on)}, not --model {args.model}; give the model they used")
         return 1
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs = pd.concat(frames, ignore_index=True)
     table = comparison_table(outputs, names, baseline="rag", labels=task_labels(args.task))
     print(format_table(table))
-    recorded = next((read_run_info(Path(d)).get("settings") for d in args.runs), None)
+    recorded = next((info.get("settings") for info in infos.values()), None)  # load_runs checked they agree
     about = {"model": args.model, "n_queries": len(eval_ids), "task": args.task, "split": "dev",
              "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
