@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +144,38 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, monkeypatch, damage):
     assert any("rebuilding" in str(w.message) for w in caught)
     assert (path2 / "weights.bin").read_bytes() == b"x" * 1000
     assert json.loads((path2 / _cache.MANIFEST).read_text())["key"] == key
+
+
+def _build_in_another_process(cache: str, builds: str, out_q) -> None:
+    os.environ["WORKBENCH_CACHE"] = cache
+
+    def slow_build(out):
+        Path(builds, f"{os.getpid()}").write_text("built")
+        time.sleep(1.0)  # long enough that both processes find the entry missing
+        (out / "weights.bin").write_bytes(b"x" * 1000)
+
+    path, _ = _cache.cached_dir("m", {"v": 1}, slow_build)
+    # what a loader does next: read the entry it was given
+    out_q.put((path / "weights.bin").read_bytes() == b"x" * 1000 and _cache.check_entry(path, {"v": 1}) is None)
+
+
+def test_two_first_runs_at_once_build_the_entry_once(tmp_path):
+    # Two Ray workers (or two notebooks) on a fresh machine: the later build used to move the
+    # earlier entry away while its process was loading from it.
+    ctx = multiprocessing.get_context("fork")
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_another_process, args=(str(tmp_path / "cache"), str(builds), q))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [q.get(timeout=5), q.get(timeout=5)] == [True, True]
+    assert len(list(builds.iterdir())) == 1
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["m"]
 
 
 def test_failed_build_leaves_no_entry(tmp_path, monkeypatch):

@@ -17,8 +17,14 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the rename below still keeps entries whole
+    fcntl = None
 
 MANIFEST = "workbench-manifest.json"
 _FORMAT = 1
@@ -64,22 +70,48 @@ def check_entry(path: Path, key: dict) -> str | None:
     return None
 
 
+@contextmanager
+def _building(name: str) -> Iterator[None]:
+    """Hold the build lock of entry ``name``: two first runs at once (two workers, two notebooks)
+    would otherwise both build it, and the later one would move the earlier one's entry away
+    while that process is reading it."""
+    locks = cache_root() / "locks"  # beside models/, so a listing of the entries shows only entries
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_dir(name: str, key: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """Return ``(directory, was_cached)`` for the entry ``name``, building it if needed.
 
     ``key`` describes the source (file, size, versions); an entry built from another
-    key is rebuilt. ``build(tmpdir)`` must write the model files into ``tmpdir``.
+    key is rebuilt. ``build(tmpdir)`` must write the model files into ``tmpdir``. Processes
+    that ask for the same missing entry at once build it once: the others wait for it.
     """
     root = cache_root() / "models"
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    problem = check_entry(final, key)
+    if check_entry(final, key) is None:
+        return final, True
+    with _building(name):
+        return _build_entry(root, name, key, build)
+
+
+def _build_entry(root: Path, name: str, key: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    final = root / name
+    problem = check_entry(final, key)  # again: another process may have built it while we waited
     if problem is None:
         return final, True
     if problem != "missing":
         warnings.warn(
             f"workbench: the cached weights in {final} can't be used ({problem}); rebuilding them.",
-            stacklevel=3,
+            stacklevel=4,
         )
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=root))
     try:
