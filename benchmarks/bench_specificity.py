@@ -59,8 +59,7 @@ def scorings(model, data, n: int, mode: str, cache_dir: Path) -> dict[str, Prefe
         else:
             out[name] = preference_scores(model, examples, mode=mode, k=k, data="tuning users, profile leave-one-out")
             out[name].save(path)
-    meta = {**out["plain"].meta, "contrast": "history", "mode": mode}
-    out["contrastive"] = PreferenceScores(out["plain"].per_example - out["no history"].per_example, meta)
+    out["contrastive"] = out["plain"].minus_no_history(out["no history"])
     return out
 
 

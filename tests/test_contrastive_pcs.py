@@ -28,6 +28,23 @@ def test_history_contrast_is_personal_minus_no_history(tiny, mode):
     assert np.abs(contrast.matrix).max() > 1e-4 and contrast.meta["contrast"] == "history"
     assert "contrastive PCS (history)" in repr(contrast) and "plain PCS" in repr(plain)
     assert all_hook_handles(tiny) == 0
+    # the two halves make the same scores (dps and bench_specificity build them so)
+    halves = plain.minus_no_history(bare)
+    np.testing.assert_allclose(halves.per_example, contrast.per_example, atol=1e-5)
+    assert halves.kind == contrast.kind and halves.top(3) == contrast.top(3)
+    assert halves.meta["seconds"] == pytest.approx(plain.meta["seconds"] + bare.meta["seconds"], abs=0.01)
+
+
+def test_contrast_from_halves_refuses_halves_that_do_not_match(tiny):
+    plain = preference_scores(tiny, EXAMPLES, k=2, progress=False)
+    bare = preference_scores(tiny, EXAMPLES, k=0, progress=False)
+    other = preference_scores(tiny, EXAMPLES[:1], k=0, progress=False)
+    with pytest.raises(ValueError, match="differ in"):
+        plain.minus_no_history(other)  # other examples
+    with pytest.raises(ValueError, match="k=0"):
+        plain.minus_no_history(plain)  # the history is in both halves
+    with pytest.raises(ValueError, match="plain scores"):
+        plain.minus_no_history(bare).minus_no_history(bare)
 
 
 def test_generic_contrast_scores_the_models_own_output(tiny):

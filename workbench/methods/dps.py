@@ -159,10 +159,7 @@ def cached_profile_scores(model: Model, examples: list, n: int = 40, k: int = 5,
                   f"history examples (the plain half: {plain.meta.get('path') or 'cached'})", flush=True)
             bare = preference_scores(model, items, how="uniform", scope="output", mode="exact", k=0,
                                      retrieval=retrieval, progress=progress, data="profile leave-one-out")
-            meta = {field: v for field, v in plain.meta.items() if field != "path"}
-            meta.update(contrast="history", seconds=round(meta.get("seconds", 0) + bare.meta["seconds"], 2),
-                        created=bare.meta["created"])
-            return PreferenceScores(plain.per_example - bare.per_example, meta)
+            return plain.minus_no_history(bare)
         print(f"preference heads of {model.name}: exact PCS over {len(items)} history examples x "
               f"{model.n_layers * model.n_heads} heads{' x 2 (contrast)' if contrast else ''}, once (the bar shows the "
               f"time left); cached in {path} for every later run", flush=True)

@@ -54,6 +54,27 @@ class PreferenceScores:
                 exact[layer, head] = True
             self.frame["exact"] = exact.ravel()
 
+    def minus_no_history(self, bare: "PreferenceScores") -> "PreferenceScores":
+        """Contrastive PCS from two halves: these plain scores minus ``bare``, the same targets
+        scored with no history in the prompt (``k=0``) — what ``preference_scores(...,
+        contrast="history")`` computes in one go (tests/test_contrastive_pcs.py). Lets a caller that
+        already has the plain half compute only the cheap one. Refuses halves of other examples,
+        models or settings: their difference would mean nothing."""
+        if self.meta.get("contrast") or bare.meta.get("contrast"):
+            raise ValueError("both halves must be plain scores (no contrast); got "
+                             f"{self.kind} and {bare.kind}")
+        if bare.meta.get("k") not in (0, None):
+            raise ValueError(f"the no-history half must be scored with k=0, not k={bare.meta.get('k')}")
+        same = ("model", "how", "scope", "mode", "example_ids", "example_users")
+        differ = [key for key in same if self.meta.get(key) != bare.meta.get(key)]
+        if differ or self.per_example.shape != bare.per_example.shape:
+            raise ValueError(f"the two halves differ in {differ or ['shape']}: score the same examples with "
+                             "the same settings, once with the history (k>0) and once without (k=0)")
+        meta = {key: v for key, v in self.meta.items() if key != "path"}  # the result is not that file
+        meta.update(contrast="history", created=bare.meta.get("created", meta.get("created")),
+                    seconds=round(float(self.meta.get("seconds", 0)) + float(bare.meta.get("seconds", 0)), 2))
+        return PreferenceScores(self.per_example - bare.per_example, meta)
+
     # facts
     @property
     def model(self) -> str:
