@@ -293,7 +293,7 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
         m = make_methods([method], settings)[0]
         apply_settings(m, {**(fixed or {}), **point})
         where = Path(out_dir) / slug(method) / (slug(_point_label(point), 60) + "-" + stable_hash(point, 6))
-        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=False, batch_size=batch_size)
+        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=progress, batch_size=batch_size)
         values = res.outputs[metric].astype(float)
         mean, lo, hi = bootstrap_ci(values)
         typed = {k: getattr(m, k) if "." not in k else v for k, v in point.items()}
