@@ -85,6 +85,16 @@ def test_accuracy_and_macro_f1_by_hand():
                                             "accuracy": [1.0, 1.0, 0.0, 0.0]}),
                               ("accuracy", "macro_f1"), labels=["a", "b", "c", "d"], n_boot=50)
     assert table.loc[0, "accuracy"] == 0.5 and table.loc[0, "macro_f1"] == pytest.approx((2 / 3 + 0.5) / 4)
+    # rows without a gold label (saved results carry none) are refused, not scored as wrong
+    lost = pd.DataFrame({"method": "m", "prediction": preds, "gold": [*golds[:3], None], "accuracy": 1.0})
+    with pytest.raises(ValueError, match="gold label; 1 of 4 rows have none.*load_results"):
+        metrics.summarize(lost, ("accuracy", "macro_f1"), labels=["a", "b", "c", "d"], n_boot=10)
+    from workbench.runner.compare import comparison_table
+
+    both = pd.concat([lost.assign(method="rag"), lost.assign(method="x")], ignore_index=True)
+    with pytest.raises(ValueError, match="gold label"):
+        comparison_table(both.assign(id=[str(i % 4) for i in range(8)]), ["x"], baseline="rag",
+                         labels=["a", "b", "c", "d"])
 
 
 def test_parse_label():

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
     ap.add_argument("--previous", type=Path, default=None,
-                    help="an earlier export of this table: methods not in any --tuned file keep its rows and provenance")
+                    help="an earlier export of this table: methods not in any --tuned file keep its rows, provenance "
+                         "and commands")
     ap.add_argument("--command", action="append", default=[], help="the tune/bench commands behind the runs (recorded)")
     ap.add_argument("--not-run", action="append", default=[], metavar="METHOD=WHY",
                     help="a method of the task's table left out, and why (recorded, so the table says it)")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.saved) == "none":
         saved, saved_settings = None, {}
     else:
-        saved = load_results(args.saved)
+        saved = load_results(args.saved, dataset=data)
         saved_settings = json.loads(args.saved.with_suffix(".json").read_text()).get("method_settings", {})
     runs = load_runs(*args.runs) if args.runs else pd.DataFrame()
     # each run's run.json, keyed as load_runs names the run (its "run" column)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     frames, provenance, missing = [], {}, []
     prev_rows, prev_about = None, {}
     if args.previous is not None:
-        prev_rows = load_results(args.previous)
+        prev_rows = load_results(args.previous, dataset=data)  # gold joined back: macro-F1 needs it
         prev_about = json.loads(args.previous.with_suffix(".json").read_text())
     for m in names:
         if m not in tuned and m in prev_about.get("methods", {}):
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
              "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
-             "commands": args.command, "exported": str(date.today()),
+             "commands": list(dict.fromkeys([*prev_about.get("commands", []), *args.command])), "exported": str(date.today()),
              "not_run": dict(item.split("=", 1) for item in args.not_run),
              "settings": recorded or {"max_new_tokens": 32, "k": 5, "retrieval": "bm25", "decoding": "greedy"}}
     save_results(outputs, args.out, about, overwrite=args.overwrite)

@@ -320,6 +320,18 @@ def bootstrap_ci(values: Iterable[float], n_boot: int = 1000, seed: int = 0, ci:
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def corpus_pairs(rows: pd.DataFrame, metric: str = "macro_f1") -> tuple[pd.Series, pd.Series]:
+    """``(predictions, golds)`` as text for a corpus metric; refuses rows without a gold label —
+    as text a missing gold would be "nan", counted as a wrong label, and the metric silently 0."""
+    gold = rows["gold"] if "gold" in rows else pd.Series([None] * len(rows), index=rows.index)
+    lacking = int(gold.isna().sum())
+    if lacking:
+        raise ValueError(f"{metric} needs every row's gold label; {lacking} of {len(rows)} rows have none. "
+                         "Saved results carry no gold outputs: load them with "
+                         "workbench.runner.compare.load_results(path, dataset=...) to join them back")
+    return rows["prediction"].astype(str), gold.astype(str)
+
+
 def summarize(df: pd.DataFrame, metrics: Sequence[str] = GENERATION_METRICS, by: str = "method",
               n_boot: int = 1000, seed: int = 0, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean and 95% bootstrap interval of each metric per group of ``by``.
@@ -343,7 +355,7 @@ def summarize(df: pd.DataFrame, metrics: Sequence[str] = GENERATION_METRICS, by:
         for m in metrics:
             if m in CORPUS_METRICS:
                 row[m], row[f"{m}_lo"], row[f"{m}_hi"] = bootstrap_metric(
-                    g["prediction"].astype(str), g["gold"].astype(str), m, labels, n_boot=n_boot, seed=seed)
+                    *corpus_pairs(g, m), m, labels, n_boot=n_boot, seed=seed)
                 continue
             vals = g[m].astype(float)
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = (

@@ -26,7 +26,7 @@ import pandas as pd
 
 from workbench._util import atomic_write, atomic_write_text
 from workbench.runner.bench import METRICS, read_outputs, read_run_info
-from workbench.data.metrics import ALL_METRICS, CORPUS_METRICS, bootstrap_ci, bootstrap_metric
+from workbench.data.metrics import ALL_METRICS, CORPUS_METRICS, bootstrap_ci, bootstrap_metric, corpus_pairs
 
 _SAME = ("model", "task", "split", "settings")
 _SAME_IF_RECORDED = ("dtype", "data_files")  # older run.json files lack them: compared where both have them
@@ -129,7 +129,7 @@ def comparison_table(outputs: pd.DataFrame, methods: Sequence[str] | None = None
             if metric in CORPUS_METRICS:
                 g = sub[sub["method"] == m].drop_duplicates("id")
                 row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = bootstrap_metric(
-                    g["prediction"].astype(str), g["gold"].astype(str), metric, labels, seed=seed)
+                    *corpus_pairs(g, metric), metric, labels, seed=seed)
                 continue
             vals = wide[(m, metric)].dropna().to_numpy()
             if vals.size:
