@@ -257,6 +257,20 @@ p_table[["method", "n", "rouge1", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "di
 paired_figure(p_table, title="LaMP-5 scholarly titles, evaluation users: paired ROUGE-1 difference to rag")
 
 # %% [markdown]
+# The same 300 queries on the second model, Gemma 3 270M — a *base* model, so its prompts are
+# few-shot text ("Abstract: … Title: …" records of the author's earlier papers before the query).
+# Zero-shot it has no example of what a title is and continues the abstract; the history is what
+# makes it write titles at all — and short ones, where SmolLM2 writes twice the gold's length:
+
+# %%
+g_papers = load_results(ROOT / "results" / "lamp5-acl_gemma3-270m_eval.csv", dataset=titles)
+g_papers_about = g_papers.attrs["source"]
+gp_table = comparison_table(g_papers, list(g_papers_about["methods"]), baseline="rag")
+gp_table["words"] = [g_papers.query("method == @m")["prediction"].str.split().str.len().mean().round(1)
+                     for m in gp_table["method"]]
+gp_table[["method", "n", "rouge1", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "diff_hi_vs_rag", "words"]].round(4)
+
+# %% [markdown]
 # ## 2. Per user: where each method wins and loses
 #
 # Averages hide users. Below, every column is a user, every row a method, and the colour is the
