@@ -303,6 +303,29 @@ def test_eval_table_checks_a_run_was_made_at_the_tuned_settings(tiny, tmp_path, 
     assert not (tmp_path / "u.csv").exists()
 
 
+def test_run_protocol_tunes_runs_and_tables_each_method(tmp_path):
+    # tools/run_protocol.py: the whole tuned protocol as workbench commands, in real processes
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    cmd = [sys.executable, str(root / "tools" / "run_protocol.py"), "--task", "lamp4", "--model", "tiny-random",
+           "--methods", "rag,caa-user", "--grid", "caa-user.scale=0.5,2", "--n-tune", "3", "--n-eval", "3",
+           "--out", str(tmp_path / "p"), "--table", str(tmp_path / "t.csv")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert [s.split()[2] for s in steps[:3]] == ["bench", "tune", "bench"] and "eval_table.py" in steps[3]
+    about = json.loads((tmp_path / "t.json").read_text())
+    chosen = json.loads((tmp_path / "p" / "tune-caa-user" / "tuned.json").read_text())["methods"]["caa-user"]["chosen"]
+    assert about["methods"]["caa-user"]["settings"] == chosen and chosen["scale"] in (0.5, 2.0)
+    assert about["methods"]["caa-user"]["n"] == 3 and "not tuned" in about["methods"]["rag"]["source"]
+    assert any(c.startswith("workbench tune") and "caa-user.scale=0.5,2" in c for c in about["commands"])
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    assert again.returncode == 2 and "exists" in again.stderr  # the table is never replaced
+
+
 def test_cli_tune_writes_tuned_json(tiny, tmp_path, monkeypatch):
     import workbench as wb
 
