@@ -325,6 +325,16 @@ def test_run_protocol_tunes_runs_and_tables_each_method(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
     assert again.returncode == 2 and "exists" in again.stderr  # the table is never replaced
 
+    def dry(*args):
+        return subprocess.run([*cmd[:2], "--task", "lamp2n", "--out", str(tmp_path / "q"), "--dry-run", *args],
+                              capture_output=True, text=True, cwd=root, timeout=120)
+
+    only_untuned = dry("--methods", "majority,dps-raw", "--set", "dps-raw.alpha=1")
+    assert only_untuned.returncode == 0, only_untuned.stderr
+    assert "--methods majority,dps-raw --set dps-raw.alpha=1" in only_untuned.stdout  # a --set reaches its run
+    assert dry("--methods", "rag", "--set", "caa-user.scale=1").returncode == 2  # a method not in the run
+    assert dry("--methods", "rag", "--set", "rag.scale=1").returncode == 2  # a setting rag does not have
+
 
 def test_cli_tune_writes_tuned_json(tiny, tmp_path, monkeypatch):
     import workbench as wb

@@ -30,22 +30,29 @@ def plan(task: str, model: str, methods: list[str], out: Path, n_tune: int | Non
     """The commands, in order: for each tuned method ``tune`` then ``bench --tuned``; the untuned
     ones (no declared grid and no ``--grid``) one ``bench`` at their defaults; then the table."""
     from workbench.methods import GenerationSettings, make_methods
-    from workbench.runner.tuning import DEFAULT_GRIDS, parse_grid, plan_tuning
+    from workbench.runner.settings import parse_assignments
+    from workbench.runner.tuning import DEFAULT_GRIDS, methods_for_run, parse_grid, plan_tuning
 
     make_methods(methods, GenerationSettings())  # an unknown name stops here, before anything runs
     by_method = parse_grid(grids)
-    unknown = sorted(set(by_method) - set(methods))
-    if unknown:
-        raise ValueError(f"--grid names {unknown}, which --methods does not list")
+    fixed_of = parse_assignments(sets)
+    stray = sorted({*by_method, *fixed_of} - set(methods))
+    if stray:
+        raise ValueError(f"--grid/--set name {stray}, which --methods does not list")
     common = ["--task", task, "--model", model, *extra]
     tuned_methods = [m for m in methods if m in DEFAULT_GRIDS or m in by_method]
-    plan_tuning(tuned_methods, grids, [s for s in sets if s.split(".")[0] in tuned_methods])  # checks every value
+    untuned = [m for m in methods if m not in tuned_methods]
+    if tuned_methods:
+        plan_tuning(tuned_methods, grids, [s for s in sets if s.split(".")[0] in tuned_methods])  # checks every value
     eval_dir = out / "eval"
     n_eval_args = ["--n", str(n_eval)] if n_eval else []
     steps, tuned_files = [], []
-    untuned = [m for m in methods if m not in tuned_methods]
     if untuned:
-        steps.append(["workbench", "bench", *common, "--methods", ",".join(untuned), "--users", "eval",
+        # their --set go to this run (a tuned method's are in its tuned.json)
+        mine = [s for s in sets if s.split(".")[0] in untuned]
+        methods_for_run(untuned, GenerationSettings(), set_items=mine)  # bench's own check of the values
+        untuned_sets = [a for s in mine for a in ("--set", s)]
+        steps.append(["workbench", "bench", *common, "--methods", ",".join(untuned), *untuned_sets, "--users", "eval",
                       *n_eval_args, "--out", str(eval_dir)])
     for m in tuned_methods:
         tune_dir = out / f"tune-{m.replace('+', '-')}"
