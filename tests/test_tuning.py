@@ -344,7 +344,11 @@ def test_cli_tune_writes_tuned_json(tiny, tmp_path, monkeypatch):
                  "--n", "6", "--out", str(tmp_path)]) == 0
     d = json.loads((tmp_path / "tuned.json").read_text())
     assert d["methods"]["test-copier"]["chosen"] == {"copy": 1.0} and d["users"]["users"] == "tune"
-    assert (tmp_path / "grid-test-copier.html").exists()
+    grid_chart = (tmp_path / "grid-test-copier.html").read_text()
+    assert 'src="https://' not in grid_chart and len(grid_chart) > 100_000  # plotly inline: it opens offline
+    # one chart per tune, not one per grid point (each would carry its own copy of plotly)
+    assert sorted(p.name for p in tmp_path.rglob("*.html")) == ["grid-test-copier.html"]
+    assert len(list(tmp_path.rglob("results.csv"))) == 2
     assert main(["tune", "--model", "tiny-random", "--methods", "test-copier", "--grid", "dps.alpha=1",
                  "--out", str(tmp_path / "y")]) == 2  # a grid for a method not being tuned
 

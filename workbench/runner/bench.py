@@ -342,6 +342,7 @@ def run_bench(
     tuned: list | None = None,
     label_mode: str = "score",
     batch_size: int = 1,
+    chart: bool = True,
 ) -> BenchResult:
     """Run ``methods`` on the first ``n`` examples of ``dataset`` and score them.
 
@@ -365,6 +366,8 @@ def run_bench(
             steering vector or heads); the outputs are batch-1's up to float rounding, so it is not
             recorded with the run and a run may resume at another batch size. Label choice goes
             one example at a time.
+        chart: write ``results.html`` too (a self-contained plotly page, ~5 MB); tuning turns it
+            off for its grid points and draws one chart of the whole grid instead.
 
     One process writes a directory at a time (:func:`workbench._util.dir_lock`): a second run
     into it is refused while the first is alive. Every method's settings are checked against
@@ -382,11 +385,11 @@ def run_bench(
                 "device": str(model.device), **info}
     merge_run_info(out, run_info)  # refuse another run before taking the directory
     with dir_lock(out, "benchmark directory"):
-        return _run_locked(model, dataset, ms, examples, out, run_info, progress, batch_size)
+        return _run_locked(model, dataset, ms, examples, out, run_info, progress, batch_size, chart)
 
 
 def _run_locked(model: Model, dataset: Any, ms: list, examples: list, out: Path, run_info: dict,
-                progress: bool, batch_size: int = 1) -> BenchResult:
+                progress: bool, batch_size: int = 1, chart: bool = True) -> BenchResult:
     from tqdm.auto import tqdm
 
     merged, done = open_run(out, run_info)
@@ -404,7 +407,7 @@ def _run_locked(model: Model, dataset: Any, ms: list, examples: list, out: Path,
             done[(m.name, rec["id"])] = rec
             bar.update(1)
     bar.close()
-    return finish_run(out, done, merged, ms, examples)
+    return finish_run(out, done, merged, ms, examples, chart)
 
 
 def open_run(out: Path, run_info: dict) -> tuple[dict, dict[tuple[str, str], dict]]:
@@ -480,18 +483,19 @@ def check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
-def finish_run(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list) -> BenchResult:
+def finish_run(out: Path, done: dict[tuple[str, str], dict], merged: dict, ms: list, examples: list,
+               chart: bool = True) -> BenchResult:
     """The run's tables, rows in method then example order (whatever order they were computed
     in, so a resumed or distributed run summarizes exactly like a serial one)."""
     outputs = pd.DataFrame([done[(m.name, ex.id)] for m in ms for ex in examples])
     summary = summarize_outputs(outputs, [m.name for m in ms], merged.get("task"))
-    _write_tables(out, done, merged, [m.name for m in ms], (outputs, summary))
+    _write_tables(out, done, merged, [m.name for m in ms], (outputs, summary), chart=chart)
     return BenchResult(outputs, summary, out)
 
 
 def _write_tables(out: Path, done: dict[tuple[str, str], dict], merged: dict, order: list[str],
-                  this_call: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    """``results.csv`` and ``results.html`` for everything the directory holds (atomically)."""
+                  this_call: tuple[pd.DataFrame, pd.DataFrame], chart: bool = True) -> None:
+    """``results.csv`` and (with ``chart``) ``results.html`` for everything the directory holds (atomically)."""
     from workbench.runner.figures import results_figure
 
     position = {i: k for k, i in enumerate(merged["example_ids"])}
@@ -503,6 +507,8 @@ def _write_tables(out: Path, done: dict[tuple[str, str], dict], merged: dict, or
     if len(rows) != len(outputs):  # this call saw part of the directory: summarize all of it
         summary = summarize_outputs(pd.DataFrame(rows), methods, merged.get("task"))
     atomic_write(out / TABLES[0], lambda tmp: summary.to_csv(tmp, index=False))
+    if not chart:
+        return
     figure = results_figure(summary)
     atomic_write(out / TABLES[1], lambda tmp: figure.write_html(tmp, include_plotlyjs=True))
 

@@ -293,7 +293,8 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
         m = make_methods([method], settings)[0]
         apply_settings(m, {**(fixed or {}), **point})
         where = Path(out_dir) / slug(method) / (slug(_point_label(point), 60) + "-" + stable_hash(point, 6))
-        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=progress, batch_size=batch_size)
+        res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=progress, batch_size=batch_size,
+                        chart=False)  # each point's chart would carry plotly (~5 MB); the grid chart below is the one to look at
         values = res.outputs[metric].astype(float)
         mean, lo, hi = bootstrap_ci(values)
         typed = {k: getattr(m, k) if "." not in k else v for k, v in point.items()}
@@ -354,7 +355,7 @@ def tune_methods(model: Any, dataset: Any, grids: Mapping[str, Mapping[str, Sequ
                        fixed=(fixed or {}).get(name), progress=log is not None)
             results.append(res)
             figure = res.figure()
-            atomic_write(out / f"grid-{slug(name)}.html", lambda tmp: figure.write_html(tmp, include_plotlyjs="cdn"))
+            atomic_write(out / f"grid-{slug(name)}.html", lambda tmp: figure.write_html(tmp, include_plotlyjs=True))  # offline: no CDN
             if log is not None:
                 log(repr(res))
             save_tuned(results, target, about)
