@@ -43,6 +43,8 @@ def test_contrast_from_halves_refuses_halves_that_do_not_match(tiny):
         plain.minus_no_history(other)  # other examples
     with pytest.raises(ValueError, match="k=0"):
         plain.minus_no_history(plain)  # the history is in both halves
+    with pytest.raises(ValueError, match="scored with the history"):
+        bare.minus_no_history(bare)  # the history is in neither (the difference would be all zeros)
     with pytest.raises(ValueError, match="plain scores"):
         plain.minus_no_history(bare).minus_no_history(bare)
 

@@ -63,6 +63,9 @@ class PreferenceScores:
         if self.meta.get("contrast") or bare.meta.get("contrast"):
             raise ValueError("both halves must be plain scores (no contrast); got "
                              f"{self.kind} and {bare.kind}")
+        if self.meta.get("k") == 0:
+            raise ValueError("these scores were computed with no history (k=0): call minus_no_history on the "
+                             "half scored with the history (k>0), passing the k=0 half")
         if bare.meta.get("k") not in (0, None):
             raise ValueError(f"the no-history half must be scored with k=0, not k={bare.meta.get('k')}")
         same = ("model", "how", "scope", "mode", "example_ids", "example_users")
