@@ -18,6 +18,12 @@ is a few minutes on 2 cores): run with a small ``--n`` to check, the full one fo
     python benchmarks/bench_tracing.py                  # A + B with n=20
     python benchmarks/bench_tracing.py --part A --stride 4
     python benchmarks/bench_tracing.py --part B --n 3 --scope outputs
+    python benchmarks/bench_tracing.py --part C --repeats 5
+
+Part C — the one-pass estimates (``attn``, ``attn-sat``, ``gxi``) take the base score
+log p(y | prompt) from their own forward pass instead of running the prompt once more (what
+they did before): ``mode="attn"`` with its gold and generic targets (SteerX's trace), timed
+as it is now and with that extra forward added back, alternating; medians.
 
 Prints numbers; asserts nothing.
 """
@@ -150,17 +156,38 @@ def part_b(model, data, args) -> None:
               f"{np.median([x['ratio'] for x in r]):15.1f}x {np.mean([x['top10'] for x in r]):20.2f}")
 
 
+def part_c(model, data, args) -> None:
+    from workbench.data.prompts import generate_line
+    from workbench.science.tracing import _base_scores, _target_ids, example_prompt, trace_tokens
+
+    ex = data[0]
+    prompt, items, _, generic_prompt = example_prompt(model, ex, k=args.k)
+    generic = generate_line(model, generic_prompt, max_new_tokens=24)
+    ids = model.encode(prompt)
+    print(f"\n[C] mode='attn', gold + generic target, prompt {ids.shape[-1]} tokens, {args.repeats} alternating repeats")
+    times: dict[str, list[float]] = {"one pass": [], "+ base forward": []}
+    for r in range(args.repeats):
+        for variant in (("one pass", "+ base forward") if r % 2 == 0 else ("+ base forward", "one pass")):
+            t0 = time.perf_counter()
+            if variant == "+ base forward":
+                _base_scores(model, ids, [_target_ids(model, ex.gold), _target_ids(model, generic)], "mean")
+            trace_tokens(model, prompt, ex.gold, items=items, mode="attn", generic_target=generic, progress=False)
+            times[variant].append(time.perf_counter() - t0)
+    a, b = statistics.median(times["one pass"]), statistics.median(times["+ base forward"])
+    print(f"    one pass {a:.2f} s, with the separate base forward {b:.2f} s: {b / a:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU if there is one)")
     ap.add_argument("--dtype", default="float32", help="float32 (default, as every figure here), bfloat16, ...")
-    ap.add_argument("--part", choices=["A", "B", "AB"], default="AB")
+    ap.add_argument("--part", choices=["A", "B", "AB", "C"], default="AB")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=20, help="examples for part B")
     ap.add_argument("--k", type=int, default=5, help="profile items in the prompt")
     ap.add_argument("--min-tokens", type=int, default=256, help="part A: history tokens at least")
     ap.add_argument("--stride", type=int, default=1, help="part A: trace every stride-th history token")
-    ap.add_argument("--repeats", type=int, default=1, help="part A: alternating repeats")
+    ap.add_argument("--repeats", type=int, default=1, help="parts A and C: alternating repeats")
     ap.add_argument("--scope", default="history", help="part B: history, outputs or inputs (the items' user outputs or inputs)")
     ap.add_argument("--modes", default="attn,attn-ig,gxi", help="part B: fast modes to compare")
     ap.add_argument("--ig-steps", type=int, default=4)
@@ -183,6 +210,8 @@ def main() -> None:
         part_a(model, data, args)
     if "B" in args.part:
         part_b(model, data, args)
+    if "C" in args.part:
+        part_c(model, data, args)
 
 
 if __name__ == "__main__":

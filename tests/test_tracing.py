@@ -138,9 +138,13 @@ def test_fast_modes_shape_and_no_leftovers(tiny):
 
     before = all_hook_handles(tiny)
     prompt = prompt_of(tiny)
-    for mode in ("gxi", "attn", "ig"):
+    logp, logp_generic = _logp(tiny, prompt, USER["gold"]), _logp(tiny, prompt, "the city")
+    for mode in ("gxi", "attn", "attn-sat", "ig"):
         te = trace_tokens(tiny, prompt, USER["gold"], items=USER["profile"], mode=mode, generic_target="the city",
                           progress=False)
+        # one-pass modes take the base scores from their own forward pass (no separate one): the same numbers
+        assert te.meta["logp"] == pytest.approx(logp, abs=1e-5), mode
+        assert te.meta["logp_generic"] == pytest.approx(logp_generic, abs=1e-5), mode
         assert list(te.frame.columns[-3:]) == ["effect", "effect_generic", "effect_diff"]
         assert len(te) == len(label_tokens(tiny, prompt, USER["profile"]).positions("history"))
         assert np.isfinite(te.frame["effect"]).all()

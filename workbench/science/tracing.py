@@ -108,6 +108,15 @@ def _base_scores(model: Model, prompt_ids: torch.Tensor, targets: list[torch.Ten
     return out
 
 
+def _note_unchanged(seen: list | None, score: torch.Tensor, alphas: torch.Tensor) -> None:
+    """Keep the score of the row run at ``alpha == 1`` (the prompt as it is): a one-pass estimate's
+    forward already is the base score, so ``trace_tokens`` need not run it again."""
+    if seen is not None:
+        rows = (alphas == 1).nonzero().flatten().tolist()
+        if rows:
+            seen.append(float(score[rows[0]].detach()))
+
+
 @torch.no_grad()
 def _exact(model: Model, prompt_ids: torch.Tensor, targets: list[torch.Tensor], positions: list[int], reduce: str,
            batch_size: int, bar: Any) -> np.ndarray:
@@ -159,7 +168,7 @@ def _naive(model: Model, prompt_ids: torch.Tensor, targets: list[torch.Tensor], 
 
 
 def _gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, positions: list[int], reduce: str,
-              alphas: Sequence[float], batch_size: int, bar: Any) -> np.ndarray:
+              alphas: Sequence[float], batch_size: int, bar: Any, seen: list | None = None) -> np.ndarray:
     """Integrated gradients (gradient x input when ``alphas == [1]``) of the target score
     with respect to the embeddings at ``positions``, zero baseline."""
     bridge = model.bridge
@@ -185,7 +194,9 @@ def _gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, posi
             with torch.enable_grad():
                 logits = bridge.run_with_hooks(ids.expand(B, -1), fwd_hooks=[
                     ("hook_embed", interpolate), last_positions_hook(model.n_layers, n - 1, target.shape[1])])
-                _score(logits, target[0], reduce).sum().backward()
+                score = _score(logits, target[0], reduce)
+                score.sum().backward()
+            _note_unchanged(seen, score, chunk)
             grads += emb["leaf"].grad[:, pos].float().sum(0)
             bar.update(B)
     grads /= len(alphas)
@@ -193,7 +204,7 @@ def _gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, posi
 
 
 def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, positions: list[int], reduce: str,
-                   alphas: Sequence[float], batch_size: int, bar: Any) -> np.ndarray:
+                   alphas: Sequence[float], batch_size: int, bar: Any, seen: list | None = None) -> np.ndarray:
     """Integrated gradients along attention gates.
 
     Every query's attention to key ``j`` (in every layer and head) is multiplied by a gate
@@ -223,7 +234,9 @@ def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor,
             with torch.enable_grad():
                 logits = bridge.run_with_hooks(ids.expand(B, -1), fwd_hooks=hooks + [
                     last_positions_hook(model.n_layers, n - 1, target.shape[1])])
-                _score(logits, target[0], reduce).sum().backward()
+                score = _score(logits, target[0], reduce)
+                score.sum().backward()
+            _note_unchanged(seen, score, chunk)
             # d/dg = (1/g) d/d(log g)
             total += (bias.grad.float() / chunk.view(B, 1)).sum(0)
             bar.update(B)
@@ -231,7 +244,8 @@ def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor,
 
 
 def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, positions: list[int], reduce: str,
-                     alphas: Sequence[float], batch_size: int, bar: Any, correct: bool = True) -> np.ndarray:
+                     alphas: Sequence[float], batch_size: int, bar: Any, seen: list | None = None,
+                     correct: bool = True) -> np.ndarray:
     """The attention-gate gradient with AtP*'s correction for a key's attention saturation.
 
     The gate gradient linearises the softmax: one query's attention output moves by
@@ -263,7 +277,9 @@ def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tenso
         (hook_point(L, "attn.hook_attn_scores"), gate), (hook_point(L, "attn.hook_pattern"), pattern))]
     with frozen_parameters(bridge), torch.enable_grad():
         logits = bridge.run_with_hooks(ids, fwd_hooks=hooks + [last_positions_hook(model.n_layers, n - 1, target.shape[1])])
-        _score(logits, target[0], reduce).sum().backward()
+        score = _score(logits, target[0], reduce)
+        score.sum().backward()
+    _note_unchanged(seen, score, torch.ones(1))  # the gates enter at zero bias: the unchanged model
     total = torch.zeros(len(positions), dtype=torch.float32, device=ids.device)
     for layer, b in biases.items():
         # a key holding (nearly) all of a query's attention: removing it is undefined, cap the weight
@@ -390,7 +406,9 @@ def trace_tokens(
     for t in targets:
         model.check_fits(prompt_ids.shape[1] + t.shape[1], what="prompt plus target")
     t0 = time.perf_counter()
-    base = _base_scores(model, prompt_ids, targets, reduce)
+    # a one-pass gradient estimate runs the unchanged prompt forward anyway: its scores are the base
+    one_pass = mode in _ONE_PASS
+    base = [] if one_pass else _base_scores(model, prompt_ids, targets, reduce)
     n_verify = 0
     if mode == "verified":
         if estimate in _RENAMED_MODES:
@@ -413,7 +431,8 @@ def trace_tokens(
     else:  # a gradient estimate (in verified mode, the one that ranks the tokens)
         alphas = [1.0] if cheap in _ONE_PASS else [(k + 0.5) / ig_steps for k in range(ig_steps)]
         fn = _gradient if cheap in ("gxi", "ig") else _gate_saturation if cheap == "attn-sat" else _gate_gradient
-        effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar) for t in targets])
+        effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar,
+                               seen=base if one_pass else None) for t in targets])
     exact_rows = None
     if mode == "verified":
         def size(e: np.ndarray) -> np.ndarray:
