@@ -108,13 +108,12 @@ def _base_scores(model: Model, prompt_ids: torch.Tensor, targets: list[torch.Ten
     return out
 
 
-def _note_unchanged(seen: list | None, score: torch.Tensor, alphas: torch.Tensor) -> None:
-    """Keep the score of the row run at ``alpha == 1`` (the prompt as it is): a one-pass estimate's
-    forward already is the base score, so ``trace_tokens`` need not run it again."""
+def _note_unchanged(seen: list | None, score: torch.Tensor) -> None:
+    """Keep a one-pass estimate's score: its one forward runs the prompt as it is (alpha 1, gates
+    open), so it is the base score and ``trace_tokens`` need not run that forward again. Callers
+    pass ``seen`` only for a one-pass estimate."""
     if seen is not None:
-        rows = (alphas == 1).nonzero().flatten().tolist()
-        if rows:
-            seen.append(float(score[rows[0]].detach()))
+        seen.append(float(score[0].detach()))
 
 
 @torch.no_grad()
@@ -196,7 +195,7 @@ def _gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor, posi
                     ("hook_embed", interpolate), last_positions_hook(model.n_layers, n - 1, target.shape[1])])
                 score = _score(logits, target[0], reduce)
                 score.sum().backward()
-            _note_unchanged(seen, score, chunk)
+            _note_unchanged(seen, score)
             grads += emb["leaf"].grad[:, pos].float().sum(0)
             bar.update(B)
     grads /= len(alphas)
@@ -236,7 +235,7 @@ def _gate_gradient(model: Model, prompt_ids: torch.Tensor, target: torch.Tensor,
                     last_positions_hook(model.n_layers, n - 1, target.shape[1])])
                 score = _score(logits, target[0], reduce)
                 score.sum().backward()
-            _note_unchanged(seen, score, chunk)
+            _note_unchanged(seen, score)
             # d/dg = (1/g) d/d(log g)
             total += (bias.grad.float() / chunk.view(B, 1)).sum(0)
             bar.update(B)
@@ -279,7 +278,7 @@ def _gate_saturation(model: Model, prompt_ids: torch.Tensor, target: torch.Tenso
         logits = bridge.run_with_hooks(ids, fwd_hooks=hooks + [last_positions_hook(model.n_layers, n - 1, target.shape[1])])
         score = _score(logits, target[0], reduce)
         score.sum().backward()
-    _note_unchanged(seen, score, torch.ones(1))  # the gates enter at zero bias: the unchanged model
+    _note_unchanged(seen, score)  # the gates enter at zero bias: the unchanged model
     total = torch.zeros(len(positions), dtype=torch.float32, device=ids.device)
     for layer, b in biases.items():
         # a key holding (nearly) all of a query's attention: removing it is undefined, cap the weight
@@ -406,9 +405,6 @@ def trace_tokens(
     for t in targets:
         model.check_fits(prompt_ids.shape[1] + t.shape[1], what="prompt plus target")
     t0 = time.perf_counter()
-    # a one-pass gradient estimate runs the unchanged prompt forward anyway: its scores are the base
-    one_pass = mode in _ONE_PASS
-    base = [] if one_pass else _base_scores(model, prompt_ids, targets, reduce)
     n_verify = 0
     if mode == "verified":
         if estimate in _RENAMED_MODES:
@@ -422,14 +418,18 @@ def trace_tokens(
             raise ValueError(f"selection={selection!r}: use 'adaptive' (neighbours of the largest exact effects) "
                              "or 'estimate' (the largest estimates only)")
     cheap = estimate if mode == "verified" else mode
-    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if cheap in _ONE_PASS else ig_steps)
+    # a one-pass estimate (alone or ranking for verified mode) runs the unchanged prompt forward
+    # anyway: its scores are the base, read from there instead of one more forward per target
+    one_pass = cheap in _ONE_PASS
+    base = [] if one_pass else _base_scores(model, prompt_ids, targets, reduce)
+    steps = len(pos) if mode in ("exact", "naive") else len(targets) * (1 if one_pass else ig_steps)
     bar = tqdm(total=steps + n_verify, desc=f"token effects ({mode})", disable=not progress, leave=False)
     if mode == "exact":
         effects = np.array(base)[:, None] - _exact(model, prompt_ids, targets, pos, reduce, batch_size, bar)
     elif mode == "naive":
         effects = np.array(base)[:, None] - _naive(model, prompt_ids, targets, pos, reduce, bar)
     else:  # a gradient estimate (in verified mode, the one that ranks the tokens)
-        alphas = [1.0] if cheap in _ONE_PASS else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+        alphas = [1.0] if one_pass else [(k + 0.5) / ig_steps for k in range(ig_steps)]
         fn = _gradient if cheap in ("gxi", "ig") else _gate_saturation if cheap == "attn-sat" else _gate_gradient
         effects = np.stack([fn(model, prompt_ids, t, pos, reduce, alphas, batch_size, bar,
                                seen=base if one_pass else None) for t in targets])
