@@ -106,3 +106,30 @@ def test_results_figure_gives_every_method_its_own_colour():
     fig = results_figure(table)
     colours = [t.marker.color for t in fig.data]
     assert len(fig.data) == 12 and len(set(colours)) == 12
+
+
+def test_length_control_separates_length_from_words():
+    # tools/length_control.py: a baseline with the method's words plus extra ones loses only to
+    # length, so cut to the method's length it ties every query; a baseline with other words
+    # still loses after the cut.
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("length_control", Path(__file__).parents[1] / "tools" / "length_control.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    golds = {"a": "neural parsing of long documents", "b": "cross lingual transfer for tagging"}
+    rows = []
+    for i, gold in golds.items():
+        rows += [{"method": "m", "id": i, "prediction": gold},
+                 {"method": "long", "id": i, "prediction": gold + " with many more words after it"},
+                 {"method": "other", "id": i, "prediction": "a survey of something else entirely here"}]
+    out = tool.length_control(pd.DataFrame(rows), golds, "m", ["long", "other"]).set_index(["system", "cut"])
+    cut = "to m's length"
+    assert out.loc[("long", "none"), "delta_m"] > 0.2
+    assert out.loc[("long", cut), "delta_m"] == pytest.approx(0.0)
+    assert out.loc[("long", cut), "ties"] == 2
+    assert out.loc[("long", cut), "words"] == pytest.approx(5.0)
+    assert out.loc[("other", cut), "delta_m"] > 0.5 and out.loc[("other", cut), "wins"] == 2
+    with pytest.raises(ValueError, match="no rows for"):
+        tool.length_control(pd.DataFrame(rows), golds, "m", ["missing"])
