@@ -218,3 +218,29 @@ def test_batched_and_fast_path_tokens_on_smollm2(smol):
     steered = smol.generate_batch(prompts[:2], 24, until=first_line_complete,
                                   interventions=[steer(smol, vector, layer=12), None])
     assert steered[1] == alone[1] and steered[0] != alone[0]
+
+
+def test_a_grid_reuses_the_prompt_pass_and_gets_the_same_tokens(tiny):
+    # DPS's prompt pass is the same at every alpha and head set: kept once, it serves each point,
+    # and every point's tokens are those it gets alone (the reused cache must be a copy, since
+    # decoding trims and grows it). With a steering hook the prompt pass differs: never reused.
+    from workbench.science.dps_batch import reuse_prompt_caches
+
+    ids = [tiny.encode(p, chat=False) for p in PROMPTS]
+    points = [([(1, 0)], 8.0), ([(0, 2), (1, 3)], 8.0), ([(1, 0)], "entropy"), ([(1, 0)], 8.0)]
+    alone = [dps_generate_batch(tiny, ids, h, alpha=a, max_new_tokens=10) for h, a in points]
+    assert len(set(map(tuple, alone))) > 1, "the points must differ (else this test shows nothing)"
+    with reuse_prompt_caches() as store:
+        reused = [dps_generate_batch(tiny, ids, h, alpha=a, max_new_tokens=10) for h, a in points]
+        assert (store.hits, store.misses) == (3, 1) and store.used > 0
+        with steer(tiny, _vector(tiny, 7, 3.0), layer=0):
+            steered = dps_generate_batch(tiny, ids, [(1, 0)], alpha=8.0, max_new_tokens=10)
+        assert (store.hits, store.misses) == (3, 1)
+        with reuse_prompt_caches(max_bytes=0) as empty:  # nothing fits: recomputed, same tokens
+            assert dps_generate_batch(tiny, ids, [(1, 0)], alpha=8.0, max_new_tokens=10) == alone[0]
+            assert empty.used == 0 and empty.hits == 0
+    assert reused == alone
+    with steer(tiny, _vector(tiny, 7, 3.0), layer=0):
+        assert steered == dps_generate_batch(tiny, ids, [(1, 0)], alpha=8.0, max_new_tokens=10)
+    assert dps_generate_batch(tiny, ids, [(1, 0)], alpha=8.0, max_new_tokens=10) == alone[0]  # the block is closed
+    assert all_hook_handles(tiny) == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import GoldPrefixMethod
@@ -240,6 +242,52 @@ def test_tune_picks_the_best_point_on_tuning_users_only(tiny, news, tmp_path):
     assert load_tuned(tmp_path / "tuned.json", tiny.name) == {"test-copier": {"copy": 1.0}}
     with pytest.raises(ValueError, match="tuned on 'tiny-random'"):
         load_tuned(tmp_path / "tuned.json", "smollm2-135m")
+
+
+def test_a_dps_grid_shares_prompt_passes_and_each_point_matches_its_own_run(tiny, news, tmp_path, monkeypatch):
+    # The grid's points decode the same batches: the prompt passes of the first point serve the
+    # others, and a point's predictions are those of a plain run at its settings.
+    from workbench.runner.bench import run_bench
+    from workbench.science import dps_batch
+
+    stores = []
+    real = dps_batch.reuse_prompt_caches
+
+    def spy(*args, **kwargs):
+        cm = real(*args, **kwargs)
+        store = cm.__enter__()
+        stores.append(store)
+        return _Entered(cm, store)
+
+    monkeypatch.setattr(dps_batch, "reuse_prompt_caches", spy)
+    settings = GenerationSettings(max_new_tokens=6)
+    grid = {"alpha": ["1", "8"], "top_percent": ["10"]}
+    res = tune(tiny, news, "dps", grid, tmp_path / "tune", n=4, settings=settings, progress=False, batch_size=2,
+               fixed={"pcs_examples": 4})
+    assert len(stores) == 1 and stores[0].misses == 2 and stores[0].hits == 2  # 2 batches, 2 points
+    for row in res.points.itertuples():
+        m = make_methods(["dps"], settings)[0]
+        apply_settings(m, {"alpha": row.alpha, "top_percent": 10.0, "pcs_examples": 4})
+        alone = run_bench(tiny, split_users(news, "tune"), [m], tmp_path / f"alone-{row.alpha}", n=4, settings=settings,
+                          progress=False, batch_size=2, chart=False)
+        tuned = pd.read_json(Path(row.run) / "outputs.jsonl", lines=True).sort_values("id")
+        assert tuned["prediction"].tolist() == alone.outputs.sort_values("id")["prediction"].tolist()
+    # other methods run without the store
+    tune(tiny, news, "test-copier", {"copy": ["0", "1"]}, tmp_path / "copier", n=2, progress=False)
+    assert len(stores) == 1
+
+
+class _Entered:
+    """A context manager already entered (the spy above enters it to see the store)."""
+
+    def __init__(self, cm, store):
+        self.cm, self.store = cm, store
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
 
 
 def test_ties_go_to_the_simpler_setting():

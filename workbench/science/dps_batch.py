@@ -16,10 +16,12 @@ row's streams) and its own heads. Greedy decoding only; sampling, ``mask_prompt=
 
 from __future__ import annotations
 
+import copy
 import math
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -106,11 +108,19 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
     stops = set(model.stop_token_ids)
     decode = lambda t: model.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     out: list[list[int]] = [[] for _ in range(n)]
-    cache = DynamicCache(config=view.config)
+    # The prompt pass sees no head mask (masking starts at the last prompt token), so without
+    # a steering hook it is the same at every alpha and head set: a grid reuses it.
+    store = _PROMPT_CACHES.get() if not active and all(iv is None for iv in ivs) else None
+    key = (id(view), tuple(tuple(i.reshape(-1).tolist()) for i in ids))
+    cache = store.get(key, model.device) if store is not None else None
     with ExitStack() as stack:
         stack.enter_context(_fastpath.installed(model, plan))
-        view(input_ids=batch[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1], past_key_values=cache,
-             use_cache=True, logits_to_keep=1)
+        if cache is None:
+            cache = DynamicCache(config=view.config)
+            view(input_ids=batch[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1], past_key_values=cache,
+                 use_cache=True, logits_to_keep=1)
+            if store is not None:
+                store.put(key, cache)
         for i, layer in enumerate(cache.layers):
             if i >= low:  # the masked rows' copy of the intact prompt
                 layer.keys, layer.values = layer.keys.repeat(2, 1, 1, 1), layer.values.repeat(2, 1, 1, 1)
@@ -143,6 +153,81 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
             now = torch.cat([now, torch.ones_like(now[:, :1])], dim=-1)
             step_pos = step_pos + 1
     return [decode(o).strip() for o in out]
+
+
+class PromptCaches:
+    """Key/value caches of DPS prompt passes, kept for reuse while :func:`reuse_prompt_caches`
+    is active. A batch is stored whole (its rows' prompts, in order, are the key) and handed out
+    as a copy, since decoding grows and trims the cache it is given. It keeps what fits in
+    ``max_bytes`` and then stops adding, never evicting: a grid visits the same batches in the
+    same order at every point, where evicting the oldest would make every later visit a miss.
+    Copies live on the CPU, so a GPU's memory holds only the batch being decoded."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self._caches: dict = {}
+
+    def __repr__(self) -> str:
+        return (f"PromptCaches({len(self._caches)} batches, {self.used / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB, "
+                f"{self.hits} hits, {self.misses} misses)")
+
+    def get(self, key: Any, device: Any) -> Any:
+        stored = self._caches.get(key)
+        if stored is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return _cache_copy(stored, device)
+
+    def put(self, key: Any, cache: Any) -> None:
+        size = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+                   if isinstance(t, torch.Tensor))
+        if key not in self._caches and self.used + size <= self.max_bytes:
+            self._caches[key] = _cache_copy(cache, "cpu")
+            self.used += size
+
+
+def _cache_copy(cache: Any, device: Any) -> Any:
+    """A deep copy of a ``DynamicCache`` with its tensors on ``device``."""
+    out = copy.deepcopy(cache)
+    for layer in out.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                setattr(layer, name, t.to(device))
+    return out
+
+
+_PROMPT_CACHES: "ContextVar[PromptCaches | None]" = ContextVar("workbench_dps_prompt_caches", default=None)
+
+
+@contextmanager
+def reuse_prompt_caches(max_bytes: int | None = None) -> Iterator[PromptCaches]:
+    """Within the block, DPS decoding keeps each batch's prompt pass and reuses it when the same
+    prompts come again with no steering hook — as at every point of an alpha x head-set grid,
+    where the prompt pass (all of a long prompt but its last token) is most of the cost.
+    Outputs are unchanged. ``max_bytes``: how much to keep (default: a sixth of this machine's
+    memory, at most 8 GiB); what does not fit is recomputed as before."""
+    if max_bytes is None:
+        max_bytes = min(8 * 2**30, _physical_memory() // 6)
+    store = PromptCaches(max_bytes)
+    token = _PROMPT_CACHES.set(store)
+    try:
+        yield store
+    finally:
+        _PROMPT_CACHES.reset(token)
+
+
+def _physical_memory() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform: a modest default
+        return 12 * 2**30
 
 
 @torch.no_grad()
