@@ -142,7 +142,7 @@ def main() -> None:
                                          else f"specificity_{args.task}_{args.model}.csv")
     table.to_csv(out, index=False)
     top8 = table[(table.heads == "contrastive PCS") & (table.k == min(8, table.k.max()))].iloc[0]
-    meta = {"model": args.model, "task": args.task, "data": str(data.path), "mode": args.mode,
+    meta = {"model": args.model, "task": args.task, "data": Path(str(data.path)).name, "mode": args.mode,
             "n_score": args.n_score, "n_eval": args.n_eval,
             "draws": args.draws, "seed": args.seed, "mean_gain": float(g.mean()), "masking": "uniform, output scope",
             "scores_from": "tuning users' histories (leave-one-out)", "evaluated_on": "evaluation users' histories",
