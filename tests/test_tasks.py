@@ -184,6 +184,26 @@ def test_label_logprobs_are_the_models_target_logprobs(tiny, tasks_data):
             assert torch.allclose(lp, ref.cpu(), atol=1e-4) and (entropy >= 0).all()
 
 
+def test_label_scores_under_several_hook_sets_share_one_prompt_pass(tiny, tasks_data):
+    # DPS's intact and masked label scores from one prompt pass: each set exactly as if scored
+    # alone, and a set after others sees the prompt's cache unchanged by them.
+    from workbench.core.heads import mask_heads
+    from workbench.methods import label_token_logprobs_under
+    from conftest import all_hook_handles
+
+    rag = make_methods(["rag"], GenerationSettings())[0]
+    prompt, _ = rag.prompt(tiny, tasks_data["lamp2n-news"][0])
+    labels = ["politics", "black/queer/latino voices", "u.s. news"]
+    masked = mask_heads(tiny, [(1, 0), (1, 2)], how="zero").hooks  # tiny-random attends near uniformly already
+    together = label_token_logprobs_under(tiny, prompt, labels, [(), masked, ()])
+    alone = [label_token_logprobs(tiny, prompt, labels), label_token_logprobs(tiny, prompt, labels, label_hooks=masked)]
+    for got, want in zip(together, [*alone, alone[0]]):
+        for (lp, ent), (lp_ref, ent_ref) in zip(got, want):
+            assert torch.equal(lp, lp_ref) and torch.equal(ent, ent_ref)
+    assert any(not torch.allclose(a[0], b[0]) for a, b in zip(together[0], together[1])), "the mask must change a score"
+    assert all_hook_handles(tiny) == 0
+
+
 def test_dps_label_scores_with_alpha_zero_are_plain(tiny, tasks_data):
     from workbench.methods.dps import DpsLabelScorer
 

@@ -34,6 +34,7 @@ the same examples, with the same model and scoring, as every other method.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import math
@@ -202,6 +203,14 @@ def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
     (ending in ``Answer:``) after a space. ``label_hooks``: hooks active from the prompt's last
     token on only (DPS's head mask: the prompt's computation stays intact, as in its decoding).
     """
+    return label_token_logprobs_under(model, prompt, labels, [label_hooks])[0]
+
+
+def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
+                               hook_sets: Sequence[Sequence]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`label_token_logprobs` once per set of ``label_hooks`` in ``hook_sets``, the prompt
+    run once for all of them: hooks that start at the prompt's last token leave its KV cache the
+    same (DPS's intact and masked scores share it, which halves their cost on long prompts)."""
     ids = model.encode(prompt)
     space = "" if (not isinstance(prompt, str) or model.has_chat_template) else " "
     toks = [model.tokenizer(space + label, add_special_tokens=False).input_ids for label in labels]
@@ -214,23 +223,37 @@ def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
     # a pad, and pads' log-probabilities are never read.
     rows = torch.tensor([[last, *t, *[t[-1]] * (longest - len(t))] for t in toks], device=ids.device)
     bridge = model.bridge
+    prompt_cache = None
     if ids.shape[-1] > 1:
         with bridge.hooks(fwd_hooks=[last_positions_hook(model.n_layers, -1)]):
-            _, cache = bridge(ids[:, :-1], return_type="logits_and_cache")
-        cache.batch_repeat_interleave(len(toks))
+            _, prompt_cache = bridge(ids[:, :-1], return_type="logits_and_cache")
+    results = []
+    for n, label_hooks in enumerate(hook_sets):
         with bridge.hooks(fwd_hooks=list(label_hooks)):
-            logits, _ = bridge(rows, return_type="logits_and_cache", past_key_values=cache)
-    else:
-        with bridge.hooks(fwd_hooks=list(label_hooks)):
-            logits = bridge(rows)
-    lp = logits.float().log_softmax(-1)
-    entropy = -(lp.exp() * lp).sum(-1)
-    out = []
-    for j, t in enumerate(toks):
-        index = torch.tensor(t, device=lp.device)
-        positions = torch.arange(len(t), device=lp.device)
-        out.append((lp[j, positions, index].cpu(), entropy[j, positions].cpu()))
-    return out
+            if prompt_cache is None:
+                logits = bridge(rows)
+            else:
+                # the label pass grows the cache it is given: a later hook set gets a fresh copy
+                cache = prompt_cache if n == len(hook_sets) - 1 else _cache_copy(prompt_cache)
+                cache.batch_repeat_interleave(len(toks))
+                logits, _ = bridge(rows, return_type="logits_and_cache", past_key_values=cache)
+        lp = logits.float().log_softmax(-1)
+        entropy = -(lp.exp() * lp).sum(-1)
+        out = []
+        for j, t in enumerate(toks):
+            index = torch.tensor(t, device=lp.device)
+            positions = torch.arange(len(t), device=lp.device)
+            out.append((lp[j, positions, index].cpu(), entropy[j, positions].cpu()))
+        results.append(out)
+    return results
+
+
+def _cache_copy(cache: Any) -> Any:
+    """A copy of a KV cache with its own tensors (``deepcopy`` alone refuses tensors that are
+    not graph leaves, which a forward outside ``no_grad`` leaves in the cache)."""
+    memo = {id(t): t.detach().clone() for layer in cache.layers for t in (layer.keys, layer.values)
+            if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(cache, memo)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from workbench._util import cache_file, cached, results_dir, stable_hash
 from workbench.science.dps_batch import DpsDecoder
-from workbench.methods import Check, Decoder, LabelScorer, Method, label_token_logprobs, register_method
+from workbench.methods import Check, Decoder, LabelScorer, Method, label_token_logprobs_under, register_method
 from workbench.core.heads import mask_heads
 from workbench.core.model import Model
 
@@ -36,9 +36,10 @@ class DpsLabelScorer(LabelScorer):
     alpha_cap: float | None = None
 
     def scores(self, model: Model, prompt: Any, labels: Any) -> list[float]:
-        full = label_token_logprobs(model, prompt, labels)
-        # Masked from the prompt's last token on, the prompt itself intact (DPS's decoding).
-        masked = label_token_logprobs(model, prompt, labels, label_hooks=mask_heads(model, list(self.heads), how=self.how).hooks)
+        # Masked from the prompt's last token on, the prompt itself intact (DPS's decoding): both
+        # score sets share one prompt pass.
+        full, masked = label_token_logprobs_under(model, prompt, labels,
+                                                  [(), mask_heads(model, list(self.heads), how=self.how).hooks])
         out = []
         for (lp, entropy), (lm, _) in zip(full, masked):
             if self.alpha == "entropy":
