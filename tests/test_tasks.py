@@ -201,6 +201,7 @@ def test_label_scores_under_several_hook_sets_share_one_prompt_pass(tiny, tasks_
         for (lp, ent), (lp_ref, ent_ref) in zip(got, want):
             assert torch.equal(lp, lp_ref) and torch.equal(ent, ent_ref)
     assert any(not torch.allclose(a[0], b[0]) for a, b in zip(together[0], together[1])), "the mask must change a score"
+    assert not together[1][0][0].requires_grad  # scoring builds no autograd graph
     assert all_hook_handles(tiny) == 0
 
 

@@ -191,7 +191,6 @@ def task_labels(task: str) -> tuple[str, ...]:
     return TASKS.get(task, GENERIC).labels
 
 
-@torch.no_grad()
 def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
                          label_hooks: Sequence = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each label: the log-probability of each of its tokens after ``prompt``, and the
@@ -206,6 +205,7 @@ def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
     return label_token_logprobs_under(model, prompt, labels, [label_hooks])[0]
 
 
+@torch.no_grad()
 def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
                                hook_sets: Sequence[Sequence]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`label_token_logprobs` once per set of ``label_hooks`` in ``hook_sets``, the prompt
@@ -249,8 +249,8 @@ def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
 
 
 def _cache_copy(cache: Any) -> Any:
-    """A copy of a KV cache with its own tensors (``deepcopy`` alone refuses tensors that are
-    not graph leaves, which a forward outside ``no_grad`` leaves in the cache)."""
+    """A copy of a KV cache with its own tensors (``deepcopy`` alone refuses tensors that are not
+    graph leaves; given detached clones, it copies the rest of the cache object around them)."""
     memo = {id(t): t.detach().clone() for layer in cache.layers for t in (layer.keys, layer.values)
             if isinstance(t, torch.Tensor)}
     return copy.deepcopy(cache, memo)
