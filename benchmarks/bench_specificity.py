@@ -63,13 +63,14 @@ def scorings(model, data, n: int, mode: str, cache_dir: Path) -> dict[str, Prefe
     return out
 
 
-def evaluate(model, data, scores: dict[str, PreferenceScores], n: int, draws: int, seed: int) -> pd.DataFrame:
+def evaluate(model, data, scores: dict[str, PreferenceScores], n: int, draws: int, seed: int,
+             ks: tuple[int, ...] = KS) -> pd.DataFrame:
     examples = profile_examples(split_users(data, "eval"), n=n)
     items = _scoring_examples(model, examples, 5, "bm25", contrast="history")
     rng = np.random.default_rng(seed)
     all_heads = [(layer, head) for layer in range(model.n_layers) for head in range(model.n_heads)]
     sets: list[tuple[str, int, int, list]] = []
-    for k in [k for k in KS if k <= len(all_heads)]:
+    for k in [k for k in ks if k <= len(all_heads)]:
         sets.append(("plain PCS", k, 0, scores["plain"].top(k)))
         sets.append(("contrastive PCS", k, 0, scores["contrastive"].top(k)))
         for d in range(draws):
@@ -89,15 +90,28 @@ def evaluate(model, data, scores: dict[str, PreferenceScores], n: int, draws: in
     return pd.DataFrame(rows)
 
 
-def summarize(raw: pd.DataFrame) -> pd.DataFrame:
+def summarize(raw: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per head set: the share of the gain removed and the no-history shift (random sets: the mean
+    over draws and its sd); for a scored set also 95% intervals over the held-out examples
+    (bootstrap, the same resamples for both) — a single set's row is otherwise one number."""
     out = []
+    rng = np.random.default_rng(seed)
     for (kind, k), g in raw.groupby(["kind", "k"], sort=False):
         per_draw = g.groupby("draw").apply(lambda d: pd.Series({
             "gain_removed": (d.gain - d.gain_masked).sum() / d.gain.sum(),
             "nohist_shift": d.nohist_shift.mean() / d.gain.mean()}), include_groups=False)
-        out.append({"heads": kind, "k": k, "gain_removed": per_draw.gain_removed.mean(),
-                    "gain_removed_sd": per_draw.gain_removed.std(ddof=1) if len(per_draw) > 1 else 0.0,
-                    "nohist_shift": per_draw.nohist_shift.mean(), "draws": len(per_draw)})
+        row = {"heads": kind, "k": k, "gain_removed": per_draw.gain_removed.mean(),
+               "gain_removed_sd": per_draw.gain_removed.std(ddof=1) if len(per_draw) > 1 else 0.0,
+               "nohist_shift": per_draw.nohist_shift.mean(), "draws": len(per_draw)}
+        if len(per_draw) == 1:
+            gain, removed, shift = (g[c].to_numpy() for c in ("gain", "gain_masked", "nohist_shift"))
+            removed = gain - removed
+            idx = rng.integers(0, len(g), size=(n_boot, len(g)))
+            share = removed[idx].sum(1) / gain[idx].sum(1)
+            moved = shift[idx].mean(1) / gain[idx].mean(1)
+            row.update({"gain_removed_lo": np.quantile(share, 0.025), "gain_removed_hi": np.quantile(share, 0.975),
+                        "nohist_shift_lo": np.quantile(moved, 0.025), "nohist_shift_hi": np.quantile(moved, 0.975)})
+        out.append(row)
     return pd.DataFrame(out)
 
 
@@ -109,6 +123,7 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=20, help="held-out (evaluation-user) examples")
     ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
     ap.add_argument("--draws", type=int, default=5, help="random head sets per k")
+    ap.add_argument("--ks", default=",".join(map(str, KS)), help="head-set sizes to test (default 1,2,4,8,16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/specificity", type=Path)
     ap.add_argument("--out", default=None, type=Path, help="CSV of the table (default results/specificity_<model>.csv)")
@@ -132,7 +147,8 @@ def main() -> None:
     import torch
 
     with torch.no_grad():
-        raw = evaluate(model, data, scores, args.n_eval, args.draws, args.seed)
+        raw = evaluate(model, data, scores, args.n_eval, args.draws, args.seed,
+                       ks=tuple(int(k) for k in str(args.ks).split(",") if k.strip()))
     table = summarize(raw)
     g = raw.drop_duplicates("example").gain
     print(f"\npersonalization gain on {len(g)} held-out examples: mean {g.mean():.3f} nats/token "
@@ -141,7 +157,8 @@ def main() -> None:
     out = args.out or Path("results") / (f"specificity_{args.model}.csv" if args.task == "lamp4"
                                          else f"specificity_{args.task}_{args.model}.csv")
     table.to_csv(out, index=False)
-    top8 = table[(table.heads == "contrastive PCS") & (table.k == min(8, table.k.max()))].iloc[0]
+    top_k = int(min(8, table.k.max()))  # the verdict's k: 8 unless --ks stops below it
+    top8 = table[(table.heads == "contrastive PCS") & (table.k == top_k)].iloc[0]
     meta = {"model": args.model, "task": args.task, "data": Path(str(data.path)).name, "mode": args.mode,
             "n_score": args.n_score, "n_eval": args.n_eval,
             "draws": args.draws, "seed": args.seed, "mean_gain": float(g.mean()), "masking": "uniform, output scope",
@@ -152,7 +169,7 @@ def main() -> None:
             "seconds": round(time.perf_counter() - t0), "command": "python benchmarks/bench_specificity.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    print(f"\ntop-8 contrastive: {top8.gain_removed:.0%} of the gain removed, no-history shift {top8.nohist_shift:.0%} "
+    print(f"\ntop-{top_k} contrastive: {top8.gain_removed:.0%} of the gain removed, no-history shift {top8.nohist_shift:.0%} "
           f"of the gain -> target {'met' if meta['target_met'] else 'NOT met'} ({meta['seconds']} s); {out}")
     if not meta["above_random"]:
         print("but random heads remove as much (within 2 sd of their draws): the gain is not carried by these heads "
