@@ -323,6 +323,25 @@ def test_tuned_settings_reach_the_run_and_its_record(tiny, news, tmp_path, monke
                  "--set", "test-copier.copy=1", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_eval_table_compares_settings_by_value():
+    # a combination's fixed "--set X.decoding.top_percent=2" comes back from tuned.json as 2, its
+    # run records 2.0 in a nested dict: the same setting (the run was refused as "not at the chosen")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("eval_table", Path(__file__).parents[1] / "tools" / "eval_table.py")
+    eval_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_table)
+    recorded = {"name": "caa-all+dps", "steering": {"scale": 1.0, "layer": None}, "decoding": {"top_percent": 2.0, "alpha": 0.5}}
+    chosen = {k: eval_table._number(v) for k, v in
+              {"decoding.top_percent": "2", "steering.scale": "1", "decoding.alpha": "0.5", "steering.layer": "none"}.items()}
+    assert eval_table._is_saved_setting(recorded, chosen)
+    assert not eval_table._is_saved_setting(recorded, {**chosen, "decoding.alpha": 1})
+    assert not eval_table._is_saved_setting(recorded, {**chosen, "decoding.top_percent": 4})
+    assert eval_table._is_saved_setting({"alpha": "entropy"}, {"alpha": "entropy"})
+    assert not eval_table._is_saved_setting({"alpha": "entropy"}, {"alpha": 1})
+
+
 def test_eval_table_checks_a_run_was_made_at_the_tuned_settings(tiny, tmp_path, monkeypatch):
     # tools/eval_table.py labels rows "tuned": rows from a run at other settings must be refused,
     # and a method no tuned file names (rag) is taken at its defaults, without a saved full run.

@@ -43,7 +43,17 @@ def _is_saved_setting(recorded: dict | None, chosen: dict) -> bool:
     method's defaults may have changed since)."""
     from workbench.runner.tuning import default_of
 
-    return recorded is not None and all(str(v) == str(default_of(recorded, k)) for k, v in chosen.items())
+    return recorded is not None and all(_same(v, default_of(recorded, k)) for k, v in chosen.items())
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as settings: numbers by value (a fixed "2" is the recorded 2.0), the rest as text."""
+    if not isinstance(a, bool) and not isinstance(b, bool):
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            pass
+    return str(a) == str(b)
 
 
 def _number(text: str) -> object:
