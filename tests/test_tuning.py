@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -253,11 +254,11 @@ def test_a_dps_grid_shares_prompt_passes_and_each_point_matches_its_own_run(tiny
     stores = []
     real = dps_batch.reuse_prompt_caches
 
+    @contextmanager
     def spy(*args, **kwargs):
-        cm = real(*args, **kwargs)
-        store = cm.__enter__()
-        stores.append(store)
-        return _Entered(cm, store)
+        with real(*args, **kwargs) as store:
+            stores.append(store)
+            yield store
 
     monkeypatch.setattr(dps_batch, "reuse_prompt_caches", spy)
     settings = GenerationSettings(max_new_tokens=6)
@@ -275,19 +276,6 @@ def test_a_dps_grid_shares_prompt_passes_and_each_point_matches_its_own_run(tiny
     # other methods run without the store
     tune(tiny, news, "test-copier", {"copy": ["0", "1"]}, tmp_path / "copier", n=2, progress=False)
     assert len(stores) == 1
-
-
-class _Entered:
-    """A context manager already entered (the spy above enters it to see the store)."""
-
-    def __init__(self, cm, store):
-        self.cm, self.store = cm, store
-
-    def __enter__(self):
-        return self.store
-
-    def __exit__(self, *exc):
-        return self.cm.__exit__(*exc)
 
 
 def test_ties_go_to_the_simpler_setting():

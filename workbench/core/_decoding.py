@@ -9,6 +9,7 @@ rows are still there (an intervention's rows are numbered as in the batch it was
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Sequence
 
 import torch
@@ -59,6 +60,17 @@ class LiveRows:
                               for c in range(stacked)])
 
         return rows_of
+
+
+def copy_cache(cache: Any, device: Any = None) -> Any:
+    """A deep copy of a KV cache with tensors of its own, on ``device`` (default: where they are).
+    Its keys and values are copied detached (``deepcopy`` refuses tensors that are not graph
+    leaves, which a forward outside ``no_grad`` leaves there); the rest of the cache object is
+    deep-copied around them."""
+    memo = {id(t): t.detach().to(device if device is not None else t.device, copy=True)
+            for layer in cache.layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(cache, memo)
 
 
 def select_rows(cache: Any, keep: torch.Tensor, n: int) -> None:

@@ -34,7 +34,6 @@ the same examples, with the same model and scoring, as every other method.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import math
@@ -46,6 +45,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 import torch
 
 from workbench._util import check_int, check_number
+from workbench.core._decoding import copy_cache
 from workbench.core.hooks import HookSet, last_positions_hook
 from workbench.core.model import Model
 from workbench.data.prompts import build_prompt, first_line, first_line_complete, parse_label
@@ -234,7 +234,7 @@ def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
                 logits = bridge(rows)
             else:
                 # the label pass grows the cache it is given: a later hook set gets a fresh copy
-                cache = prompt_cache if n == len(hook_sets) - 1 else _cache_copy(prompt_cache)
+                cache = prompt_cache if n == len(hook_sets) - 1 else copy_cache(prompt_cache)
                 cache.batch_repeat_interleave(len(toks))
                 logits, _ = bridge(rows, return_type="logits_and_cache", past_key_values=cache)
         lp = logits.float().log_softmax(-1)
@@ -246,14 +246,6 @@ def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
             out.append((lp[j, positions, index].cpu(), entropy[j, positions].cpu()))
         results.append(out)
     return results
-
-
-def _cache_copy(cache: Any) -> Any:
-    """A copy of a KV cache with its own tensors (``deepcopy`` alone refuses tensors that are not
-    graph leaves; given detached clones, it copies the rest of the cache object around them)."""
-    memo = {id(t): t.detach().clone() for layer in cache.layers for t in (layer.keys, layer.values)
-            if isinstance(t, torch.Tensor)}
-    return copy.deepcopy(cache, memo)
 
 
 @dataclass(frozen=True)

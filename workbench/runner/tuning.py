@@ -273,6 +273,7 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     """
     from tqdm.auto import tqdm
 
+    from workbench.runner.bench import run_bench
     from workbench.methods import GenerationSettings, make_methods
 
     task = getattr(dataset, "task", "") or ""
@@ -291,7 +292,15 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     rows = []
     with _prompt_reuse(probe) as reused:
         for point in tqdm(points, desc=f"tune {method}", disable=not progress):
-            rows.append(_run_point(model, tune_ds, method, point, fixed, out_dir, n, settings, progress, batch_size, metric))
+            m = make_methods([method], settings)[0]
+            apply_settings(m, {**(fixed or {}), **point})
+            where = Path(out_dir) / slug(method) / (slug(_point_label(point), 60) + "-" + stable_hash(point, 6))
+            res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=progress, batch_size=batch_size,
+                            chart=False)  # each point's chart would carry plotly (~5 MB); the grid chart below is the one to look at
+            values = res.outputs[metric].astype(float)
+            mean, lo, hi = bootstrap_ci(values)
+            typed = {k: getattr(m, k) if "." not in k else v for k, v in point.items()}
+            rows.append({**typed, "n": len(values), metric: mean, "lo": lo, "hi": hi, "run": str(where)})
     if reused is not None and progress:
         print(f"prompt passes reused across the grid: {reused}")
     table = pd.DataFrame(rows)
@@ -300,23 +309,6 @@ def tune(model: Any, dataset: Any, method: str, grid: Mapping[str, Sequence[Any]
     chosen = {k: rows[best][k] for k in grid}  # from the rows: a table column would turn None into NaN
     return TuningResult(method, metric, table, chosen, {k: default_of(defaults, k) for k in grid}, dict(grid),
                         dict(fixed or {}))
-
-
-def _run_point(model: Any, tune_ds: Any, method: str, point: Mapping[str, Any], fixed: Mapping[str, Any] | None,
-               out_dir: str | Path, n: int | None, settings: Any, progress: bool, batch_size: int, metric: str) -> dict:
-    """One grid point's run on the tuning users and its mean ``metric`` (a row of the grid table)."""
-    from workbench.methods import make_methods
-    from workbench.runner.bench import run_bench
-
-    m = make_methods([method], settings)[0]
-    apply_settings(m, {**(fixed or {}), **point})
-    where = Path(out_dir) / slug(method) / (slug(_point_label(point), 60) + "-" + stable_hash(point, 6))
-    res = run_bench(model, tune_ds, [m], where, n=n, settings=settings, progress=progress, batch_size=batch_size,
-                    chart=False)  # each point's chart would carry plotly (~5 MB); the grid chart below is the one to look at
-    values = res.outputs[metric].astype(float)
-    mean, lo, hi = bootstrap_ci(values)
-    typed = {k: getattr(m, k) if "." not in k else v for k, v in point.items()}
-    return {**typed, "n": len(values), metric: mean, "lo": lo, "hi": hi, "run": str(where)}
 
 
 @contextmanager

@@ -16,7 +16,6 @@ row's streams) and its own heads. Greedy decoding only; sampling, ``mask_prompt=
 
 from __future__ import annotations
 
-import copy
 import math
 from contextlib import ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
@@ -28,7 +27,7 @@ import torch
 from workbench._util import check_sampling
 from workbench.core import _fastpath
 from workbench.core.heads import HeadMask
-from workbench.core._decoding import LiveRows, drop_finished, left_pad, positions_of, take_step
+from workbench.core._decoding import LiveRows, copy_cache, drop_finished, left_pad, positions_of, take_step
 from workbench.core.model import Model
 from workbench.science.dps import as_head_mask, check_dps_args, dps_generate
 
@@ -111,7 +110,7 @@ def _decode(model: Model, view: Any, active: list, ids: list, masks: list, ivs: 
     # The prompt pass sees no head mask (masking starts at the last prompt token), so without
     # a steering hook it is the same at every alpha and head set: a grid reuses it.
     store = _PROMPT_CACHES.get() if not active and all(iv is None for iv in ivs) else None
-    key = (id(view), tuple(tuple(i.reshape(-1).tolist()) for i in ids))
+    key = (id(view), tuple(tuple(i.reshape(-1).tolist()) for i in ids)) if store is not None else None
     cache = store.get(key, model.device) if store is not None else None
     with ExitStack() as stack:
         stack.enter_context(_fastpath.installed(model, plan))
@@ -180,25 +179,14 @@ class PromptCaches:
             self.misses += 1
             return None
         self.hits += 1
-        return _cache_copy(stored, device)
+        return copy_cache(stored, device)
 
     def put(self, key: Any, cache: Any) -> None:
         size = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
                    if isinstance(t, torch.Tensor))
         if key not in self._caches and self.used + size <= self.max_bytes:
-            self._caches[key] = _cache_copy(cache, "cpu")
+            self._caches[key] = copy_cache(cache, "cpu")
             self.used += size
-
-
-def _cache_copy(cache: Any, device: Any) -> Any:
-    """A deep copy of a ``DynamicCache`` with its tensors on ``device``."""
-    out = copy.deepcopy(cache)
-    for layer in out.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor):
-                setattr(layer, name, t.to(device))
-    return out
 
 
 _PROMPT_CACHES: "ContextVar[PromptCaches | None]" = ContextVar("workbench_dps_prompt_caches", default=None)
