@@ -131,6 +131,11 @@ def test_vectors_have_model_width_and_are_differences(tiny, pairs):
     want = (mean_act(row["positive"], "blocks.1.hook_resid_pre") + mean_act(row["positive"], "blocks.1.hook_attn_out")
             - mean_act(row["negative"], "blocks.1.hook_resid_pre") - mean_act(row["negative"], "blocks.1.hook_attn_out"))
     assert torch.allclose(both[1].attn[0], want, atol=1e-4)
+    # below the last layer the passes stop early (and share the prompt's cache): same numbers
+    low = sample_vectors(tiny, pairs, layer=0)
+    want = mean_act(row["positive"], "blocks.0.hook_attn_out") - mean_act(row["negative"], "blocks.0.hook_attn_out")
+    assert torch.allclose(low.attn[0], want, atol=1e-5)
+    assert torch.allclose(low.mlp, sample_vectors(tiny, pairs, layer=[0, 1])[0].mlp, atol=1e-5)
     with pytest.raises(ValueError, match="attn_site"):
         sample_vectors(tiny, pairs, layer=1, attn_site="resid_post")
     with pytest.raises(ValueError, match="out of range"):

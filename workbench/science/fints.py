@@ -63,7 +63,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench._util import atomic_torch_save, check_int, load_torch_file, refuse_overwrite
+from workbench._util import atomic_torch_save, check_int, empty_kv_cache, load_torch_file, refuse_overwrite, \
+    truncate_kv_cache
+from workbench.core.hooks import last_positions_hook
 from workbench.core.model import Model
 from workbench.science.pairs import contrastive_pairs, is_example, item_id, select_items
 from workbench.data.retrieval import bm25_scores
@@ -103,14 +105,49 @@ __all__ = ["contrastive_pairs", "select_items", "sample_vectors", "aggregate", "
 # ---- 2. sample-level vectors --------------------------------------------------------------
 
 @torch.no_grad()
-def _response_means(model: Model, prompt: Any, response: str, layers: Sequence[int],
-                    sites: Sequence[str]) -> dict[tuple[int, str], torch.Tensor]:
-    """Mean over the response tokens of each site's activation, per layer (CPU, float32)."""
-    ids, start = model.prompt_and_target(prompt, response)
-    names = {n for L in layers for site in sites for n in SITES[site].read_hooks(L)}
-    _, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in names)
-    acts = {n: cache[n][0, start:] for n in names}
-    return {(L, site): read_site(acts, site, L).mean(0).cpu() for L in layers for site in sites}
+def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers: Sequence[int],
+                    sites: Sequence[str]) -> list[dict[tuple[int, str], torch.Tensor]]:
+    """Per response: the mean over its tokens of each site's activation, per layer (CPU, float32).
+
+    The prompt is most of the tokens (the input and other users' turns), the same for a pair's
+    positive and negative: it runs once and its KV cache serves every response. Nothing above
+    the deepest layer read runs, so no logits are computed at all.
+    """
+    bridge = model.bridge
+    names = sorted({n for L in layers for site in sites for n in SITES[site].read_hooks(L)})
+    stop = max(layers) + 1
+    if stop < model.n_layers:
+        depth: dict[str, Any] = {"stop_at_layer": stop}
+        skip_logits: list = []
+    else:  # the last layer is read: the pass goes through, only the unembedding is cut to one position
+        depth = {}
+        skip_logits = [last_positions_hook(model.n_layers, -1)]
+    prompt_ids = model.encode(prompt)
+    targets = []
+    for r in responses:
+        t = model.tokenizer(r, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+        if t.shape[-1] == 0:
+            raise ValueError("a response is empty; a pair needs a positive and a negative with text")
+        model.check_fits(prompt_ids.shape[-1] + t.shape[-1], what="prompt plus response")
+        targets.append(t)
+    start = prompt_ids.shape[-1]
+    cache = empty_kv_cache()
+    bridge.run_with_hooks(prompt_ids, past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
+    out = []
+    for t in targets:
+        got: dict[str, torch.Tensor] = {}
+
+        # Stored under the name asked for: the bridge's hook.name is the canonical one, not the alias.
+        def keep(name: str) -> Callable:
+            def fn(x: torch.Tensor, hook: Any) -> None:
+                got[name] = x[0]
+            return fn
+
+        bridge.run_with_hooks(t, past_key_values=cache, fwd_hooks=[(n, keep(n)) for n in names] + skip_logits,
+                              **depth)
+        truncate_kv_cache(cache, start)
+        out.append({(L, site): read_site(got, site, L).mean(0).cpu() for L in layers for site in sites})
+    return out
 
 
 @dataclass
@@ -249,8 +286,7 @@ def sample_vectors(
     attn = {L: [] for L in layers}
     mlp = {L: [] for L in layers}
     for row in tqdm(list(kept.itertuples(index=False)), desc="vectors", disable=not progress, leave=False):
-        pos = _response_means(model, row.prompt, row.positive, layers, (attn_site, mlp_site))
-        neg = _response_means(model, row.prompt, row.negative, layers, (attn_site, mlp_site))
+        pos, neg = _response_means(model, row.prompt, [row.positive, row.negative], layers, (attn_site, mlp_site))
         for L in layers:
             attn[L].append(pos[(L, attn_site)] - neg[(L, attn_site)])
             mlp[L].append(pos[(L, mlp_site)] - neg[(L, mlp_site)])
