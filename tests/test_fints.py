@@ -250,6 +250,35 @@ def test_methods_run_in_bench(tiny, tmp_path, cache):
     assert fints.default_layer(tiny) in (0, 1)
 
 
+def test_method_vectors_are_cached_across_runs(tiny, user, tmp_path, cache, monkeypatch):
+    from workbench.methods import GenerationSettings, make_methods
+    from workbench.methods import fints as fints_methods
+
+    news = load_lamp4_news()
+    method, other = make_methods(["caa-user", "fints"], GenerationSettings(max_new_tokens=4))
+    method.prepare_run(tiny, user, news)
+    first = method.prepare_user(tiny, "u1", user)
+    files = list((cache / "fints").rglob("vectors/*.pt"))
+    assert len(files) == 1
+    # a new process: nothing in memory, the vectors come from the file, unchanged
+    fints_methods._VECTOR_MEMO.clear()
+    monkeypatch.setattr(fints_methods, "sample_vectors", lambda *a, **k: pytest.fail("rebuilt cached vectors"))
+    again = method.prepare_user(tiny, "u1", user)
+    assert torch.equal(again.attn, first.attn) and torch.equal(again.mlp, first.mlp)
+    assert list(again.items["item_id"]) == list(first.items["item_id"])
+    # another layer is another entry; a damaged file is rebuilt, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("WORKBENCH_CACHE", str(cache))
+    fints_methods._VECTOR_MEMO.clear()
+    files[0].write_bytes(b"not a torch file")
+    rebuilt = method.prepare_user(tiny, "u1", user)
+    assert torch.equal(rebuilt.mlp, first.mlp)
+    other.layer = 1 - first.layer
+    other.prepare_run(tiny, user, news)
+    other.prepare_user(tiny, "u1", user)
+    assert len(list((cache / "fints").rglob("vectors/*.pt"))) == 2
+
+
 @pytest.mark.real
 def test_real_fints_end_to_end_changes_rag_output(smol):
     news = load_lamp4_news()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workbench._util import stable_hash
+from workbench._util import cache_file, stable_hash
 from workbench.science.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, picked, \
     sample_vectors
 from workbench.core.hooks import HookSet
@@ -19,9 +19,28 @@ from workbench.core.model import Model
 from workbench.science.pairs import contrastive_pairs
 from workbench.core.steering import SITES, SteeringVector
 
-# fints, fints+rag and caa-user of one run need the same vectors: computed once per process.
-_VECTOR_MEMO: dict[tuple, SampleVectors] = {}
+# fints, fints+rag and caa-user need the same vectors of a user: computed once per process, and
+# kept in the workbench cache for the next run (a tuning run and the evaluation after it, or
+# the next Fints method) — a pair's vectors cost a forward pass over its prompt.
+_VECTOR_MEMO: dict[str, SampleVectors] = {}
 _MEMO_LIMIT = 256
+VECTOR_FORMAT = 1  # bump when sample_vectors' numbers change (cache key)
+
+
+def _cached_vectors(model: Model, pairs: Any, layer: int, attn_site: str, mlp_site: str, key: str) -> SampleVectors:
+    """``sample_vectors(model, pairs, ...)``, read from the cache when a run already built them;
+    ``key`` hashes everything that determines them (model, dtype, device, layer, sites, the pairs
+    with their prompts)."""
+    path = cache_file("fints", model.name, f"vectors/{key}.pt")
+    if path.exists():
+        try:
+            return SampleVectors.load(path, model)
+        except (OSError, ValueError, RuntimeError, KeyError):
+            pass  # damaged or of another format: rebuild rather than trust it
+    vectors = sample_vectors(model, pairs, layer, attn_site, mlp_site)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vectors.save(path, overwrite=True)
+    return vectors
 
 
 @dataclass
@@ -74,13 +93,13 @@ class FintsMethod(Method):
         pairs = contrastive_pairs(model, examples, others, max_items=self.max_items, select=self.select,
                                   n_others=self.n_others, threshold=self.threshold, seed=self.seed)
         layer = default_layer(model) if self.layer is None else self.layer
-        key = (id(model), model.name, layer, self.attn_site, self.mlp_site,
-               stable_hash(pairs[["item_id", "text", "positive", "negative", "kept", "others"]].to_dict("records"),
-                           length=None))
+        key = stable_hash([VECTOR_FORMAT, model.name, str(model.dtype), str(model.device), layer, self.attn_site,
+                           self.mlp_site, pairs[["item_id", "text", "positive", "negative", "kept", "others",
+                                                 "prompt"]].to_dict("records")], length=None)
         if key not in _VECTOR_MEMO:
             if len(_VECTOR_MEMO) > _MEMO_LIMIT:
                 _VECTOR_MEMO.clear()
-            _VECTOR_MEMO[key] = sample_vectors(model, pairs, layer, self.attn_site, self.mlp_site)
+            _VECTOR_MEMO[key] = _cached_vectors(model, pairs, layer, self.attn_site, self.mlp_site, key)
         return _VECTOR_MEMO[key]
 
     def mix(self, vectors: SampleVectors, example: Any) -> SteeringVector:
