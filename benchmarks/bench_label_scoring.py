@@ -1,15 +1,21 @@
-"""What DPS's label choice (LaMP-2N) costs when its intact and masked scores share the prompt pass.
+"""What a label choice (LaMP-2N) costs: DPS's shared prompt pass, and the labels on the view.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_label_scoring.py [--n 6] [--model smollm2-135m]
 
-On a classification task DPS scores every label twice — under the model and with the preference
-heads masked from the prompt's last token on — so the pass over the rest of the prompt (~770
-tokens of a LaMP-2N ``rag`` prompt, against 21 labels of a few tokens) is the same for both.
-Side by side in one run, on ``--n`` evaluation-user ``rag`` prompts: the two scorings each with its
-own prompt pass (``label_token_logprobs`` twice, as before) and sharing one
-(``label_token_logprobs_under``, what ``DpsLabelScorer`` does now); alternating which runs first.
-The heads are the top 2% of the saved LaMP-2N PCS. Both must give the same numbers. Prints the
-times and the ratio; asserts nothing.
+On a classification task every method scores the 21 labels after the prompt (~770 tokens of a
+LaMP-2N ``rag`` prompt); DPS scores them twice — under the model and with the preference heads
+masked from the prompt's last token on — so the prompt's pass is the same for both.
+Side by side in one run, on ``--n`` evaluation-user ``rag`` prompts, alternating the order:
+
+1. DPS's two scorings: each with its own prompt pass on the bridge (as first built); sharing one
+   prompt pass, labels as a batch of rows over copies of the cache (the bridge; what a hook list
+   gets); sharing it on the hook-free view, all labels in one row under a tree-shaped mask (what
+   ``DpsLabelScorer`` does now).
+2. The plain label choice (``rag``, steering methods): the bridge (forced by a no-op hook the
+   view cannot run) against the view.
+
+The heads are the top 2% of the saved LaMP-2N PCS. Prints the times, the ratios and the largest
+difference of a label token's log-probability between the ways; asserts nothing.
 """
 
 from __future__ import annotations
@@ -45,23 +51,39 @@ def main() -> None:
     print(model)
     print(f"{len(prompts)} lamp2n rag prompts ({sum(model.encode(p).shape[-1] for p in prompts) / len(prompts):.0f} tokens "
           f"on average), {len(labels)} labels, heads {heads}\n")
-    hooks = mask_heads(model, heads, how="uniform").hooks
-    t = {"separate": 0.0, "shared": 0.0}
-    same = 0
+    mask = mask_heads(model, heads, how="uniform")
+    noop = [("blocks.0.hook_resid_post", lambda x, hook: x)]  # a hook the view cannot run: the bridge runs
+
+    def dps_separate(p):
+        with model.bridge.hooks(fwd_hooks=noop):
+            return [label_token_logprobs(model, p, labels), label_token_logprobs(model, p, labels, label_hooks=mask.hooks)]
+
+    def plain_bridge(p):
+        with model.bridge.hooks(fwd_hooks=noop):
+            return [label_token_logprobs(model, p, labels)]
+
+    ways = {"dps: bridge, separate prompt passes": dps_separate,
+            "dps: bridge, shared prompt pass": lambda p: label_token_logprobs_under(model, p, labels, [(), mask.hooks]),
+            "dps: view, shared prompt pass, labels in one row": lambda p: label_token_logprobs_under(model, p, labels, [(), mask]),
+            "plain: bridge": plain_bridge,
+            "plain: view, labels in one row": lambda p: [label_token_logprobs(model, p, labels)]}
+    t = dict.fromkeys(ways, 0.0)
+    diff = dict.fromkeys(ways, 0.0)
     with torch.no_grad():
         for i, p in enumerate(prompts):
             out = {}
-            for way in (("separate", "shared") if i % 2 == 0 else ("shared", "separate")):
+            for name in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
                 t0 = time.perf_counter()
-                if way == "separate":
-                    out[way] = [label_token_logprobs(model, p, labels), label_token_logprobs(model, p, labels, label_hooks=hooks)]
-                else:
-                    out[way] = label_token_logprobs_under(model, p, labels, [(), hooks])
-                t[way] += time.perf_counter() - t0
-            same += all(torch.equal(a[0], b[0]) for s, h in zip(out["separate"], out["shared"]) for a, b in zip(s, h))
+                out[name] = ways[name](p)
+                t[name] += time.perf_counter() - t0
+            for name in ways:
+                ref = out["plain: bridge" if name.startswith("plain") else "dps: bridge, separate prompt passes"]
+                diff[name] = max(diff[name], max(float((a[0] - b[0]).abs().max())
+                                                 for s, r in zip(out[name], ref) for a, b in zip(s, r)))
     n = len(prompts)
-    print(f"separate prompt passes: {t['separate'] / n:.2f} s per query; shared: {t['shared'] / n:.2f} s "
-          f"({t['separate'] / t['shared']:.2f}x); identical scores for {same}/{n}")
+    for name in ways:
+        base = "plain: bridge" if name.startswith("plain") else "dps: bridge, separate prompt passes"
+        print(f"{name:50s} {t[name] / n:6.2f} s per query  {t[base] / t[name]:5.2f}x   largest difference {diff[name]:.1e}")
 
 
 if __name__ == "__main__":

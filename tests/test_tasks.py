@@ -18,6 +18,7 @@ from workbench.data.prompts import parse_label
 from workbench.data.records import Dataset
 from workbench.data.tasks import LAMP2N_BY_FREQUENCY, LAMP2N_LABELS, get_task
 from workbench.methods import (GenerationSettings, LabelScorer, available_methods, label_token_logprobs,
+                               label_token_logprobs_under,
                                make_methods)
 from workbench.runner.bench import run_bench
 
@@ -194,7 +195,7 @@ def test_label_scores_under_several_hook_sets_share_one_prompt_pass(tiny, tasks_
     rag = make_methods(["rag"], GenerationSettings())[0]
     prompt, _ = rag.prompt(tiny, tasks_data["lamp2n-news"][0])
     labels = ["politics", "black/queer/latino voices", "u.s. news"]
-    masked = mask_heads(tiny, [(1, 0), (1, 2)], how="zero").hooks  # tiny-random attends near uniformly already
+    masked = mask_heads(tiny, [(1, 0), (1, 2)], how="zero")  # tiny-random attends near uniformly already
     together = label_token_logprobs_under(tiny, prompt, labels, [(), masked, ()])
     alone = [label_token_logprobs(tiny, prompt, labels), label_token_logprobs(tiny, prompt, labels, label_hooks=masked)]
     for got, want in zip(together, [*alone, alone[0]]):
@@ -202,6 +203,45 @@ def test_label_scores_under_several_hook_sets_share_one_prompt_pass(tiny, tasks_
             assert torch.equal(lp, lp_ref) and torch.equal(ent, ent_ref)
     assert any(not torch.allclose(a[0], b[0]) for a, b in zip(together[0], together[1])), "the mask must change a score"
     assert not together[1][0][0].requires_grad  # scoring builds no autograd graph
+    assert all_hook_handles(tiny) == 0
+
+
+def test_label_scores_on_the_hook_free_view_match_the_bridge(tiny, tasks_data, monkeypatch):
+    # Head masks and steering vectors run on the hook-free view, all labels in one row under a
+    # tree-shaped mask; a hook list (or any hook the view cannot run) keeps the bridge's rows.
+    import workbench as wb
+    import workbench.methods as methods
+    from conftest import all_hook_handles
+
+    rag = make_methods(["rag"], GenerationSettings())[0]
+    prompt, _ = rag.prompt(tiny, tasks_data["lamp2n-news"][0])
+    labels = ["politics", "black/queer/latino voices", "u.s. news", "media"]
+    mask = wb.mask_heads(tiny, [(1, 0), (1, 2)], how="zero")
+    views = []
+    original = methods._label_logits_on_view
+    monkeypatch.setattr(methods, "_label_logits_on_view", lambda *a: views.append(1) or original(*a))
+    vector = torch.randn(tiny.d_model)
+    for active in (None, wb.steer(tiny, vector, layer=1, scale=2.0)):
+        with active if active is not None else wb.mask_heads(tiny, [], how="zero"):
+            before = len(views)
+            on_view = label_token_logprobs_under(tiny, prompt, labels, [(), mask])
+            assert len(views) == before + 1
+            on_bridge = label_token_logprobs_under(tiny, prompt, labels, [(), mask.hooks])
+            assert len(views) == before + 1
+        for got, want in zip(on_view, on_bridge):
+            for (lp, ent), (lp_ref, ent_ref) in zip(got, want):
+                assert lp.shape == lp_ref.shape and torch.allclose(lp, lp_ref, atol=1e-5)
+                assert torch.allclose(ent, ent_ref, atol=1e-4)
+        assert any(not torch.allclose(a[0], b[0]) for a, b in zip(on_view[0], on_view[1])), "the mask must change a score"
+    steered = label_token_logprobs(tiny, prompt, labels)
+    with wb.steer(tiny, vector, layer=1, scale=2.0):
+        assert any(not torch.allclose(a[0], b[0]) for a, b in zip(steered, label_token_logprobs(tiny, prompt, labels)))
+    # a hook the view cannot run: the bridge, same numbers
+    with tiny.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
+        before = len(views)
+        assert all(torch.allclose(a[0], b[0], atol=1e-5)
+                   for a, b in zip(label_token_logprobs(tiny, prompt, labels), steered))
+        assert len(views) == before
     assert all_hook_handles(tiny) == 0
 
 

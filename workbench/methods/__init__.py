@@ -192,14 +192,15 @@ def task_labels(task: str) -> tuple[str, ...]:
 
 
 def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
-                         label_hooks: Sequence = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                         label_hooks: "HookSet | Sequence" = ()) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each label: the log-probability of each of its tokens after ``prompt``, and the
     entropy (nats) of the model's next-token distribution where each token is predicted.
 
     Hooks active around the call apply (a steering vector, a head mask). The prompt is run once
-    (all but its last token, shared through the KV cache); the labels then run as one batch.
+    (all but its last token, shared through the KV cache); the labels then run in one pass.
     A label follows a chat prompt directly (the assistant's answer) and a plain-text prompt
-    (ending in ``Answer:``) after a space. ``label_hooks``: hooks active from the prompt's last
+    (ending in ``Answer:``) after a space. ``label_hooks``: an intervention (e.g. a
+    :func:`~workbench.core.heads.mask_heads`) or a list of hooks active from the prompt's last
     token on only (DPS's head mask: the prompt's computation stays intact, as in its decoding).
     """
     return label_token_logprobs_under(model, prompt, labels, [label_hooks])[0]
@@ -207,10 +208,19 @@ def label_token_logprobs(model: Model, prompt: Any, labels: Sequence[str],
 
 @torch.no_grad()
 def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
-                               hook_sets: Sequence[Sequence]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+                               hook_sets: Sequence["HookSet | Sequence"]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`label_token_logprobs` once per set of ``label_hooks`` in ``hook_sets``, the prompt
     run once for all of them: hooks that start at the prompt's last token leave its KV cache the
-    same (DPS's intact and masked scores share it, which halves their cost on long prompts)."""
+    same (DPS's intact and masked scores share it, which halves their cost on long prompts).
+
+    When every active intervention and every hook set can run on the hook-free view (steering
+    vectors, head masks, LoRA adapters: :mod:`workbench.core._fastpath`) and the model has no
+    sliding-window attention, the prompt runs there and all labels go in one row, each label's
+    tokens seeing the prompt and its own earlier tokens only (a tree-shaped attention mask): no
+    copy of the prompt's cache per label, whose traffic was most of the labels' cost. Otherwise
+    the bridge runs the labels as a batch of rows over copies of the cache. Both give the same
+    numbers up to float rounding.
+    """
     ids = model.encode(prompt)
     space = "" if (not isinstance(prompt, str) or model.has_chat_template) else " "
     toks = [model.tokenizer(space + label, add_special_tokens=False).input_ids for label in labels]
@@ -218,34 +228,116 @@ def label_token_logprobs_under(model: Model, prompt: Any, labels: Sequence[str],
         raise ValueError("a label is empty; every label needs at least one token")
     longest = max(len(t) for t in toks)
     model.check_fits(ids.shape[-1] + longest, what="prompt plus label")
+    view = _label_view(model, hook_sets)
+    if view is not None:
+        logits_of = _label_logits_on_view(model, view, ids, toks, hook_sets)
+    else:
+        logits_of = _label_logits_on_bridge(model, ids, toks, longest, hook_sets)
+    results = []
+    for rows_logits, where in logits_of:
+        lp = rows_logits.float().log_softmax(-1)
+        entropy = -(lp.exp() * lp).sum(-1)
+        out = []
+        for j, t in enumerate(toks):
+            row, positions = where(j)
+            index = torch.tensor(t, device=lp.device)
+            out.append((lp[row, positions, index].cpu(), entropy[row, positions].cpu()))
+        results.append(out)
+    return results
+
+
+def _as_hook_list(hooks: "HookSet | Sequence") -> list:
+    return list(hooks.hooks) if isinstance(hooks, HookSet) else list(hooks)
+
+
+def _label_view(model: Model, hook_sets: Sequence) -> Any:
+    """The hook-free view with the active interventions to install on it, or None (the bridge
+    must run: a hook the view cannot run, or sliding-window layers, whose masks a tree-shaped
+    mask would override)."""
+    from workbench.core import _fastpath
+
+    if any(_as_hook_list(h) and not (isinstance(h, HookSet) and _fastpath.supported(model, h)) for h in hook_sets):
+        return None
+    fast = model._fast_view()
+    if fast is None:
+        return None
+    config = getattr(fast[0], "config", None)
+    types = getattr(config, "layer_types", None)
+    sliding = any(t != "full_attention" for t in types) if types else getattr(config, "sliding_window", None) is not None
+    return None if sliding else fast
+
+
+def _label_logits_on_view(model: Model, fast: Any, ids: torch.Tensor, toks: list[list[int]],
+                          hook_sets: Sequence) -> list[tuple[torch.Tensor, Callable]]:
+    from transformers import DynamicCache
+
+    from workbench.core import _fastpath
+
+    view, active = fast
+    n = ids.shape[-1] - 1  # the prompt's cache; its last token opens the label row
+    # One row: the last prompt token, then each label's tokens but its last (the last is only
+    # predicted). Positions restart after the prompt for every label.
+    seq, pos, owner, starts = [int(ids[0, -1])], [n], [-1], []
+    for j, t in enumerate(toks):
+        starts.append(len(seq))
+        seq += t[:-1]
+        pos += range(n + 1, n + len(t))
+        owner += [j] * (len(t) - 1)
+    q = len(seq)
+    own = torch.tensor(owner)
+    idx = torch.arange(q)
+    allow = torch.ones(q, n + q, dtype=torch.bool)
+    allow[:, n + 1:] = (own[:, None] == own[None, 1:]) & (idx[None, 1:] <= idx[:, None]) & (own[:, None] >= 0)
+    dtype = next(view.parameters()).dtype
+    mask = torch.zeros(q, n + q, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)[None, None].to(model.device)
+    row = torch.tensor([seq], device=model.device)
+    positions = torch.tensor([pos], device=model.device)
+
+    def where(j: int) -> tuple[int, torch.Tensor]:
+        return 0, torch.tensor([0] + list(range(starts[j], starts[j] + len(toks[j]) - 1)), device=model.device)
+
+    out = []
+    with _fastpath.installed(model, [(iv, _fastpath.every_row) for iv in active]):
+        cache = DynamicCache(config=view.config)
+        if n > 0:
+            view(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for k, label_hooks in enumerate(hook_sets):
+            # the label pass grows the cache it is given: a later hook set gets a fresh copy
+            mine = cache if k == len(hook_sets) - 1 else copy_cache(cache)
+            plan = [(label_hooks, _fastpath.every_row)] if _as_hook_list(label_hooks) else []
+            with _fastpath.installed(model, plan):
+                logits = view(input_ids=row, attention_mask=mask, position_ids=positions, past_key_values=mine,
+                              use_cache=True).logits
+            out.append((logits, where))
+    return out
+
+
+def _label_logits_on_bridge(model: Model, ids: torch.Tensor, toks: list[list[int]], longest: int,
+                            hook_sets: Sequence) -> list[tuple[torch.Tensor, Callable]]:
     last = int(ids[0, -1])
     # Right-padded with each label's last token: causal attention never lets a real position see
     # a pad, and pads' log-probabilities are never read.
     rows = torch.tensor([[last, *t, *[t[-1]] * (longest - len(t))] for t in toks], device=ids.device)
     bridge = model.bridge
+
+    def where(j: int) -> tuple[int, torch.Tensor]:
+        return j, torch.arange(len(toks[j]), device=ids.device)
+
     prompt_cache = None
     if ids.shape[-1] > 1:
         with bridge.hooks(fwd_hooks=[last_positions_hook(model.n_layers, -1)]):
             _, prompt_cache = bridge(ids[:, :-1], return_type="logits_and_cache")
-    results = []
+    out = []
     for n, label_hooks in enumerate(hook_sets):
-        with bridge.hooks(fwd_hooks=list(label_hooks)):
+        with bridge.hooks(fwd_hooks=_as_hook_list(label_hooks)):
             if prompt_cache is None:
                 logits = bridge(rows)
             else:
-                # the label pass grows the cache it is given: a later hook set gets a fresh copy
                 cache = prompt_cache if n == len(hook_sets) - 1 else copy_cache(prompt_cache)
                 cache.batch_repeat_interleave(len(toks))
                 logits, _ = bridge(rows, return_type="logits_and_cache", past_key_values=cache)
-        lp = logits.float().log_softmax(-1)
-        entropy = -(lp.exp() * lp).sum(-1)
-        out = []
-        for j, t in enumerate(toks):
-            index = torch.tensor(t, device=lp.device)
-            positions = torch.arange(len(t), device=lp.device)
-            out.append((lp[j, positions, index].cpu(), entropy[j, positions].cpu()))
-        results.append(out)
-    return results
+        out.append((logits, where))
+    return out
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class DpsLabelScorer(LabelScorer):
         # Masked from the prompt's last token on, the prompt itself intact (DPS's decoding): both
         # score sets share one prompt pass.
         full, masked = label_token_logprobs_under(model, prompt, labels,
-                                                  [(), mask_heads(model, list(self.heads), how=self.how).hooks])
+                                                  [(), mask_heads(model, list(self.heads), how=self.how)])
         out = []
         for (lp, entropy), (lm, _) in zip(full, masked):
             if self.alpha == "entropy":
