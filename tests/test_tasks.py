@@ -245,6 +245,28 @@ def test_label_scores_on_the_hook_free_view_match_the_bridge(tiny, tasks_data, m
     assert all_hook_handles(tiny) == 0
 
 
+def test_label_view_is_verified_once_per_model(tiny, tasks_data, monkeypatch):
+    # A model whose view would get the tree-shaped pass wrong (here: simulated) keeps the bridge.
+    import workbench.methods as methods
+
+    rag = make_methods(["rag"], GenerationSettings())[0]
+    prompt, _ = rag.prompt(tiny, tasks_data["lamp2n-news"][0])
+    labels = ["politics", "u.s. news"]
+    monkeypatch.setattr(methods, "_TREE_VERIFIED", methods.weakref.WeakKeyDictionary())
+    want = label_token_logprobs(tiny, prompt, labels)
+    assert methods._TREE_VERIFIED.get(tiny.bridge) is True
+    original = methods._label_logits_on_view
+
+    def wrong(*a):
+        return [(logits.flip(-1), where) for logits, where in original(*a)]
+
+    monkeypatch.setattr(methods, "_TREE_VERIFIED", methods.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(methods, "_label_logits_on_view", wrong)
+    got = label_token_logprobs(tiny, prompt, labels)
+    assert methods._TREE_VERIFIED.get(tiny.bridge) is False
+    assert all(torch.allclose(a[0], b[0], atol=1e-5) for a, b in zip(got, want))
+
+
 def test_dps_label_scores_with_alpha_zero_are_plain(tiny, tasks_data):
     from workbench.methods.dps import DpsLabelScorer
 
@@ -303,5 +325,7 @@ def test_label_scores_on_a_chat_prompt(smol):
     labels = ["politics", "black/queer/latino voices"]
     for (lp, _), lab in zip(label_token_logprobs(smol, prompt, labels), labels):
         assert torch.allclose(lp, smol.target_logprobs(prompt, lab).cpu(), atol=2e-3)
+    import workbench.methods as methods
+    assert methods._TREE_VERIFIED.get(smol.bridge) is True  # SmolLM2's labels go in one row on the view
     label, facts = LabelScorer().choose(smol, prompt, LAMP2N_LABELS)
     assert label in LAMP2N_LABELS and facts["label_margin"] >= 0

@@ -38,6 +38,7 @@ import importlib
 import inspect
 import math
 import re
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -264,7 +265,39 @@ def _label_view(model: Model, hook_sets: Sequence) -> Any:
     config = getattr(fast[0], "config", None)
     types = getattr(config, "layer_types", None)
     sliding = any(t != "full_attention" for t in types) if types else getattr(config, "sliding_window", None) is not None
-    return None if sliding else fast
+    if sliding:
+        return None
+    ok = _TREE_VERIFIED.get(model.bridge)
+    if ok is None:
+        ok = _TREE_VERIFIED[model.bridge] = _tree_matches_rows(model, fast)
+    return fast if ok else None
+
+
+# Per model: whether its view honours a tree-shaped mask with explicit positions (checked once).
+_TREE_VERIFIED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _tree_matches_rows(model: Model, fast: Any) -> bool:
+    """Whether the labels-in-one-row pass gives the rows' numbers on this architecture: a probe of
+    a few tokens through both. Not every model's attention takes a 4-D mask, or takes it the same
+    way; one that errs or disagrees keeps the bridge."""
+    ids = (torch.arange(6, device=model.device) % max(model.tokenizer.vocab_size - 1, 1) + 1)[None]
+    toks = [[int(ids[0, 1]), int(ids[0, 2])], [int(ids[0, 3])], [int(ids[0, 4]), int(ids[0, 1]), int(ids[0, 2])]]
+    try:
+        tree = _label_logits_on_view(model, fast, ids, toks, [()])[0]
+        rows = _label_logits_on_bridge(model, ids, toks, 3, [()])[0]
+    except Exception:  # noqa: BLE001 - any failure of the probe means: not on this model
+        return False
+    tolerance = 1e-3 if next(fast[0].parameters()).dtype == torch.float32 else 5e-2
+    for j, t in enumerate(toks):  # what scoring reads: the label tokens' log-probabilities
+        (r1, p1), (r2, p2) = tree[1](j), rows[1](j)
+        index = torch.tensor(t, device=model.device)
+        a = tree[0][r1, p1].float().log_softmax(-1)[torch.arange(len(t)), index]
+        b = rows[0][r2, p2].float().log_softmax(-1)[torch.arange(len(t)), index]
+        if a.shape != b.shape or not torch.allclose(a, b, atol=tolerance):
+            return False
+    return True
 
 
 def _label_logits_on_view(model: Model, fast: Any, ids: torch.Tensor, toks: list[list[int]],
