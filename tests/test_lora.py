@@ -109,6 +109,29 @@ def test_both_generation_paths_see_the_adapter(tiny, adapter):
     assert tiny.generate(prompt, max_new_tokens=8) == base
 
 
+def test_both_label_scoring_paths_see_the_adapter(tiny, adapter, monkeypatch):
+    """A classification task's label choice runs on the hook-free view when it can (labels in one
+    row) and on the bridge when a foreign hook is attached: the adapter acts on both, alike."""
+    import workbench.methods as methods
+
+    calls = []
+    original = methods._label_logits_on_view
+    monkeypatch.setattr(methods, "_label_logits_on_view", lambda *a: calls.append(1) or original(*a))
+    prompt = "the cat sat on the mat in the city of"
+    labels = ["paris", "the dog", "a"]
+    base = methods.label_token_logprobs(tiny, prompt, labels)
+    with adapter.apply(tiny):
+        before = len(calls)
+        on_view = methods.label_token_logprobs(tiny, prompt, labels)
+        assert len(calls) == before + 1
+        with tiny.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
+            on_bridge = methods.label_token_logprobs(tiny, prompt, labels)
+        assert len(calls) == before + 1
+    assert all(torch.allclose(a[0], b[0], atol=1e-5) for a, b in zip(on_view, on_bridge))
+    assert any(not torch.allclose(a[0], b[0], atol=1e-3) for a, b in zip(on_view, base))
+    assert all_hook_handles(tiny) == 0
+
+
 def test_generation_equals_plain_transformers_with_peft(tiny, adapter):
     """The adapter on the workbench model gives what peft's own LoRA layers give in a plain
     transformers model with the same weights."""
