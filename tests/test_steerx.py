@@ -123,6 +123,13 @@ def test_optimized_vector_bound_and_progress(tiny):
     losses = v.built["losses"]
     assert losses[-1] < losses[0]
     assert v.norm <= 0.3 * v.built["typical_norm"] * 1.001
+    # the first step's loss is the targets' mean NLL under the (all but) unsteered model: the
+    # positions kept for the vocabulary projection are the ones that predict each target token
+    nll = torch.cat([-tiny.target_logprobs(p, t) for p, t in records])
+    start = optimized_vector(tiny, records, layer=0, steps=1, radius=1e-6)
+    assert start.built["losses"][0] == pytest.approx(float(nll.mean()), abs=1e-3)
+    start_bridge = optimized_vector(tiny, records, layer=0, site="attn_out", steps=1, radius=1e-6)  # no reuse path
+    assert start_bridge.built["losses"][0] == pytest.approx(float(nll.mean()), abs=1e-3)
     teacher = [preference_prompt(tiny, "lamp4", "the user likes cats", it["text"]) for it in PROFILE]
     d = optimized_vector(tiny, records, layer=0, steps=3, teacher=teacher)
     assert d.built["target"] == "teacher KL"

@@ -69,7 +69,6 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
         spans.append((start, ids.shape[-1]))
     batch = pad_right(seqs, int(model.tokenizer.pad_token_id or 0))
     rows = torch.cat([torch.full((e - s,), i) for i, (s, e) in enumerate(spans)]).to(model.device)
-    cols = torch.cat([torch.arange(s - 1, e - 1) for s, e in spans]).to(model.device)
     tgt = torch.cat([seqs[i][0, s:e] for i, (s, e) in enumerate(spans)])
     with torch.no_grad():
         got: dict[str, torch.Tensor] = {}
@@ -112,15 +111,26 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
     def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
         return x + v.to(x.dtype)
 
+    # Only the positions that predict a target token go through the vocabulary projection (a
+    # record's prompt is most of its tokens, and the projection is a large share of a small
+    # model's forward and backward): each row's prediction positions, right-padded.
+    width = max(e - s for s, e in spans)
+    picks = torch.tensor([[min(s - 1 + j, e - 2) for j in range(width)] for s, e in spans], device=model.device)
+    slot = torch.cat([torch.arange(e - s) for s, e in spans]).to(model.device)
+
+    def predicting(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return x.gather(1, picks[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    only = ("unembed.hook_in", predicting)
     with frozen_parameters(bridge):
         for _ in range(steps):
             opt.zero_grad()
             with torch.enable_grad():
                 if reuse:
-                    logits = run_from_layer(bridge, acts + v.to(acts.dtype), start)
+                    logits = run_from_layer(bridge, acts + v.to(acts.dtype), start, fwd_hooks=[only])
                 else:
-                    logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add)])
-                lp = logits[rows, cols].float().log_softmax(-1)
+                    logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add), only])
+                lp = logits[rows, slot].float().log_softmax(-1)
                 if teacher is None:
                     loss = -lp.gather(-1, tgt[:, None]).mean()
                 else:

@@ -1,0 +1,74 @@
+"""What fitting an optimised steering vector (``opt-all``, ``steerx-opt``) costs, before and after
+the vocabulary projection was cut to the positions that predict a target token.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_optimized.py [--steps 4] [--records 16]
+
+Side by side in one run, on the first user of LaMP-2N and of LaMP-4 (their ``--records`` most
+recent history items as ``(task prompt, output)`` records, layer 15 of SmolLM2): the function as
+it was at commit 9813d5a (read from git: every position's logits, then the targets' picked)
+and as it is now; twice each, the second round timed. Prints the times, the ratio and both
+runs' losses (they must agree). Needs the git history (a clone, not a wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import workbench as wb  # noqa: E402
+from workbench.data.history import item_fields, user_history  # noqa: E402
+from workbench.data.lamp import load_dataset  # noqa: E402
+from workbench.data.prompts import task_prompt  # noqa: E402
+from workbench.science.optimized import optimized_vector  # noqa: E402
+
+BEFORE = "9813d5a"
+
+
+def _before():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "show", f"{BEFORE}:workbench/science/optimized.py"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "optimized_before.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("optimized_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["optimized_before"] = module
+    spec.loader.exec_module(module)
+    return module.optimized_vector
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--records", type=int, default=16)
+    args = ap.parse_args()
+    before = _before()
+    model = wb.load_model("smollm2-135m", progress=False)
+    print(model)
+    for name, task in (("lamp2n-news", "lamp2n"), ("lamp4-news", "lamp4")):
+        data = load_dataset(name)
+        user = data.users()[0]
+        src, tgt = item_fields(task)
+        items = user_history([ex for ex in data if ex.user_id == user])[-args.records:]
+        records = [(task_prompt(model, task, it[src], []), it[tgt]) for it in items]
+        tokens = sum(model.prompt_and_target(p, t)[0].shape[-1] for p, t in records)
+        for _ in range(2):  # the first round warms up
+            t0 = time.perf_counter()
+            old = before(model, records, 15, steps=args.steps)
+            t1 = time.perf_counter()
+            new = optimized_vector(model, records, 15, steps=args.steps)
+            t2 = time.perf_counter()
+        print(f"{task}: {len(records)} records, {tokens} tokens; before {t1 - t0:.1f} s, now {t2 - t1:.1f} s "
+              f"({(t1 - t0) / (t2 - t1):.2f}x); losses before {old.built['losses']} now {new.built['losses']}")
+
+
+if __name__ == "__main__":
+    main()
