@@ -1,13 +1,15 @@
-"""What fitting an optimised steering vector (``opt-all``, ``steerx-opt``) costs, before and after
-the vocabulary projection was cut to the positions that predict a target token.
+"""What fitting an optimised steering vector (``opt-all``, ``steerx-opt``) and a LoRA adapter
+(``lora-*``) costs, before and after the vocabulary projection was cut to the positions that
+predict a target token.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_optimized.py [--steps 4] [--records 16]
 
 Side by side in one run, on the first user of LaMP-2N and of LaMP-4 (their ``--records`` most
 recent history items as ``(task prompt, output)`` records, layer 15 of SmolLM2): the function as
 it was at commit 9813d5a (read from git: every position's logits, then the targets' picked)
-and as it is now; twice each, the second round timed. Prints the times, the ratio and both
-runs' losses (they must agree). Needs the git history (a clone, not a wheel).
+and as it is now; twice each, the second round timed. Then the same for ``train_lora`` (rank 8,
+one epoch, lr 1e-3: ``lora-user``'s tuned setting on LaMP-2N). Prints the times, the ratio and
+both runs' losses (they must agree). Needs the git history (a clone, not a wheel).
 """
 
 from __future__ import annotations
@@ -26,23 +28,26 @@ import workbench as wb  # noqa: E402
 from workbench.data.history import item_fields, user_history  # noqa: E402
 from workbench.data.lamp import load_dataset  # noqa: E402
 from workbench.data.prompts import task_prompt  # noqa: E402
+from workbench.science.lora import train_lora  # noqa: E402
 from workbench.science.optimized import optimized_vector  # noqa: E402
 
 BEFORE = "9813d5a"
 
 
-def _before():
+def _before(module_path: str, name: str):
+    """``name`` from ``module_path`` as it was at commit BEFORE."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{BEFORE}:workbench/science/optimized.py"], cwd=root,
+    source = subprocess.run(["git", "show", f"{BEFORE}:{module_path}"], cwd=root,
                             capture_output=True, text=True, check=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "optimized_before.py")
+    stem = os.path.basename(module_path)[:-3] + "_before"
+    path = os.path.join(tempfile.mkdtemp(), stem + ".py")
     with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("optimized_before", path)
+    spec = importlib.util.spec_from_file_location(stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["optimized_before"] = module
+    sys.modules[stem] = module
     spec.loader.exec_module(module)
-    return module.optimized_vector
+    return getattr(module, name)
 
 
 def main() -> None:
@@ -50,7 +55,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--records", type=int, default=16)
     args = ap.parse_args()
-    before = _before()
+    before = _before("workbench/science/optimized.py", "optimized_vector")
+    lora_before = _before("workbench/science/lora.py", "train_lora")
     model = wb.load_model("smollm2-135m", progress=False)
     print(model)
     for name, task in (("lamp2n-news", "lamp2n"), ("lamp4-news", "lamp4")):
@@ -66,8 +72,18 @@ def main() -> None:
             t1 = time.perf_counter()
             new = optimized_vector(model, records, 15, steps=args.steps)
             t2 = time.perf_counter()
-        print(f"{task}: {len(records)} records, {tokens} tokens; before {t1 - t0:.1f} s, now {t2 - t1:.1f} s "
-              f"({(t1 - t0) / (t2 - t1):.2f}x); losses before {old.built['losses']} now {new.built['losses']}")
+        print(f"{task} optimised vector: {len(records)} records, {tokens} tokens; before {t1 - t0:.1f} s, "
+              f"now {t2 - t1:.1f} s ({(t1 - t0) / (t2 - t1):.2f}x); losses before {old.built['losses']} "
+              f"now {new.built['losses']}")
+        lora = dict(rank=8, epochs=1, lr=1e-3)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            old = lora_before(model, records, **lora)
+            t1 = time.perf_counter()
+            new = train_lora(model, records, **lora)
+            t2 = time.perf_counter()
+        print(f"{task} LoRA adapter: before {t1 - t0:.1f} s, now {t2 - t1:.1f} s ({(t1 - t0) / (t2 - t1):.2f}x); "
+              f"losses before {old.built['losses']} now {new.built['losses']}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ def test_training_lowers_the_loss_and_leaves_the_model_unchanged(tiny):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [p.requires_grad for p in tiny.bridge.parameters()] == grads
     assert records_loss(tiny, RECORDS, ad) < records_loss(tiny, RECORDS) - 0.3
+    # the loss reads each target token's prediction (the batch's vocabulary projection runs on
+    # those positions only): the base model's is the targets' mean NLL, record by record
+    nll = torch.cat([-tiny.target_logprobs(p, t) for p, t in RECORDS])
+    assert records_loss(tiny, RECORDS) == pytest.approx(float(nll.mean()), abs=1e-4)
+    assert records_loss(tiny, RECORDS, batch_size=3) == pytest.approx(float(nll.mean()), abs=1e-4)
     assert ad.built["n_records"] == 4 and ad.built["steps"] == 12 and len(ad.weights) == 14
     assert all(a.shape[0] == 4 and b.shape[1] == 4 for a, b in ad.weights.values())
     # seeded: the same adapter again, bit for bit

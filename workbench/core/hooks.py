@@ -38,6 +38,24 @@ def last_positions_hook(n_layers: int, lo: int, n: int | None = None) -> tuple[s
     return ("unembed.hook_in", keep)
 
 
+def target_positions_hook(spans: "list[tuple[int, int]]", device: Any = None) -> tuple[Hook, torch.Tensor, torch.Tensor]:
+    """A hook keeping, in each row of a batch, only the positions that predict its target tokens
+    at the unembedding's input (``spans``: each row's target tokens ``[start, end)``; a row's
+    positions are right-padded to the longest span), so the vocabulary projection — a large
+    share of a small model's forward and backward — runs on those alone. Also ``rows, slots``:
+    where each target token's logits are in the output (``logits[rows, slots]``, target order).
+    """
+    width = max(end - start for start, end in spans)
+    picks = torch.tensor([[min(start - 1 + j, end - 2) for j in range(width)] for start, end in spans], device=device)
+    rows = torch.cat([torch.full((end - start,), i) for i, (start, end) in enumerate(spans)]).to(device)
+    slots = torch.cat([torch.arange(end - start) for start, end in spans]).to(device)
+
+    def keep(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return x.gather(1, picks[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    return ("unembed.hook_in", keep), rows, slots
+
+
 class HookSet:
     """Hooks on one model, usable as a context manager (re-entrant) and as a hook list.
 

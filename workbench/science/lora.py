@@ -42,7 +42,7 @@ import torch
 
 from workbench._util import (atomic_torch_save, check_int, check_number, frozen_parameters, load_torch_file, pad_right,
                              refuse_overwrite)
-from workbench.core.hooks import HookSet
+from workbench.core.hooks import HookSet, target_positions_hook
 from workbench.core.model import Model
 
 MODULES = {"attn": ("attn",), "mlp": ("mlp",), "all": ("attn", "mlp")}
@@ -304,11 +304,11 @@ def _batch_loss(model: Model, batch: list[tuple[torch.Tensor, int]]) -> tuple[to
     token under causal attention), and how many target tokens there were."""
     seqs = [ids for ids, _ in batch]
     ids = pad_right(seqs, int(model.tokenizer.pad_token_id or 0))
-    rows = torch.cat([torch.full((s.shape[-1] - st,), i) for i, (s, st) in enumerate(batch)]).to(model.device)
-    cols = torch.cat([torch.arange(st - 1, s.shape[-1] - 1) for s, st in batch]).to(model.device)
+    # only the positions that predict a target token go through the vocabulary projection
+    only, rows, slots = target_positions_hook([(st, s.shape[-1]) for s, st in batch], model.device)
     tgt = torch.cat([s[0, st:] for s, st in batch])
-    logits = model.bridge(ids)
-    lp = logits[rows, cols].float().log_softmax(-1)
+    logits = model.bridge.run_with_hooks(ids, fwd_hooks=[only])
+    lp = logits[rows, slots].float().log_softmax(-1)
     return -lp.gather(-1, tgt[:, None]).mean(), int(tgt.numel())
 
 

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from workbench.core._reuse import run_from_layer
+from workbench.core.hooks import target_positions_hook
 from workbench._util import check_int, check_number, frozen_parameters, pad_right
 from workbench.science.caa import encode_prompt
 from workbench.core.model import Model
@@ -68,7 +69,6 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
         seqs.append(ids)
         spans.append((start, ids.shape[-1]))
     batch = pad_right(seqs, int(model.tokenizer.pad_token_id or 0))
-    rows = torch.cat([torch.full((e - s,), i) for i, (s, e) in enumerate(spans)]).to(model.device)
     tgt = torch.cat([seqs[i][0, s:e] for i, (s, e) in enumerate(spans)])
     with torch.no_grad():
         got: dict[str, torch.Tensor] = {}
@@ -111,17 +111,8 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
     def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
         return x + v.to(x.dtype)
 
-    # Only the positions that predict a target token go through the vocabulary projection (a
-    # record's prompt is most of its tokens, and the projection is a large share of a small
-    # model's forward and backward): each row's prediction positions, right-padded.
-    width = max(e - s for s, e in spans)
-    picks = torch.tensor([[min(s - 1 + j, e - 2) for j in range(width)] for s, e in spans], device=model.device)
-    slot = torch.cat([torch.arange(e - s) for s, e in spans]).to(model.device)
-
-    def predicting(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        return x.gather(1, picks[:, :, None].expand(-1, -1, x.shape[-1]))
-
-    only = ("unembed.hook_in", predicting)
+    # Only the positions that predict a target token go through the vocabulary projection.
+    only, rows, slots = target_positions_hook(spans, model.device)
     with frozen_parameters(bridge):
         for _ in range(steps):
             opt.zero_grad()
@@ -130,7 +121,7 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
                     logits = run_from_layer(bridge, acts + v.to(acts.dtype), start, fwd_hooks=[only])
                 else:
                     logits = bridge.run_with_hooks(batch, fwd_hooks=[(hook_name, add), only])
-                lp = logits[rows, slot].float().log_softmax(-1)
+                lp = logits[rows, slots].float().log_softmax(-1)
                 if teacher is None:
                     loss = -lp.gather(-1, tgt[:, None]).mean()
                 else:
