@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from workbench._util import cache_file, stable_hash
+from workbench._util import cache_file, cached, stable_hash
 from workbench.science.fints import DEFAULT_LAYER, DEFAULT_SCALE, SampleVectors, aggregate, default_layer, picked, \
     sample_vectors
 from workbench.core.hooks import HookSet
@@ -31,16 +31,9 @@ def _cached_vectors(model: Model, pairs: Any, layer: int, attn_site: str, mlp_si
     """``sample_vectors(model, pairs, ...)``, read from the cache when a run already built them;
     ``key`` hashes everything that determines them (model, dtype, device, layer, sites, the pairs
     with their prompts)."""
-    path = cache_file("fints", model.name, f"vectors/{key}.pt")
-    if path.exists():
-        try:
-            return SampleVectors.load(path, model)
-        except (OSError, ValueError, RuntimeError, KeyError):
-            pass  # damaged or of another format: rebuild rather than trust it
-    vectors = sample_vectors(model, pairs, layer, attn_site, mlp_site)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vectors.save(path, overwrite=True)
-    return vectors
+    return cached(cache_file("fints", model.name, f"vectors/{key}.pt"), lambda p: SampleVectors.load(p, model),
+                  lambda: sample_vectors(model, pairs, layer, attn_site, mlp_site),
+                  lambda vectors, p: vectors.save(p, overwrite=True))
 
 
 @dataclass

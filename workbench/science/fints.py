@@ -122,17 +122,11 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
     else:  # the last layer is read: the pass goes through, only the unembedding is cut to one position
         depth = {}
         skip_logits = [last_positions_hook(model.n_layers, -1)]
-    prompt_ids = model.encode(prompt)
-    targets = []
-    for r in responses:
-        t = model.tokenizer(r, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
-        if t.shape[-1] == 0:
-            raise ValueError("a response is empty; a pair needs a positive and a negative with text")
-        model.check_fits(prompt_ids.shape[-1] + t.shape[-1], what="prompt plus response")
-        targets.append(t)
-    start = prompt_ids.shape[-1]
+    encoded = [model.prompt_and_target(prompt, r) for r in responses]  # checks each fits the context
+    start = encoded[0][1]
+    targets = [ids[:, start:] for ids, _ in encoded]
     cache = empty_kv_cache()
-    bridge.run_with_hooks(prompt_ids, past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
+    bridge.run_with_hooks(encoded[0][0][:, :start], past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
     out = []
     for t in targets:
         got: dict[str, torch.Tensor] = {}
