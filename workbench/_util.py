@@ -252,14 +252,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_json_file(path: str | Path, what: str, fix: str) -> Any:
-    """The JSON in ``path``; a missing, unreadable or damaged file is an error naming the path,
-    what the file should have been and how to get a good one (``fix``)."""
+def _existing_file(path: str | Path, what: str, fix: str) -> Path:
+    """``path`` as a Path, if it names a file; else an error naming it and the fix."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; {fix}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not {what}; give the file's path")
+    return path
+
+
+def read_json_file(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON in ``path``; a missing, unreadable or damaged file is an error naming the path,
+    what the file should have been and how to get a good one (``fix``)."""
+    path = _existing_file(path, what, fix)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -270,11 +276,7 @@ def read_json_file(path: str | Path, what: str, fix: str) -> Any:
 def load_torch_file(path: str | Path, what: str, fix: str) -> Any:
     """``torch.load`` of ``path`` with only tensors and plain data allowed (``weights_only``:
     a file can't run code); a missing, damaged or foreign file is an error naming the path."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; {fix}")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not {what}; give the file's path")
+    path = _existing_file(path, what, fix)
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever torch says about it
