@@ -142,6 +142,46 @@ def test_vectors_have_model_width_and_are_differences(tiny, pairs):
         sample_vectors(tiny, pairs, layer=7)
 
 
+def test_vectors_start_from_the_negatives_prompt_caches(tiny, user, others, cache, monkeypatch):
+    # Fints methods build pairs with keep_prompts: each negative generated leaves its prompt's
+    # KV cache, and the vectors skip that prompt's pass — same negatives, same vectors.
+    plain = contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4, cache=False)
+    kept: dict = {}
+    shared = contrastive_pairs(tiny, user, others, n_others=2, threshold=1.01, max_new_tokens=4, cache=False,
+                               keep_prompts=kept)
+    cols = ["item_id", "text", "positive", "negative", "rougeL", "kept", "others", "prompt"]
+    assert shared[cols].equals(plain[cols])
+    assert set(kept) == {tuple(tiny.encode(p)[0].tolist()) for p in shared["prompt"]}
+    passes = []
+    run = tiny.bridge.run_with_hooks
+    monkeypatch.setattr(tiny.bridge, "run_with_hooks", lambda *a, **k: passes.append(a[0].shape[-1]) or run(*a, **k))
+    for layer in (0, 1):  # an early stop and the last layer
+        fresh = sample_vectors(tiny, shared.assign(kept=True), layer=layer)
+        n_fresh = len(passes)
+        assert n_fresh == 3 * len(shared)  # the prompt, then each response
+        caches = dict(kept) if layer == 0 else kept
+        started = sample_vectors(tiny, shared.assign(kept=True), layer=layer, prompt_caches=caches)
+        assert len(passes) - n_fresh == 2 * len(shared)  # the responses only
+        assert not caches  # each cache is taken when used
+        assert torch.allclose(started.attn, fresh.attn, atol=1e-5) and torch.allclose(started.mlp, fresh.mlp, atol=1e-5)
+        passes.clear()
+
+
+def test_generate_keeping_prompt_is_generate(tiny, tiny_ids):
+    from workbench.data.prompts import first_line_complete
+
+    for prompt, n in (("the cat sat on the mat", 6), ("a dog in paris and the city", 3)):
+        text, (ids, kv) = tiny._generate_keeping_prompt(prompt, n)
+        assert text == tiny.generate(prompt, max_new_tokens=n)
+        assert torch.equal(ids, tiny.encode(prompt)) and kv.get_seq_length() == ids.shape[-1]  # the prompt only
+        text, _ = tiny._generate_keeping_prompt(prompt, n, until=first_line_complete)
+        assert text == tiny.generate(prompt, max_new_tokens=n, until=first_line_complete)
+    # a hook the view cannot run: the bridge generates, and no cache comes back
+    with tiny.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):
+        text, prompt_pass = tiny._generate_keeping_prompt("the cat sat on the mat", 6)
+        assert prompt_pass is None and text == tiny.generate("the cat sat on the mat", max_new_tokens=6)
+
+
 def _vectors(n=6, d=8, seed=0) -> SampleVectors:
     import pandas as pd
 
@@ -272,7 +312,9 @@ def test_method_vectors_are_cached_across_runs(tiny, user, tmp_path, cache, monk
     fints_methods._VECTOR_MEMO.clear()
     files[0].write_bytes(b"not a torch file")
     rebuilt = method.prepare_user(tiny, "u1", user)
-    assert torch.equal(rebuilt.mlp, first.mlp)
+    # the first build started from the negatives' prompt passes (the hook-free view); the rebuild
+    # (negatives cached) runs the prompts on the bridge: the same up to float rounding
+    assert torch.allclose(rebuilt.mlp, first.mlp, atol=1e-6) and not torch.equal(rebuilt.mlp, torch.zeros_like(first.mlp))
     other.layer = 1 - first.layer
     other.prepare_run(tiny, user, news)
     other.prepare_user(tiny, "u1", user)
@@ -283,9 +325,15 @@ def test_method_vectors_are_cached_across_runs(tiny, user, tmp_path, cache, monk
 def test_real_fints_end_to_end_changes_rag_output(smol):
     news = load_lamp4_news()
     exs = list(news.by_user(news.users()[1]))
-    pairs = contrastive_pairs(smol, exs, news, max_items=3, cache=False)
+    prompts: dict = {}
+    pairs = contrastive_pairs(smol, exs, news, max_items=3, cache=False, keep_prompts=prompts)
     assert pairs["kept"].any() and (pairs["negative"].str.len() > 0).all()
-    vecs = sample_vectors(smol, pairs)
+    from workbench.data.prompts import generate_line
+
+    assert pairs["negative"].iloc[0] == generate_line(smol, pairs["prompt"].iloc[0], max_new_tokens=24)
+    vecs = sample_vectors(smol, pairs, prompt_caches=prompts)  # from the negatives' prompt passes
+    fresh = sample_vectors(smol, pairs)
+    assert torch.allclose(vecs.attn, fresh.attn, atol=1e-4) and torch.allclose(vecs.mlp, fresh.mlp, atol=1e-4)
     ex = exs[-1]
     agg = aggregate(vecs.for_example(ex) if len(vecs.for_example(ex)) else vecs, ex.input, k=5)
     assert abs(picked(agg)["weight"].sum() - 1) < 1e-5

@@ -114,10 +114,12 @@ def drop_finished(cache: Any, live: LiveRows, keep: list[int], *rows: torch.Tens
 @torch.no_grad()
 def greedy_rows(view: Any, ids: Sequence[torch.Tensor], max_new_tokens: int, stop_ids: Sequence[int],
                 decode: Callable[[list[int]], str], until: "Callable[[str], bool] | None" = None,
-                live: LiveRows | None = None) -> list[list[int]]:
+                live: LiveRows | None = None, prefilled: "tuple[Any, torch.Tensor] | None" = None) -> list[list[int]]:
     """Greedy continuations (token ids, stop token excluded) of each prompt ``[1, pos]``, decoded
     as one left-padded batch; a row leaves the batch when it hits a stop token or ``until`` holds
-    for its text (``decode(tokens)``). ``live``: tells the batch's interventions which rows remain."""
+    for its text (``decode(tokens)``). ``live``: tells the batch's interventions which rows remain.
+    ``prefilled``: the batch's prompt pass already run — its KV cache (decoding grows it) and the
+    last position's logits."""
     from transformers import DynamicCache
 
     batch, mask = left_pad(ids, stop_ids[0])
@@ -125,9 +127,12 @@ def greedy_rows(view: Any, ids: Sequence[torch.Tensor], max_new_tokens: int, sto
     live = live or LiveRows(len(ids))
     stops = set(int(s) for s in stop_ids)
     out: list[list[int]] = [[] for _ in ids]
-    cache = DynamicCache(config=view.config)
-    logits = view(input_ids=batch, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                  logits_to_keep=1).logits
+    if prefilled is not None:
+        cache, logits = prefilled
+    else:
+        cache = DynamicCache(config=view.config)
+        logits = view(input_ids=batch, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                      logits_to_keep=1).logits
     step_pos = pos[:, -1:]
     for step in range(max_new_tokens):
         tok = logits[:, -1].argmax(-1)

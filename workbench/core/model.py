@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from workbench._util import check_int, check_sampling
+from workbench._util import check_int, check_sampling, empty_kv_cache
 from workbench.core import _decoding, _fastpath
 from workbench.core.hooks import last_positions_hook
 
@@ -262,6 +262,27 @@ class Model:
         if _plain.any_hooks(*self._bypassed, owned=owned):
             return None
         return self._plain, active
+
+    @torch.no_grad()
+    def _generate_keeping_prompt(self, prompt: Any, max_new_tokens: int,
+                                 until: Callable[[str], bool] | None = None) -> tuple[str, "tuple[torch.Tensor, Any] | None"]:
+        """:meth:`generate` (greedy) and, when the hook-free view ran it with nothing attached, the
+        prompt's ids and its KV cache (every layer, the prompt's positions only: decoding ran on a
+        copy), for a later pass over the same prompt to start from instead of recomputing it."""
+        view = self._plain_view()
+        if view is None:
+            return self.generate(prompt, max_new_tokens, until=until), None
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+        ids = self.encode(prompt).to(self.device)
+        self.check_fits(ids.shape[-1], max_new_tokens)
+        cache = empty_kv_cache()
+        n = ids.shape[-1]
+        logits = view(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(n, device=ids.device)[None],
+                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+        rows = _decoding.greedy_rows(view, [ids], max_new_tokens, self.stop_token_ids, decode, until=until,
+                                     prefilled=(_decoding.copy_cache(cache), logits))
+        return decode(rows[0]).strip(), (ids, cache)
 
     def _plain_view(self) -> Any | None:
         """The hook-free view when nothing at all is hooked, else None."""

@@ -27,12 +27,13 @@ _MEMO_LIMIT = 256
 VECTOR_FORMAT = 1  # bump when sample_vectors' numbers change (cache key)
 
 
-def _cached_vectors(model: Model, pairs: Any, layer: int, attn_site: str, mlp_site: str, key: str) -> SampleVectors:
+def _cached_vectors(model: Model, pairs: Any, layer: int, attn_site: str, mlp_site: str, key: str,
+                    prompt_caches: dict | None = None) -> SampleVectors:
     """``sample_vectors(model, pairs, ...)``, read from the cache when a run already built them;
     ``key`` hashes everything that determines them (model, dtype, device, layer, sites, the pairs
     with their prompts)."""
     return cached(cache_file("fints", model.name, f"vectors/{key}.pt"), lambda p: SampleVectors.load(p, model),
-                  lambda: sample_vectors(model, pairs, layer, attn_site, mlp_site),
+                  lambda: sample_vectors(model, pairs, layer, attn_site, mlp_site, prompt_caches=prompt_caches),
                   lambda vectors, p: vectors.save(p, overwrite=True))
 
 
@@ -83,8 +84,12 @@ class FintsMethod(Method):
     def prepare_user(self, model: Model, user_id: str, examples: list) -> SampleVectors:
         super().prepare_user(model, user_id, examples)
         others = getattr(self, "_others", None) or examples
+        # A negative generated now leaves its prompt's KV cache here, and the vectors start from
+        # it: the prompt (other users' items and the input) runs once for both steps.
+        prompts: dict = {}
         pairs = contrastive_pairs(model, examples, others, max_items=self.max_items, select=self.select,
-                                  n_others=self.n_others, threshold=self.threshold, seed=self.seed)
+                                  n_others=self.n_others, threshold=self.threshold, seed=self.seed,
+                                  keep_prompts=prompts)
         layer = default_layer(model) if self.layer is None else self.layer
         key = stable_hash([VECTOR_FORMAT, model.name, str(model.dtype), str(model.device), layer, self.attn_site,
                            self.mlp_site, pairs[["item_id", "text", "positive", "negative", "kept", "others",
@@ -92,7 +97,8 @@ class FintsMethod(Method):
         if key not in _VECTOR_MEMO:
             if len(_VECTOR_MEMO) > _MEMO_LIMIT:
                 _VECTOR_MEMO.clear()
-            _VECTOR_MEMO[key] = _cached_vectors(model, pairs, layer, self.attn_site, self.mlp_site, key)
+            _VECTOR_MEMO[key] = _cached_vectors(model, pairs, layer, self.attn_site, self.mlp_site, key, prompts)
+        prompts.clear()
         return _VECTOR_MEMO[key]
 
     def mix(self, vectors: SampleVectors, example: Any) -> SteeringVector:

@@ -106,12 +106,14 @@ __all__ = ["contrastive_pairs", "select_items", "sample_vectors", "aggregate", "
 
 @torch.no_grad()
 def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers: Sequence[int],
-                    sites: Sequence[str]) -> list[dict[tuple[int, str], torch.Tensor]]:
+                    sites: Sequence[str], prompt_caches: dict | None = None) -> list[dict[tuple[int, str], torch.Tensor]]:
     """Per response: the mean over its tokens of each site's activation, per layer (CPU, float32).
 
     The prompt is most of the tokens (the input and other users' turns), the same for a pair's
-    positive and negative: it runs once and its KV cache serves every response. Nothing above
-    the deepest layer read runs, so no logits are computed at all.
+    positive and negative: it runs once and its KV cache serves every response — or not at all,
+    when ``prompt_caches`` holds its cache from the negative's generation (keyed by its token
+    ids; taken out of the dict). Nothing above the deepest layer read runs, so no logits are
+    computed at all.
     """
     bridge = model.bridge
     names = sorted({n for L in layers for site in sites for n in SITES[site].read_hooks(L)})
@@ -125,8 +127,11 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
     encoded = [model.prompt_and_target(prompt, r) for r in responses]  # checks each fits the context
     start = encoded[0][1]
     targets = [ids[:, start:] for ids, _ in encoded]
-    cache = empty_kv_cache()
-    bridge.run_with_hooks(encoded[0][0][:, :start], past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
+    prefix = encoded[0][0][:, :start]
+    cache = prompt_caches.pop(tuple(prefix[0].tolist()), None) if prompt_caches else None
+    if cache is None:
+        cache = empty_kv_cache()
+        bridge.run_with_hooks(prefix, past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
     out = []
     for t in targets:
         got: dict[str, torch.Tensor] = {}
@@ -253,12 +258,14 @@ def sample_vectors(
     attn_site: str = "attn_out",
     mlp_site: str = "mlp_out",
     progress: bool = False,
+    prompt_caches: dict | None = None,
 ) -> "SampleVectors | dict[int, SampleVectors]":
     """Per-item vectors: mean over the response of act(prompt + positive) - act(prompt + negative).
 
     Only the pairs with ``kept`` true are used. ``layer`` (default :func:`default_layer`) may
     be a list: one forward pass per response serves every layer, and a ``{layer:
-    SampleVectors}`` dict comes back.
+    SampleVectors}`` dict comes back. ``prompt_caches``: the prompts' KV caches kept by
+    :func:`contrastive_pairs` (``keep_prompts=``), used instead of running those prompts again.
     """
     from tqdm.auto import tqdm
 
@@ -280,7 +287,8 @@ def sample_vectors(
     attn = {L: [] for L in layers}
     mlp = {L: [] for L in layers}
     for row in tqdm(list(kept.itertuples(index=False)), desc="vectors", disable=not progress, leave=False):
-        pos, neg = _response_means(model, row.prompt, [row.positive, row.negative], layers, (attn_site, mlp_site))
+        pos, neg = _response_means(model, row.prompt, [row.positive, row.negative], layers, (attn_site, mlp_site),
+                                   prompt_caches)
         for L in layers:
             attn[L].append(pos[(L, attn_site)] - neg[(L, attn_site)])
             mlp[L].append(pos[(L, mlp_site)] - neg[(L, mlp_site)])

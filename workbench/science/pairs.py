@@ -176,6 +176,7 @@ def contrastive_pairs(
     task: str | None = None,
     cache: bool = True,
     progress: bool = False,
+    keep_prompts: dict | None = None,
 ) -> pd.DataFrame:
     """Positive/negative output pairs for a user's history items.
 
@@ -196,6 +197,9 @@ def contrastive_pairs(
         max_new_tokens: length limit of a negative (its first line is kept).
         cache: read and write generated negatives under ``$WORKBENCH_CACHE/fints/pairs``,
             one file per model and user, keyed by model, settings and item contents.
+        keep_prompts: a dict that each negative generated here leaves its prompt's KV cache in
+            (keyed by the prompt's token ids), for :func:`~workbench.science.fints.sample_vectors`
+            to start from: the prompt, most of a pair's tokens, then runs once for both.
 
     Returns:
         A DataFrame, one row per item: ``item_id, text`` (the item's input), ``positive`` (the
@@ -206,7 +210,7 @@ def contrastive_pairs(
     from tqdm.auto import tqdm
 
     from workbench.data.metrics import rouge_scorer
-    from workbench.data.prompts import generate_line, task_prompt
+    from workbench.data.prompts import first_line, first_line_complete, generate_line, task_prompt
 
     if not threshold >= 0:
         raise ValueError(f"threshold={threshold} is a ROUGE-L F limit; use a number >= 0 (the authors use 0.15)")
@@ -238,7 +242,13 @@ def contrastive_pairs(
         key = _sha([model.name, settings, text, positive, [[o[src], o[tgt]] for o in shown]])
         rec = store.get(key)
         if rec is None:
-            negative = generate_line(model, prompt, max_new_tokens=max_new_tokens)
+            if keep_prompts is None:
+                negative = generate_line(model, prompt, max_new_tokens=max_new_tokens)
+            else:
+                written, prompt_pass = model._generate_keeping_prompt(prompt, max_new_tokens, until=first_line_complete)
+                negative = first_line(written)
+                if prompt_pass is not None:
+                    keep_prompts[tuple(prompt_pass[0][0].tolist())] = prompt_pass[1]
             rouge = float(rouge_scorer().score(positive, negative)["rougeL"].fmeasure) if negative else 1.0
             rec = {"negative": negative, "rougeL": rouge}
             store.put(key, rec)
