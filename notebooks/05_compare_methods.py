@@ -242,10 +242,13 @@ cats.query("method == 'generic'")["prediction"].value_counts().head(3)
 # fine-tuning baseline practitioners use, OPPU's setting), and `opt-all`, one norm-bounded steering
 # vector fitted (12 Adam steps) to the labels of their 8 most recent items. Paired against
 # `majority` on the same queries — and note macro-F1: the adapter's does not rise (it wins by
-# choosing the user's usual category more often), the vector's does:
+# choosing the user's usual category more often), the vector's does. Last row: the same vector
+# fitted to reproduce the user's SteerX preference description instead of their labels
+# (`steerx-opt`) — on a classification task the description is a lossy summary of what the labels
+# say directly, and the vector drifts to a few categories whoever the user:
 
 # %%
-vs_majority = comparison_table(cats, ["majority", "rag", "lora-user+rag", "opt-all"], baseline="majority",
+vs_majority = comparison_table(cats, ["majority", "rag", "lora-user+rag", "opt-all", "steerx-opt"], baseline="majority",
                                labels=task_labels("lamp2n"))
 usual = cats.pivot(index="id", columns="method", values="prediction")
 vs_majority["picks_usual_label"] = [(usual[m] == usual["majority"]).mean().round(3) for m in vs_majority["method"]]
