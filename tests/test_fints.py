@@ -152,19 +152,19 @@ def test_vectors_start_from_the_negatives_prompt_caches(tiny, user, others, cach
     cols = ["item_id", "text", "positive", "negative", "rougeL", "kept", "others", "prompt"]
     assert shared[cols].equals(plain[cols])
     assert set(kept) == {tuple(tiny.encode(p)[0].tolist()) for p in shared["prompt"]}
-    passes = []
-    run = tiny.bridge.run_with_hooks
-    monkeypatch.setattr(tiny.bridge, "run_with_hooks", lambda *a, **k: passes.append(a[0].shape[-1]) or run(*a, **k))
+    prompt_passes = []
+    own_pass = fints.prefix_cache
+    monkeypatch.setattr(fints, "prefix_cache", lambda *a, **k: prompt_passes.append(1) or own_pass(*a, **k))
     for layer in (0, 1):  # an early stop and the last layer
         fresh = sample_vectors(tiny, shared.assign(kept=True), layer=layer)
-        n_fresh = len(passes)
-        assert n_fresh == 3 * len(shared)  # the prompt, then each response
+        assert len(prompt_passes) == len(shared)  # each pair's prompt, once
         caches = dict(kept) if layer == 0 else kept
         started = sample_vectors(tiny, shared.assign(kept=True), layer=layer, prompt_caches=caches)
-        assert len(passes) - n_fresh == 2 * len(shared)  # the responses only
+        assert len(prompt_passes) == len(shared)  # none more: the kept caches served
         assert not caches  # each cache is taken when used
-        assert torch.allclose(started.attn, fresh.attn, atol=1e-5) and torch.allclose(started.mlp, fresh.mlp, atol=1e-5)
-        passes.clear()
+        # both prompt passes ran on the hook-free view: the same numbers
+        assert torch.equal(started.attn, fresh.attn) and torch.equal(started.mlp, fresh.mlp)
+        prompt_passes.clear()
 
 
 def test_generate_keeping_prompt_is_generate(tiny, tiny_ids):
@@ -312,9 +312,9 @@ def test_method_vectors_are_cached_across_runs(tiny, user, tmp_path, cache, monk
     fints_methods._VECTOR_MEMO.clear()
     files[0].write_bytes(b"not a torch file")
     rebuilt = method.prepare_user(tiny, "u1", user)
-    # the first build started from the negatives' prompt passes (the hook-free view); the rebuild
-    # (negatives cached) runs the prompts on the bridge: the same up to float rounding
-    assert torch.allclose(rebuilt.mlp, first.mlp, atol=1e-6) and not torch.equal(rebuilt.mlp, torch.zeros_like(first.mlp))
+    # the first build started from the negatives' prompt passes; the rebuild (negatives cached)
+    # runs the prompts itself, on the same view and layers: the same numbers
+    assert torch.equal(rebuilt.mlp, first.mlp)
     other.layer = 1 - first.layer
     other.prepare_run(tiny, user, news)
     other.prepare_user(tiny, "u1", user)
@@ -369,3 +369,23 @@ def test_sweep_nll_rows_and_baseline(tiny, user, others, cache):
     assert (df[df["scale"] == 2.0]["nll"] != base).any()  # steering moved the likelihood
     with pytest.raises(ValueError, match="score"):
         fints_sweep(tiny, user, others, layers=[0], scales=[1.0], score="rouge")
+
+
+def test_prefix_cache_on_the_view_matches_the_bridge(tiny, tiny_ids):
+    from workbench._util import empty_kv_cache
+    from workbench.core._reuse import prefix_cache
+
+    full = empty_kv_cache()
+    tiny.bridge(tiny_ids, past_key_values=full)
+    for needed in (None, 1):  # every layer; the first only (the pass stops at layer 1's input)
+        cache = prefix_cache(tiny, tiny_ids, needed)
+        assert len([layer for layer in cache.layers if layer.keys is not None and layer.keys.numel()]) \
+            == (tiny.n_layers if needed is None else needed)
+        for mine, want in zip(cache.layers, full.layers[: needed or tiny.n_layers]):
+            assert torch.allclose(mine.keys, want.keys, atol=1e-5) and torch.allclose(mine.values, want.values, atol=1e-5)
+    # a hook the view cannot run: the bridge makes it (the same numbers), and nothing is left attached
+    with tiny.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):
+        cache = prefix_cache(tiny, tiny_ids, 1)
+    assert torch.allclose(cache.layers[0].keys, full.layers[0].keys, atol=1e-5)
+    view = tiny._plain_view()
+    assert not any(m._forward_pre_hooks for m in view.modules())

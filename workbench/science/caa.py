@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from workbench._util import truncate_kv_cache
+from workbench.core._reuse import prefix_cache
 from workbench.core.hooks import last_positions_hook
 from workbench.core.model import Model
 from workbench.core.steering import SITES, SteeringVector, check_site, read_site
@@ -42,16 +43,17 @@ def _common_suffix(a: torch.Tensor, b: torch.Tensor) -> int:
 def _suffix_means(model: Model, seqs: list[torch.Tensor], suffix_lens: list[int], layers: Sequence[int],
                   site: str) -> dict[int, torch.Tensor]:
     """Mean activation over the last ``suffix_lens[i]`` positions of each sequence, per layer;
-    the longest prefix all sequences share is run once and its KV cache reused."""
+    the longest prefix all sequences share is run once and its KV cache reused. Nothing above
+    the deepest layer read runs (no logits)."""
     names = {L: SITES[site].read_hooks(L) for L in layers}
+    stop = max(layers) + 1
+    depth = {"stop_at_layer": stop} if stop < model.n_layers else {}
     shared = min(s.shape[-1] for s in seqs)
     for s in seqs[1:]:
         eq = (s[0, :shared] == seqs[0][0, :shared]).int()
         shared = int(eq.cumprod(0).sum())
     shared = min(shared, min(s.shape[-1] - m for s, m in zip(seqs, suffix_lens)))
-    cache = None
-    if shared > 0:
-        _, cache = model.bridge(seqs[0][:, :shared], return_type="logits_and_cache")
+    cache = prefix_cache(model, seqs[0][:, :shared], stop) if shared > 0 else None
     sums = {L: torch.zeros(model.d_model, dtype=torch.float32, device=model.device) for L in layers}
     for s, m in zip(seqs, suffix_lens):
         got: dict[str, torch.Tensor] = {}
@@ -63,12 +65,14 @@ def _suffix_means(model: Model, seqs: list[torch.Tensor], suffix_lens: list[int]
             return fn
 
         wanted = sorted({n for L in layers for n in names[L]})
-        hooks = [(n, keep(n)) for n in wanted] + [last_positions_hook(model.n_layers, s.shape[-1] - shared - 1, 1)]
+        hooks = [(n, keep(n)) for n in wanted]
+        if not depth:  # the last layer is read: the unembedding runs, on one position
+            hooks.append(last_positions_hook(model.n_layers, s.shape[-1] - shared - 1, 1))
         if cache is not None:
-            model.bridge.run_with_hooks(s[:, shared:], past_key_values=cache, fwd_hooks=hooks)
+            model.bridge.run_with_hooks(s[:, shared:], past_key_values=cache, fwd_hooks=hooks, **depth)
             truncate_kv_cache(cache, shared)
         else:
-            model.bridge.run_with_hooks(s, fwd_hooks=hooks)
+            model.bridge.run_with_hooks(s, fwd_hooks=hooks, **depth)
         for L in layers:
             sums[L] += read_site(got, site, L).mean(0)
     return {L: v / len(seqs) for L, v in sums.items()}

@@ -63,8 +63,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench._util import atomic_torch_save, check_int, empty_kv_cache, load_torch_file, refuse_overwrite, \
+from workbench._util import atomic_torch_save, check_int, load_torch_file, refuse_overwrite, \
     truncate_kv_cache
+from workbench.core._reuse import prefix_cache
 from workbench.core.hooks import last_positions_hook
 from workbench.core.model import Model
 from workbench.science.pairs import contrastive_pairs, is_example, item_id, select_items
@@ -112,8 +113,9 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
     The prompt is most of the tokens (the input and other users' turns), the same for a pair's
     positive and negative: it runs once and its KV cache serves every response — or not at all,
     when ``prompt_caches`` holds its cache from the negative's generation (keyed by its token
-    ids; taken out of the dict). Nothing above the deepest layer read runs, so no logits are
-    computed at all.
+    ids; taken out of the dict). The prompt's pass runs on the hook-free view when it can
+    (:func:`~workbench.core._reuse.prefix_cache`), as the generation's did, so both give the same
+    vectors. Nothing above the deepest layer read runs, so no logits are computed at all.
     """
     bridge = model.bridge
     names = sorted({n for L in layers for site in sites for n in SITES[site].read_hooks(L)})
@@ -130,8 +132,7 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
     prefix = encoded[0][0][:, :start]
     cache = prompt_caches.pop(tuple(prefix[0].tolist()), None) if prompt_caches else None
     if cache is None:
-        cache = empty_kv_cache()
-        bridge.run_with_hooks(prefix, past_key_values=cache, fwd_hooks=list(skip_logits), **depth)
+        cache = prefix_cache(model, prefix, stop)
     out = []
     for t in targets:
         got: dict[str, torch.Tensor] = {}
