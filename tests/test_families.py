@@ -414,6 +414,29 @@ def test_exact_token_effects_equal_deleting_the_token(fam):
         assert te.frame["effect"].abs().max() > 1e-3
 
 
+def test_prefix_cache_continues_like_one_pass(fam, monkeypatch):
+    # A prompt's cache made on the hook-free view (all layers, or stopped after layer 0), continued
+    # on the bridge, gives what one pass over prompt + continuation gives (sliding windows included).
+    from workbench.core._reuse import prefix_cache
+
+    family, model, raw = fam
+    ids, start = model.prompt_and_target(PROMPT, TARGET)
+    name = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        want = raw_logits(raw, ids)[:, start:]
+        _, full = model.bridge.run_with_cache(ids, names_filter=[name])
+        with monkeypatch.context() as m:  # the caches come from the view, not the bridge
+            m.setattr(model.bridge, "run_with_hooks", lambda *a, **k: pytest.fail(f"{family}: prefix ran on the bridge"))
+            whole, first = prefix_cache(model, ids[:, :start]), prefix_cache(model, ids[:, :start], 1)
+        got = model.bridge(ids[:, start:], past_key_values=whole)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=family)
+        seen = {}
+        model.bridge.run_with_hooks(ids[:, start:], past_key_values=first,
+                                    stop_at_layer=1, fwd_hooks=[(name, lambda x, hook: seen.setdefault("x", x))])
+    torch.testing.assert_close(seen["x"], full[name][:, start:], atol=ATOL, rtol=0, msg=family)
+    assert all_hook_handles(model) == 0
+
+
 # ---- 5. a mode a model cannot support is refused by name ----------------------------------------
 
 def test_uniform_masking_is_refused_where_no_query_hook_works(tiny, monkeypatch):
