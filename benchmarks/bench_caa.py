@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import importlib.util
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,24 +28,9 @@ from workbench.data.lamp import load_task_data  # noqa: E402
 from workbench.data.splits import user_side  # noqa: E402
 from workbench.methods import GenerationSettings, make_methods  # noqa: E402
 from workbench.science import caa  # noqa: E402
+from _from_git import function_at  # noqa: E402  (beside this script)
 
 BEFORE = "feffd64"
-
-
-def _before(module_path: str, name: str):
-    """``name`` from ``module_path`` as it was at commit BEFORE."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{BEFORE}:{module_path}"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout
-    stem = os.path.basename(module_path)[:-3] + "_before"
-    path = os.path.join(tempfile.mkdtemp(), stem + ".py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[stem] = module
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 def main() -> None:
@@ -58,7 +40,7 @@ def main() -> None:
     ap.add_argument("--method", default="caa-all", help="caa-all (default) or steerx-caa")
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
-    old_means = _before("workbench/science/caa.py", "_suffix_means")
+    old_means = function_at(BEFORE, "workbench/science/caa.py", "_suffix_means")
     new_means = caa._suffix_means
     model = wb.load_model(args.model, progress=False)
     data = load_task_data(args.task)

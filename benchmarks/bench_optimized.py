@@ -15,11 +15,7 @@ both runs' losses (they must agree). Needs the git history (a clone, not a wheel
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import subprocess
-import sys
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,24 +26,9 @@ from workbench.data.lamp import load_dataset  # noqa: E402
 from workbench.data.prompts import task_prompt  # noqa: E402
 from workbench.science.lora import train_lora  # noqa: E402
 from workbench.science.optimized import optimized_vector  # noqa: E402
+from _from_git import function_at  # noqa: E402  (beside this script)
 
 BEFORE = "9813d5a"
-
-
-def _before(module_path: str, name: str):
-    """``name`` from ``module_path`` as it was at commit BEFORE."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{BEFORE}:{module_path}"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout
-    stem = os.path.basename(module_path)[:-3] + "_before"
-    path = os.path.join(tempfile.mkdtemp(), stem + ".py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[stem] = module
-    spec.loader.exec_module(module)
-    return getattr(module, name)
 
 
 def main() -> None:
@@ -55,8 +36,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--records", type=int, default=16)
     args = ap.parse_args()
-    before = _before("workbench/science/optimized.py", "optimized_vector")
-    lora_before = _before("workbench/science/lora.py", "train_lora")
+    before = function_at(BEFORE, "workbench/science/optimized.py", "optimized_vector")
+    lora_before = function_at(BEFORE, "workbench/science/lora.py", "train_lora")
     model = wb.load_model("smollm2-135m", progress=False)
     print(model)
     for name, task in (("lamp2n-news", "lamp2n"), ("lamp4-news", "lamp4")):
