@@ -143,6 +143,38 @@ def test_optimized_vector_bound_and_progress(tiny):
         optimized_vector(tiny, list(PROFILE), layer=0)  # item dicts: the caller makes the records
 
 
+def test_length_chunks_cover_every_record_once():
+    from workbench.science.optimized import _length_chunks
+
+    chunks = _length_chunks([300, 100, 110, 400, 105], waste=0.1)
+    assert chunks == [[1, 4, 2], [0], [3]]  # 3 x 110 <= 1.1 x 315; 300 and 400 would pad too much
+    assert _length_chunks([5, 9, 7], waste=10.0) == [[0, 2, 1]]
+    assert _length_chunks([5, 9, 7], waste=0.0) == [[0], [2], [1]]
+    assert sorted(i for c in _length_chunks(list(range(40, 0, -3))) for i in c) == list(range(14))
+
+
+@pytest.mark.parametrize("site", ["resid_post", "attn_out"])
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_optimized_vector_same_however_records_are_grouped(tiny, monkeypatch, site, with_teacher):
+    # Records grouped by length (several passes, gradients summed) fit the same vector as one
+    # right-padded batch: the loss is one mean over all target tokens either way.
+    from workbench.data.prompts import preference_prompt, task_prompt
+    from workbench.science import optimized
+
+    records = [(task_prompt(tiny, "lamp4", it["text"]), it["title"]) for it in PROFILE]
+    lengths = {tiny.prompt_and_target(p, t)[0].shape[-1] for p, t in records}
+    assert len(lengths) > 1  # the records differ in length, so the groupings differ
+    teacher = [preference_prompt(tiny, "lamp4", "the user likes cats", it["text"]) for it in PROFILE] if with_teacher else None
+    fits = {}
+    for waste in (0.0, 1e9):
+        monkeypatch.setattr(optimized, "_PAD_WASTE", waste)
+        fits[waste] = optimized_vector(tiny, records, layer=0, site=site, steps=3, teacher=teacher)
+    one, many = fits[1e9], fits[0.0]
+    assert many.built["losses"] == pytest.approx(one.built["losses"], abs=1e-4)
+    assert torch.allclose(many.vector, one.vector, atol=1e-5)
+    assert many.built["typical_norm"] == one.built["typical_norm"]
+
+
 def test_preference_words_rules(tiny):
     desc = steerx_description(tiny, list(PROFILE), "u1", task="lamp4", n_traces=2, top_k=5)
     assert 0 < len(desc.words) <= 5 and (desc.words["score"] > 0).all()
