@@ -290,6 +290,11 @@ length_control.round(4)
 # Cut to DPS's length, `rag` is within a hair of DPS (the `delta_dps` of the `rag` row cut to DPS's
 # length, its interval across 0): the gain was length. Cut the same way, `generic` stays below DPS —
 # what the history adds survives the cut; what DPS adds does not.
+#
+# The steering vectors come in as they finish their runs (issue 29). The all-history CAA vector
+# (`caa-all`, scale 0.5 chosen on the tuning users from a flat grid) is the first: its interval
+# against `rag` spans 0, and it leaves `rag`'s length as it was — it changes some words, not the
+# titles' shape.
 
 # %% [markdown]
 # The same 300 queries on the second model, Gemma 3 270M — a *base* model, so its prompts are
