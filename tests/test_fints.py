@@ -270,6 +270,24 @@ def test_save_load_refuses_other_model_and_overwrite(tiny, pairs, tmp_path):
         SampleVectors.load(tmp_path / "o.pt", model=tiny)
 
 
+def test_vectors_of_a_user_with_no_kept_pair_survive_the_cache(tiny, user, others, cache, tmp_path):
+    # Every pair filtered out: no vector, and the saved file has no record to name the columns
+    # after; read back (the next run, or the next Fints method, of the same user) it must still
+    # say "nothing of this example's profile", and the method then writes unsteered.
+    from workbench.methods import GenerationSettings, make_methods
+
+    none_kept = contrastive_pairs(tiny, user, others, n_others=2, threshold=0.0, max_new_tokens=4)
+    assert not none_kept["kept"].any()
+    vecs = sample_vectors(tiny, none_kept, layer=0)
+    back = SampleVectors.load(vecs.save(tmp_path / "empty.pt"), model=tiny)
+    assert len(back) == 0 and back.attn.shape == (0, tiny.d_model)
+    assert list(back.items.columns) == list(fints._ITEM_COLUMNS)
+    assert len(back.for_example(user[1])) == 0
+    for method in make_methods(["fints", "fints+rag", "caa-user"], GenerationSettings(max_new_tokens=4)):
+        hooks, facts = method.intervention(tiny, user[1], back)
+        assert hooks is None and facts["steered"] is False
+
+
 def test_methods_run_in_bench(tiny, tmp_path, cache):
     from workbench.runner.bench import run_bench
     from workbench.methods import GenerationSettings, available_methods

@@ -150,6 +150,9 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
     return out
 
 
+# What a saved SampleVectors keeps of each item (and what an empty one still has as columns).
+_ITEM_COLUMNS = ["item_id", "text", "positive", "negative", "rougeL"]
+
 @dataclass
 class SampleVectors:
     """One attention and one MLP steering vector per history item of one user.
@@ -225,9 +228,8 @@ class SampleVectors:
         """Write to ``path`` (a torch file); refuses to replace a file unless ``overwrite=True``."""
         path = Path(path)
         refuse_overwrite(path, overwrite)
-        cols = ["item_id", "text", "positive", "negative", "rougeL"]
         atomic_torch_save(path, {"format": "workbench.science.fints.SampleVectors/1", "attn": self.attn, "mlp": self.mlp,
-                                 "items": json.dumps(self.items[cols].to_dict("records"), ensure_ascii=False),
+                                 "items": json.dumps(self.items[_ITEM_COLUMNS].to_dict("records"), ensure_ascii=False),
                                  "model_name": self.model_name, "layer": self.layer, "attn_site": self.attn_site,
                                  "mlp_site": self.mlp_site, "user_id": self.user_id,
                                  "settings": json.dumps(self.settings, default=str)})
@@ -246,7 +248,10 @@ class SampleVectors:
             raise ValueError(f"{path} holds vectors of model {d.get('model_name')!r}, not {model.name!r}; "
                              "vectors only make sense in the model they came from — rebuild them with sample_vectors")
         try:
-            return cls(d["attn"], d["mlp"], pd.DataFrame(json.loads(d["items"])), d["model_name"], int(d["layer"]),
+            # The columns are named: a user whose pairs were all filtered out saved no record to
+            # take them from, and their (empty) vectors must still answer for_example.
+            items = pd.DataFrame(json.loads(d["items"]), columns=_ITEM_COLUMNS)
+            return cls(d["attn"], d["mlp"], items, d["model_name"], int(d["layer"]),
                        d["attn_site"], d["mlp_site"], d["user_id"], json.loads(d["settings"]))
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"{path} is a damaged Fints vectors file ({type(e).__name__}: {e}); {fix}") from None
