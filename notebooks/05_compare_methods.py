@@ -333,6 +333,9 @@ gp_table[["method", "n", "rouge1", "meteor", "diff_vs_rag", "diff_lo_vs_rag", "d
 # Tuned on Gemma's own tuning users, DPS (masking Gemma's plain-PCS heads, two of them in layer 1)
 # lands *below* `rag`, at the same length: on a base model whose titles are already the gold's
 # length, contrasting with a model that lost heads every output needs pushes away from good titles.
+# The Fints rows are Gemma's too (issue 29 asks for them on this model): the input-aware mix of the
+# user's item vectors over the `rag` prompt (`fints+rag`) also lands below `rag`, and their plain
+# mean added to the history-free prompt (`caa-user`) lifts `generic` a little without reaching `rag`.
 
 # %% [markdown]
 # ## 2. Per user: where each method wins and loses
