@@ -153,6 +153,7 @@ def _response_means(model: Model, prompt: Any, responses: Sequence[str], layers:
 # What a saved SampleVectors keeps of each item (and what an empty one still has as columns).
 _ITEM_COLUMNS = ["item_id", "text", "positive", "negative", "rougeL"]
 
+
 @dataclass
 class SampleVectors:
     """One attention and one MLP steering vector per history item of one user.

@@ -76,36 +76,35 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
     pad = int(model.tokenizer.pad_token_id or 0)
     batches = [pad_right([seqs[i] for i in chunk], pad) for chunk in chunks]
     targets = [torch.cat([seqs[i][0, spans[i][0]:spans[i][1]] for i in chunk]) for chunk in chunks]
-    read = SITES[site].read_hooks(layer)
+    got: dict[str, torch.Tensor] = {}
+
+    def store(name: str):
+        def fn(x: torch.Tensor, hook: Any) -> None:
+            got[name] = x.detach()
+        return fn
+
+    # run_with_hooks, not run_with_cache: TL 4.3's run_with_cache leaves torch hook handles
+    # behind. Nothing above the layer read is needed.
+    reads = [(name, store(name)) for name in SITES[site].read_hooks(layer)]
     stop = {"stop_at_layer": layer + 1} if layer + 1 < model.n_layers else {}
-    acts, norms, teach = [], [], []
+    acts, norms = [], []
     with torch.no_grad():
         for chunk, batch in zip(chunks, batches):
-            got: dict[str, torch.Tensor] = {}
-
-            def store(name: str):
-                def fn(x: torch.Tensor, hook: Any) -> None:
-                    got[name] = x.detach()
-                return fn
-
-            # run_with_hooks, not run_with_cache: TL 4.3's run_with_cache leaves torch hook handles
-            # behind. Nothing above the layer read is needed.
-            bridge.run_with_hooks(batch, fwd_hooks=[(name, store(name)) for name in read], **stop)
+            bridge.run_with_hooks(batch, fwd_hooks=reads, **stop)
             a = read_site(got, site, layer).to(model.dtype)
             acts.append(a)
             for row, i in enumerate(chunk):
                 norms.append(a[row, _SKIP_FIRST:spans[i][1]].float().norm(dim=-1))
         typical = float(torch.cat(norms).median())
         if teacher is not None:
-            for chunk in chunks:
-                part = []
-                for i in chunk:
-                    ctx = encode_prompt(model, teacher[i])
-                    t = model.tokenizer(records[i][1], add_special_tokens=False, return_tensors="pt").input_ids
-                    full = torch.cat([ctx, t.to(model.device)], dim=1)
-                    c0 = ctx.shape[-1]
-                    part.append(bridge(full)[0, c0 - 1:full.shape[-1] - 1].float().log_softmax(-1))
-                teach.append(torch.cat(part))
+            taught = []
+            for context, (_, target) in zip(teacher, records):
+                ctx = encode_prompt(model, context)
+                t = model.tokenizer(target, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+                full = torch.cat([ctx, t], dim=1)
+                c0 = ctx.shape[-1]
+                taught.append(bridge(full)[0, c0 - 1:full.shape[-1] - 1].float().log_softmax(-1))
+            teach = [torch.cat([taught[i] for i in chunk]) for chunk in chunks]
     bound = radius * typical
     if lr is None:
         lr = _LR_SCALE * bound / math.sqrt(model.d_model)
@@ -120,7 +119,7 @@ def optimized_vector(model: Model, records: Sequence[tuple[Any, str]], layer: in
     start = {"resid_pre": layer, "resid_post": layer + 1}.get(site)
     reuse = start is not None and start < model.n_layers
     # Only the positions that predict a target token go through the vocabulary projection.
-    keep = [target_positions_hook([(spans[i][0], spans[i][1]) for i in chunk], model.device) for chunk in chunks]
+    keep = [target_positions_hook([spans[i] for i in chunk], model.device) for chunk in chunks]
     losses = []
 
     def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
