@@ -417,3 +417,37 @@ def test_tune_methods_writes_each_choice_as_it_is_made(tiny, news, tmp_path):
     assert d["command"] == "notebook" and d["n"] == 3 and d["settings"] == {"max_new_tokens": 32, "k": 5, "retrieval": "bm25"}
     assert d["users"]["users"] == "tune" and load_tuned(tmp_path / "tuned.json", tiny.name) == {"test-copier": {"copy": 1.0}}
     assert (tmp_path / "grid-test-copier.html").exists()
+
+
+def test_stopping_run_protocol_stops_its_running_step(tmp_path):
+    # `kill <protocol>` must not leave the step running on, writing its run directory while the
+    # protocol is started again (two processes appending to one outputs.jsonl)
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    pid_file = tmp_path / "step.pid"
+    step = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                  "time.sleep(120)"]
+    driver = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('rp', sys.argv[1]); "
+              "rp = importlib.util.module_from_spec(spec); spec.loader.exec_module(rp); "
+              f"sys.exit(rp._run_step({step!r}))")
+    protocol = subprocess.Popen([sys.executable, "-c", driver, str(root / "tools" / "run_protocol.py")])
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    step_pid = int(pid_file.read_text())
+    protocol.send_signal(signal.SIGTERM)
+    rc = protocol.wait(timeout=60)
+    try:
+        os.kill(step_pid, 0)
+    except ProcessLookupError:
+        pass  # the step is gone (and reaped)
+    else:
+        os.kill(step_pid, signal.SIGKILL)
+        raise AssertionError("the step outlived the protocol")
+    assert rc == 128 + signal.SIGTERM

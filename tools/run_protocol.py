@@ -7,7 +7,8 @@ run on the evaluation users at the chosen settings, then export the table.
 
 Every step is a ``workbench tune`` / ``workbench bench`` command (printed before it runs), so the
 plan is the record; both resume where they stopped, so an interrupted protocol is re-run with
-the same command and redoes nothing. Methods without a grid (``generic``, ``rag``, ``majority``)
+the same command and redoes nothing (stopping the protocol, by Ctrl-C or ``kill``, stops its
+running step too). Methods without a grid (``generic``, ``rag``, ``majority``)
 are run at their defaults. One evaluation directory holds every method's predictions; the last
 step is the ``tools/eval_table.py`` command that makes the table from it (run it with ``--table``).
 It exists so that the whole remainder of a task's table is one command, on this CPU in the
@@ -18,11 +19,35 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_step(cmd: list[str]) -> int:
+    """Run one step and return its exit status. A SIGTERM to this process stops the step too:
+    otherwise ``kill <protocol>`` would leave the step running, still writing its run directory,
+    while the user starts the protocol again."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:  # stopped by a signal or Ctrl-C: the step goes with it
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def plan(task: str, model: str, methods: list[str], out: Path, n_tune: int | None, n_eval: int | None,
@@ -108,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         # this interpreter's workbench and python, whatever is first on PATH
         first = {"workbench": str(exe) if exe.exists() else "workbench", "python": sys.executable}[step[0]]
         cmd = [first, *step[1:]]
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        rc = _run_step(cmd)
         if rc:
             print(f"run_protocol: step {i} failed (exit {rc}); fix it and re-run the same command: "
                   "finished steps are read back, not redone", file=sys.stderr)
