@@ -133,3 +133,56 @@ def test_length_control_separates_length_from_words():
     assert out.loc[("other", cut), "delta_m"] > 0.5 and out.loc[("other", cut), "wins"] == 2
     with pytest.raises(ValueError, match="no rows for"):
         tool.length_control(pd.DataFrame(rows), golds, "m", ["missing"])
+
+
+def test_history_words_counts_only_the_authors_words_the_input_lacks():
+    # tools/history_words.py, by hand: the author's earlier titles hold "lexical" and "parsing";
+    # the input holds "parsing", so only "lexical" (and no stop word) is history-only. The gold
+    # uses it: "echo" repeats it (a hit), "input" uses only input words (no hit), "wrong" uses a
+    # history-only word the gold lacks.
+    import importlib.util
+    from pathlib import Path
+
+    from workbench.data.records import Example
+
+    spec = importlib.util.spec_from_file_location("history_words", Path(__file__).parents[1] / "tools" / "history_words.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    profile = ({"title": "Lexical cues for parsing", "abstract": "x"}, {"title": "Parsing with the crowd", "abstract": "y"})
+    ex = Example(id="q1", user_id="u1", task="lamp5", input="Generate a title: we study parsing of news",
+                 profile=profile, gold="Lexical parsing of news")
+    assert tool.history_only_words(ex) == {"lexic", "cue", "crowd"}  # stemmed; "for", "with", "the" are stop words
+    rows = [{"method": "input", "id": "q1", "prediction": "Parsing of news"},
+            {"method": "echo", "id": "q1", "prediction": "Lexical cues: parsing news"},
+            {"method": "wrong", "id": "q1", "prediction": "Crowd parsing"}]
+    out = tool.history_words(pd.DataFrame(rows), {"q1": ex}, ["echo", "wrong"], baseline="input").set_index("system")
+    assert out.loc["gold", "hits"] == 1  # "lexical"
+    assert out.loc["echo", "history_words"] == 2 and out.loc["echo", "hits"] == 1
+    assert out.loc["echo", "precision"] == pytest.approx(0.5) and out.loc["echo", "recall"] == pytest.approx(1.0)
+    assert out.loc["echo", "delta_hits_vs_input"] == 1 and out.loc["echo", "wins"] == 1
+    assert out.loc["wrong", "history_words"] == 1 and out.loc["wrong", "hits"] == 0
+    assert out.loc["wrong", "ties"] == 1 and out.loc["input", "history_words"] == 0
+    with pytest.raises(ValueError, match="no rows for"):
+        tool.history_words(pd.DataFrame(rows), {"q1": ex}, ["missing"], baseline="input")
+
+
+def test_history_words_pools_tables_and_refuses_a_method_that_differs_between_them(tmp_path):
+    # a task's table and its comparison file both hold `rag`: pooled when the same run, refused otherwise
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("history_words", Path(__file__).parents[1] / "tools" / "history_words.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ids = ["50002", "50005"]  # LaMP-5 queries of the shipped data
+    main = pd.DataFrame([{"method": m, "id": i, "prediction": f"{m} title {i}"} for m in ("rag", "dps") for i in ids])
+    main.to_csv(tmp_path / "t.csv", index=False)
+    main[main.method == "rag"].assign(method="rag").to_csv(tmp_path / "same.csv", index=False)
+    other = main[main.method == "rag"].assign(prediction="another title")
+    other.to_csv(tmp_path / "other.csv", index=False)
+    common = ["--task", "lamp5", "--methods", "dps", "--baseline", "rag"]
+    out = tmp_path / "h.csv"
+    assert tool.main([str(tmp_path / "t.csv"), str(tmp_path / "same.csv"), *common, "--out", str(out)]) == 0
+    assert set(pd.read_csv(out)["system"]) == {"gold", "dps", "rag"} and (tmp_path / "h.json").exists()
+    assert tool.main([str(tmp_path / "t.csv"), str(tmp_path / "same.csv"), *common, "--out", str(out)]) == 1  # kept
+    assert tool.main([str(tmp_path / "t.csv"), str(tmp_path / "other.csv"), *common]) == 2
