@@ -157,6 +157,8 @@ def test_history_words_counts_only_the_authors_words_the_input_lacks():
             {"method": "wrong", "id": "q1", "prediction": "Crowd parsing"}]
     out = tool.history_words(pd.DataFrame(rows), {"q1": ex}, ["echo", "wrong"], baseline="input").set_index("system")
     assert out.loc["gold", "hits"] == 1  # "lexical"
+    # "Parsing of news" scores F 6/7 against the gold; with "Lexical" appended it has all four words
+    assert out.loc["gold", "rouge1_headroom_over_input"] == pytest.approx(1 - 6 / 7)
     assert out.loc["echo", "history_words"] == 2 and out.loc["echo", "hits"] == 1
     assert out.loc["echo", "precision"] == pytest.approx(0.5) and out.loc["echo", "recall"] == pytest.approx(1.0)
     assert out.loc["echo", "delta_hits_vs_input"] == 1 and out.loc["echo", "wins"] == 1

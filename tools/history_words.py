@@ -10,8 +10,10 @@ not contain — the model can only have them from the author's history. For each
 how many of them the output uses, and how many of those the gold uses too (a hit: the author wrote
 that word again). A method that amplifies the author's signal should hit more than the baseline;
 one that only trims or sharpens should not. ``gold`` is listed as the ceiling (the author's own
-history-only words in the gold). Words are ROUGE's tokens (lower-cased, Porter-stemmed) less
-English stop words, so a hit is a ROUGE-1 match of a content word that came from the history.
+history-only words in the gold), with the ROUGE-1 headroom: how much the baseline's outputs would
+gain with the gold's history-only words appended — the most that the author's words can add.
+Words are ROUGE's tokens (lower-cased, Porter-stemmed) less English stop words, so a hit is a
+ROUGE-1 match of a content word that came from the history.
 
 Reads the exported table (predictions) and the task's shipped data (inputs, profiles, golds); writes
 one row per method with means per query, pooled precision (hits / used) and recall (hits / the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -73,6 +76,21 @@ def history_only_words(example: Any) -> set[str]:
     return history - _tokens(example.input)
 
 
+def _headroom(outputs: pd.Series, examples: dict[str, Any], own: dict[str, set[str]]) -> float:
+    """Mean ROUGE-1 gain of ``outputs`` with the gold's history-only words appended (as the gold
+    spells them): the most that taking the author's words could add to them."""
+    from workbench.data.metrics import rouge_scorer
+
+    scorer = rouge_scorer()
+    gains = []
+    for i, text in outputs.items():
+        gold = examples[i].gold
+        borrowed = [w for w in re.findall(r"[A-Za-z0-9]+", gold) if _tokens(w) & own[i]]
+        before = scorer.score(gold, str(text))["rouge1"].fmeasure
+        gains.append(scorer.score(gold, " ".join([str(text), *borrowed]))["rouge1"].fmeasure - before)
+    return float(sum(gains) / len(gains)) if gains else float("nan")
+
+
 def history_words(table: pd.DataFrame, examples: dict[str, Any], methods: list[str], baseline: str) -> pd.DataFrame:
     """One row per method (and ``gold``): history-only words used and hit per query, pooled
     precision and recall, and the paired difference in hits with ``baseline`` over shared ids."""
@@ -99,7 +117,8 @@ def history_words(table: pd.DataFrame, examples: dict[str, Any], methods: list[s
 
     _, base_hits = counts(baseline)
     rows = [{"system": "gold", "n": len(preds), "history_words": gold_hist.mean(), "hits": gold_hist.mean(),
-             "precision": 1.0, "recall": 1.0, "queries_with_hit": (gold_hist > 0).mean()}]
+             "precision": 1.0, "recall": 1.0, "queries_with_hit": (gold_hist > 0).mean(),
+             f"rouge1_headroom_over_{baseline}": _headroom(preds[baseline], examples, own)}]
     for m in [m for m in wanted if m != baseline] + [baseline]:
         used, hits = counts(m)
         row = {"system": m, "n": len(preds), "history_words": used.mean(), "hits": hits.mean(),
