@@ -451,3 +451,26 @@ def test_stopping_run_protocol_stops_its_running_step(tmp_path):
         os.kill(step_pid, signal.SIGKILL)
         raise AssertionError("the step outlived the protocol")
     assert rc == 128 + signal.SIGTERM
+
+
+def test_bench_slice_runs_the_evaluation_queries_a_table_left_out(tmp_path):
+    # tools/bench_slice.py --start 2 --stop 4: exactly the 3rd and 4th evaluation queries (the ones
+    # `bench --users eval --n 2` leaves out), recorded with the users
+    import importlib.util
+    from pathlib import Path
+
+    from workbench.data.lamp import load_task_data
+    from workbench.data.splits import split_users
+
+    spec = importlib.util.spec_from_file_location("bench_slice", Path(__file__).parents[1] / "tools" / "bench_slice.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "slice"
+    assert tool.main(["--task", "lamp4", "--model", "tiny-random", "--methods", "rag", "--start", "2", "--stop", "4",
+                      "--out", str(out), "--max-new-tokens", "4"]) == 0
+    want = [ex.id for ex in split_users(load_task_data("lamp4"), "eval")][2:4]
+    got = [json.loads(line)["id"] for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert sorted(got) == sorted(want)
+    assert json.loads((out / "run.json").read_text())["users"]["queries"] == [2, 4]
+    assert tool.main(["--task", "lamp4", "--methods", "rag", "--start", "4", "--stop", "2", "--out", str(out)]) == 2
+    assert tool.main(["--task", "lamp4", "--methods", "rag", "--start", "0", "--stop", "100000", "--out", str(out)]) == 2

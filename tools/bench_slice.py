@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", action="append", default=[], help="tuned.json files (the methods' chosen settings)")
     ap.add_argument("--start", type=int, required=True)
     ap.add_argument("--stop", type=int, required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -44,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     part = data._subset(list(data)[args.start:args.stop])
     names = parse_method_names(args.methods)
-    methods = methods_for_run(names, GenerationSettings(), args.model, tuned=args.tuned, set_items=[])
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    methods = methods_for_run(names, settings, args.model, tuned=args.tuned, set_items=[])
     tuned, _ = tuned_for_run(args.tuned, names, "eval")
     model = load_model(args.model)
     users = {"users": "eval", "fraction": TUNE_FRACTION, "queries": [args.start, args.stop]}
-    result = run_bench(model, part, methods, args.out, users=users, tuned=tuned, batch_size=DEFAULT_BATCH_SIZE)
+    result = run_bench(model, part, methods, args.out, users=users, tuned=tuned, settings=settings,
+                       batch_size=DEFAULT_BATCH_SIZE)
     print(format_summary(result.summary))
     return 0
 
