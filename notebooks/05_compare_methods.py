@@ -295,6 +295,22 @@ length_control.round(4)
 # (`caa-all`, scale 0.5 chosen on the tuning users from a flat grid) is the first: its interval
 # against `rag` spans 0, and it leaves `rag`'s length as it was — it changes some words, not the
 # titles' shape.
+#
+# Their combination is another matter. `caa-all+dps` adds the `caa-all` vector to the `rag` prompt
+# *and* decodes with DPS's contrast (each part at its own tuned setting, only DPS's α tuned again on
+# the tuning users: 0.5). It has the table's largest gain, above both of its parts — and it outlasts
+# the same length cut, against every baseline:
+
+# %%
+pd.read_csv(ROOT / "results" / "lamp5-acl_smollm2-135m_length-control_caa-all-dps.csv").round(4)
+
+# %% [markdown]
+# Cut to the combination's length per query, `rag` still trails it with an interval above 0, and so
+# do `dps` and `caa-all` cut the same way. Its titles gain ROUGE-1 recall as well as precision (0.443
+# and 0.260 vs `rag`'s 0.417 and 0.213), which no trimming gives. Whether it is about the *author* is
+# a separate question: it writes no more of the author's own words (words of earlier titles that the
+# abstract lacks) than `rag` does — `tools/history_words.py` and `results/README.md` — so what it
+# improves is the choice among the abstract's words.
 
 # %% [markdown]
 # Plain-PCS heads are not about the author. DPS with the *contrastive* heads (plain PCS minus the
