@@ -466,11 +466,20 @@ def test_bench_slice_runs_the_evaluation_queries_a_table_left_out(tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "slice"
-    assert tool.main(["--task", "lamp4", "--model", "tiny-random", "--methods", "rag", "--start", "2", "--stop", "4",
-                      "--out", str(out), "--max-new-tokens", "4"]) == 0
+    assert tool.main(["--task", "lamp4", "--model", "tiny-random", "--methods", "generic,rag", "--start", "2",
+                      "--stop", "4", "--out", str(out), "--max-new-tokens", "4"]) == 0
     want = [ex.id for ex in split_users(load_task_data("lamp4"), "eval")][2:4]
     got = [json.loads(line)["id"] for line in (out / "outputs.jsonl").read_text().splitlines()]
-    assert sorted(got) == sorted(want)
+    assert sorted(got) == sorted(want * 2)
     assert json.loads((out / "run.json").read_text())["users"]["queries"] == [2, 4]
+    # and tools/eval_table.py --start 2 --n 2 makes the slice's table (the first two are not there)
+    spec = importlib.util.spec_from_file_location("eval_table", Path(__file__).parents[1] / "tools" / "eval_table.py")
+    eval_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_table)
+    table = ["--task", "lamp4", "--model", "tiny-random", "--saved", "none", "--methods", "generic,rag", "--runs", str(out)]
+    assert eval_table.main([*table, "--start", "2", "--n", "2", "--out", str(tmp_path / "t.csv")]) == 0
+    about = json.loads((tmp_path / "t.json").read_text())
+    assert about["queries"] == [2, 4] and about["n_queries"] == 2
+    assert eval_table.main([*table, "--n", "2", "--out", str(tmp_path / "u.csv")]) == 1  # queries 0-1: not run
     assert tool.main(["--task", "lamp4", "--methods", "rag", "--start", "4", "--stop", "2", "--out", str(out)]) == 2
     assert tool.main(["--task", "lamp4", "--methods", "rag", "--start", "0", "--stop", "100000", "--out", str(out)]) == 2

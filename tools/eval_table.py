@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="lamp4", help="the task the runs used: lamp4, lamp5 or lamp2n (its shipped data)")
     ap.add_argument("--n", type=int, default=None,
                     help="the first N evaluation queries only (runs made with --users eval --n N)")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip the first START evaluation queries: with --n, the slice a replication ran "
+                         "(tools/bench_slice.py --start START --stop START+N)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fixed", action="append", default=[], help="METHOD.FIELD=VALUE settings used at tuning and here")
     ap.add_argument("--previous", type=Path, default=None,
@@ -106,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         for m, info in d["methods"].items():
             tuned[m], files[m] = info, str(path)
     data = load_task_data(args.task)
-    eval_ids = {ex.id for ex in list(split_users(data, "eval"))[: args.n]}
+    if args.start < 0:
+        ap.error(f"--start {args.start}: give a number of evaluation queries to skip (>= 0)")
+    queries = list(split_users(data, "eval"))[args.start: None if args.n is None else args.start + args.n]
+    if not queries:
+        ap.error(f"--start {args.start}: the task has fewer evaluation queries than that")
+    eval_ids = {ex.id for ex in queries}
     if args.saved is None:
         args.saved = SAVED.get((args.task, args.model), Path("none"))
     if str(args.saved) == "none":
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(table))
     recorded = next((info.get("settings") for info in infos.values()), None)  # load_runs checked they agree
     about = {"model": args.model, "n_queries": len(eval_ids), "task": args.task, "split": "dev",
+             **({"queries": [args.start, args.start + len(eval_ids)]} if args.start else {}),
              "data": Path(str(data.path)).name,
              "users": {"users": "eval", **describe_split(data)}, "methods": provenance, "fixed": args.fixed,
              "tuned_files": sorted({*prev_about.get("tuned_files", []), *map(str, args.tuned)}),
