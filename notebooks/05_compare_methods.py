@@ -311,6 +311,11 @@ pd.read_csv(ROOT / "results" / "lamp5-acl_smollm2-135m_length-control_caa-all-dp
 # a separate question: it writes no more of the author's own words (words of earlier titles that the
 # abstract lacks) than `rag` does — `tools/history_words.py` and `results/README.md` — so what it
 # improves is the choice among the abstract's words.
+#
+# A best-of-the-table result is the one most likely to be flattered by its sample. Run again on the
+# other 150 evaluation users (queries 301–450, `tools/bench_slice.py`), it keeps a gain over `rag`
+# (+0.023 [+0.004, +0.041]) but not the part beyond length (+0.008 [−0.012, +0.026] after the cut);
+# over all 450 users, +0.037 and +0.023 beyond length. Expect about half of what the first 300 showed.
 
 # %% [markdown]
 # Plain-PCS heads are not about the author. DPS with the *contrastive* heads (plain PCS minus the

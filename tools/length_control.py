@@ -63,7 +63,9 @@ def length_control(table: pd.DataFrame, golds: dict[str, str], method: str, base
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("table", type=Path, help="an exported evaluation table (results/<data>_<model>_eval.csv)")
+    ap.add_argument("table", type=Path, nargs="+",
+                    help="exported evaluation tables (results/<data>_<model>_eval.csv); several are pooled, "
+                         "e.g. a table and its replication on further queries (a query in two is an error)")
     ap.add_argument("--task", required=True, help="the task whose shipped data holds the golds (lamp4, lamp5)")
     ap.add_argument("--method", required=True)
     ap.add_argument("--baselines", default="rag,generic")
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from workbench.data.lamp import load_task_data
 
-    table = pd.read_csv(args.table, dtype={"id": str})
+    table = pd.concat([pd.read_csv(t, dtype={"id": str}) for t in args.table], ignore_index=True)
+    wanted = [args.method, *[b for b in args.baselines.split(",") if b]]
+    table = table[table["method"].isin(wanted)]
+    if table.duplicated(["method", "id"]).any():
+        print("a query is in two of the tables: pool tables of different queries", file=sys.stderr)
+        return 2
     data = load_task_data(args.task)
     golds = {ex.id: ex.gold for ex in data}
     result = length_control(table, golds, args.method, [b for b in args.baselines.split(",") if b])
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
             return 1
         result.to_csv(args.out, index=False)
-        meta = {"table": str(args.table), "task": args.task, "method": args.method, "baselines": args.baselines,
+        meta = {"tables": [str(t) for t in args.table], "task": args.task, "method": args.method, "baselines": args.baselines,
                 "command": shlex.join(["python", "tools/length_control.py", *(argv if argv is not None else sys.argv[1:])])}
         args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return 0
