@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import shlex
 import sys
@@ -151,11 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from workbench.data.lamp import load_task_data
+    from workbench.runner.compare import load_results, save_table
 
-    frames = []
-    for path in args.table:
-        t = pd.read_csv(path, dtype={"id": str})
-        frames.append(t)
+    frames = [load_results(path) for path in args.table]
     table = pd.concat(frames, ignore_index=True)
     # a method in two tables (a comparison file repeats `rag`) must be the same run in both
     twice = table[table.duplicated(["method", "id"], keep=False)]
@@ -175,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(result.to_string(index=False))
     if args.out is not None:
-        if args.out.exists() and not args.overwrite:
-            print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
-            return 1
-        result.to_csv(args.out, index=False)
         meta = {"tables": [str(p) for p in args.table], "task": args.task, "methods": args.methods,
                 "baseline": args.baseline,
                 "command": shlex.join(["python", "tools/history_words.py", *(argv if argv is not None else sys.argv[1:])])}
-        args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            save_table(result, args.out, meta, overwrite=args.overwrite)
+        except FileExistsError:
+            print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -18,7 +18,6 @@ bootstrap interval, plus a ``.json`` beside it with the command.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -74,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from workbench.data.lamp import load_task_data
+    from workbench.runner.compare import load_results, save_table
 
-    table = pd.concat([pd.read_csv(t, dtype={"id": str}) for t in args.table], ignore_index=True)
+    # load_results keeps an empty prediction as "" (read_csv would make it NaN and drop its query)
+    table = pd.concat([load_results(t) for t in args.table], ignore_index=True)
     wanted = [args.method, *[b for b in args.baselines.split(",") if b]]
     table = table[table["method"].isin(wanted)]
     if table.duplicated(["method", "id"]).any():
@@ -87,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
         print(result.to_string(index=False))
     if args.out is not None:
-        if args.out.exists() and not args.overwrite:
-            print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
-            return 1
-        result.to_csv(args.out, index=False)
         meta = {"tables": [str(t) for t in args.table], "task": args.task, "method": args.method, "baselines": args.baselines,
                 "command": shlex.join(["python", "tools/length_control.py", *(argv if argv is not None else sys.argv[1:])])}
-        args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            save_table(result, args.out, meta, overwrite=args.overwrite)
+        except FileExistsError:
+            print(f"{args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -173,17 +173,22 @@ def per_user(outputs: pd.DataFrame, methods: Sequence[str] | None = None, metric
     return table[methods]
 
 
-def save_results(outputs: pd.DataFrame, path: str | Path, source: dict, overwrite: bool = False) -> Path:
-    """Write predictions and scores (no gold texts) to ``path`` (.csv) and ``source`` (where
-    they came from: model, data, settings, commands) to the ``.json`` beside it."""
+def save_table(table: pd.DataFrame, path: str | Path, source: dict, overwrite: bool = False) -> Path:
+    """Write ``table`` to ``path`` (.csv) and ``source`` (what made it: the command, its inputs)
+    to the ``.json`` beside it, each atomically; an existing ``path`` is kept unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    cols = [c for c in ("method", "id", "user_id", "prediction", *ALL_METRICS, "seconds", "prompt_tokens") if c in outputs]
-    table = outputs[cols].sort_values(["method", "id"])
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     atomic_write_text(path.with_suffix(".json"), json.dumps(source, indent=1, ensure_ascii=False))
     return path
+
+
+def save_results(outputs: pd.DataFrame, path: str | Path, source: dict, overwrite: bool = False) -> Path:
+    """Write predictions and scores (no gold texts) to ``path`` (.csv) and ``source`` (where
+    they came from: model, data, settings, commands) to the ``.json`` beside it."""
+    cols = [c for c in ("method", "id", "user_id", "prediction", *ALL_METRICS, "seconds", "prompt_tokens") if c in outputs]
+    return save_table(outputs[cols].sort_values(["method", "id"]), path, source, overwrite)
 
 
 def load_results(path: str | Path, dataset=None) -> pd.DataFrame:
